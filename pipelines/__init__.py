@@ -1,0 +1,1 @@
+"""pipelines: orchestrations that combine hedprep and segnet."""

@@ -1,0 +1,1 @@
+"""segnet: DeepLabV3 variants trained and evaluated from hedprep shards."""
