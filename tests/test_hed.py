@@ -53,10 +53,10 @@ def test_fast_max_pool_equals_torch(shape, ceil_mode):
 def test_winograd_strips_equal_whole_image(monkeypatch):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(16, 8, 3, padding=1)
-    x = torch.randn(1, 16, 45, 37)
+    x = torch.randn(2, 16, 45, 37)
     kernel = _WinogradConvRelu(conv)
     whole = kernel(x)
-    monkeypatch.setattr(_WinogradConvRelu, "STRIP_BYTES", 16 * 37 * 4 * 10)  # strips of 10 rows
+    monkeypatch.setattr(_WinogradConvRelu, "STRIP_BYTES", 16 * 37 * 4 * 10)  # strips of 10 rows, per image
     strips = kernel(x)
     direct = F.relu(conv(x)).detach()
     assert strips.shape == whole.shape == direct.shape
