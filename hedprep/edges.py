@@ -99,6 +99,8 @@ class _WinogradConvRelu:
     STRIP_BYTES = 64 << 20
 
     def __init__(self, conv: nn.Conv2d) -> None:
+        if not nnpack_available():  # also initialises NNPACK, without which every call fails
+            raise RuntimeError("NNPACK is not available in this PyTorch build")
         self.weight = conv.weight.detach().float().contiguous()
         self.bias = conv.bias.detach().float().contiguous()
 
