@@ -2,7 +2,7 @@
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh `mmap` and returns
 it with `munmap` when freed. A 512x1024 HED pass allocates and frees dozens of such tensors (64 channels
-at full resolution are 128 MiB), and the kernel zero-fills every 4 KiB page of each on first touch:
+at full resolution are 128 MiB), and the kernel zero-fills the pages of each on first touch:
 that costs about a quarter of the pass on a 2-core machine (docs/performance.md). Serving them from
 the heap instead, and not trimming it, lets the second and later frames reuse warm pages. The process
 then keeps its peak heap until it exits, which is what a long-running edge or build job wants.
