@@ -55,14 +55,11 @@ def progress_bar(description: str, total: int, unit: str = "frames"):
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
-    """'0.5,1,1.5' -> (0.5, 1.0, 1.5)."""
+    """'0.5,1,1.5' -> (0.5, 1.0, 1.5); `detect_edges` checks that they are positive."""
     try:
-        scales = tuple(float(part) for part in text.split(",") if part.strip())
+        return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise HedprepError(f"--scales {text}: expected comma-separated numbers such as 0.5,1,1.5") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise HedprepError(f"--scales {text}: scales must be positive numbers")
-    return scales
 
 
 # --------------------------------------------------------------------------------------------- hedprep

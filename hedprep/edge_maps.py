@@ -20,18 +20,22 @@ from hedprep.images import read_rgb
 FORMATS = ("png", "npy")
 
 
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise HedprepError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+
+
 def encode_edge_map(probabilities: np.ndarray, fmt: str) -> bytes:
     """`png`: 8-bit greyscale round(255 * p); `npy`: the float32 probabilities (H, W)."""
+    _check_format(fmt)
     if fmt == "png":
         ok, data = cv2.imencode(".png", edges_to_uint8(probabilities))
         if not ok:
             raise HedprepError("could not encode an edge map as PNG")
         return data.tobytes()
-    if fmt == "npy":
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(probabilities, dtype=np.float32))
-        return buffer.getvalue()
-    raise HedprepError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(probabilities, dtype=np.float32))
+    return buffer.getvalue()
 
 
 def output_path(image: str | os.PathLike, out_dir: str | os.PathLike, fmt: str) -> Path:
@@ -68,8 +72,7 @@ def write_edge_maps(
     Returns:
         The paths written, in input order.
     """
-    if fmt not in FORMATS:
-        raise HedprepError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    _check_format(fmt)  # before any work
     out_dir = Path(out_dir)
     targets = [output_path(image, out_dir, fmt) for image in images]
     seen: dict[Path, str] = {}

@@ -196,9 +196,9 @@ class EdgeDetector:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB (N, H, W, 3) tensor -> float32 edge probabilities (N, H, W), on `self.device`."""
-        x = preprocess(images.to(self.device))
-        size = (x.shape[-2], x.shape[-1])
         with torch.inference_mode():
+            x = preprocess(images.to(self.device))
+            size = (x.shape[-2], x.shape[-1])
             sides = self.model.side_outputs(x, self._conv_relu, max_pool_2x2_nchw)
             logits = self.model.fuse_sides(sides, size)
             return torch.sigmoid(logits)[:, 0]
@@ -214,13 +214,12 @@ class EdgeDetector:
         if n > per_pass:
             return np.concatenate([self(images[i : i + per_pass], scales) for i in range(0, n, per_pass)])
         batch = torch.from_numpy(np.ascontiguousarray(images))
-        height, width = batch.shape[1:3]
         total = None
         for scale in scales:
             if scale == 1.0:
                 p = self.probabilities(batch)
             else:
-                p = self._at_scale(batch, scale, (height, width))
+                p = self._at_scale(batch, scale, (h, w))
             total = p if total is None else total + p
         return (total / len(scales)).float().cpu().numpy()
 
@@ -250,12 +249,9 @@ def _detector(model: HED, precision: str, device: str | torch.device) -> EdgeDet
 
 
 def _as_frames(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
-    if isinstance(images, np.ndarray):
-        if images.ndim == 3:
-            images = images[None]
-        frames = list(images)
-    else:
-        frames = list(images)
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = images[None]
+    frames = list(images)
     for i, frame in enumerate(frames):
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise HedprepError(f"image {i}: expected uint8 RGB (H, W, 3), got {frame.dtype} {frame.shape}")

@@ -184,8 +184,7 @@ def read_pytorch_hed_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
         raise HedprepError(f"{path}: not a HED weights file: expected a state dict, got {type(loaded).__name__}")
-    keys = [k for k in loaded if isinstance(k, str)]
-    prefix = "net" if any(k.startswith("netVgg") for k in keys) else "module"
+    prefix = "net" if any(isinstance(k, str) and k.startswith("netVgg") for k in loaded) else "module"
     names = _pytorch_hed_names(prefix)
     state_dict = {}
     for key, source in names.items():
