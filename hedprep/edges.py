@@ -27,7 +27,7 @@ from torch import nn
 
 from hedprep.allocator import retain_freed_memory
 from hedprep.errors import HedprepError
-from hedprep.hed import HED, conv_relu, max_pool_2x2, preprocess
+from hedprep.hed import HED, conv_relu, max_pool_2x2, preprocess, side_conv
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -141,6 +141,19 @@ class _DirectConvRelu:
         return F.conv2d(x, self.weight, self.bias, padding=1).relu_()
 
 
+def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution with one output channel, as one matrix product over the channels.
+
+    Unlike oneDNN's 1x1 convolution, whose summation order depends on the thread count, this gives
+    bit-identical results with any number of threads, so shards built on differently sized Dask
+    workers are identical.
+    """
+    n, c, h, w = x.shape
+    weight = conv.weight.detach().reshape(1, c).to(x.dtype)
+    logits = torch.matmul(weight, x.reshape(n, c, h * w)) + conv.bias.detach().to(x.dtype).view(1, 1, 1)
+    return logits.view(n, 1, h, w)
+
+
 class EdgeDetector:
     """HED prepared for one device and precision; call it on uint8 RGB batches (N, H, W, 3).
 
@@ -199,8 +212,10 @@ class EdgeDetector:
         with torch.inference_mode():
             x = preprocess(images.to(self.device))
             size = (x.shape[-2], x.shape[-1])
-            sides = self.model.side_outputs(x, self._conv_relu, max_pool_2x2_nchw)
-            logits = self.model.fuse_sides(sides, size)
+            # fp32 features are NCHW here, so the pointwise products read them in place.
+            side = pointwise_conv if self.precision == "fp32" else side_conv
+            sides = self.model.side_outputs(x, self._conv_relu, max_pool_2x2_nchw, side)
+            logits = self.model.fuse_sides(sides, size, side)
             return torch.sigmoid(logits)[:, 0]
 
     # On a CPU, batching frames buys nothing once a pass is this large, and four 1024x2048 frames at

@@ -27,11 +27,17 @@ VGG16_STAGES = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 51
 
 ConvRelu = Callable[[nn.Conv2d, torch.Tensor], torch.Tensor]
 MaxPool = Callable[[torch.Tensor, bool], torch.Tensor]
+SideConv = Callable[[nn.Conv2d, torch.Tensor], torch.Tensor]
 
 
 def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """The reference 3x3 convolution + ReLU; fast runners substitute their own kernels."""
     return F.relu(conv(x), inplace=True)
+
+
+def side_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 side-output convolution in the features' dtype (bf16 features: a bf16 conv)."""
+    return F.conv2d(x, conv.weight.to(x.dtype), conv.bias.to(x.dtype))
 
 
 def max_pool_2x2(x: torch.Tensor, ceil_mode: bool) -> torch.Tensor:
@@ -89,7 +95,8 @@ class HED(nn.Module):
         return [getattr(self, f"dsn{i}") for i in range(1, len(VGG16_STAGES) + 1)]
 
     def side_outputs(
-        self, x: torch.Tensor, conv: ConvRelu = conv_relu, pool: MaxPool = max_pool_2x2
+        self, x: torch.Tensor, conv: ConvRelu = conv_relu, pool: MaxPool = max_pool_2x2,
+        side: SideConv = side_conv,
     ) -> list[torch.Tensor]:
         """The five side-output logits, each (N, 1, h, w) float32 at its stage's resolution.
 
@@ -98,23 +105,23 @@ class HED(nn.Module):
         runner substitute kernels without restating the network.
         """
         sides = []
-        for i, (stage, side_conv) in enumerate(zip(self.stages, self.side_convs, strict=True)):
+        for i, (stage, dsn) in enumerate(zip(self.stages, self.side_convs, strict=True)):
             if i > 0:
                 x = pool(x, self.pool_ceil_mode)
             x = stage(x, conv)
-            dtype = x.dtype  # bf16 features: a bf16 side conv, then float32 from here on
-            side = F.conv2d(x, side_conv.weight.to(dtype), side_conv.bias.to(dtype))
-            sides.append(side.float())
+            sides.append(side(dsn, x).float())
         return sides
 
-    def fuse_sides(self, sides: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def fuse_sides(
+        self, sides: Sequence[torch.Tensor], size: tuple[int, int], side: SideConv = side_conv
+    ) -> torch.Tensor:
         """Side outputs resized to `size` (bilinear, half-pixel centres) and fused: (N, 1, H, W) logits."""
         resized = [
             # `size`, never `scale_factor`: odd input sizes would come out a pixel off.
             side if side.shape[-2:] == size else F.interpolate(side, size=size, mode="bilinear", align_corners=False)
             for side in sides
         ]
-        return self.fuse(torch.cat(resized, dim=1))
+        return side(self.fuse, torch.cat(resized, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = (x.shape[-2], x.shape[-1])

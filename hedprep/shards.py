@@ -16,6 +16,7 @@ Each shard holds:
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -192,35 +193,39 @@ class ShardRecord:
 
 
 class ShardWriter:
-    """Write one shard frame by frame to a temporary file; `close()` renames it into place.
+    """Write one shard frame by frame; `close()` puts it on disk under a temporary name, then renames it.
 
-    The temporary name is unique per attempt, so two attempts at one shard (Dask may rerun a task
-    after losing a worker) never write the same file; a failed or killed attempt leaves no file
-    under the final name. Use as a context manager: an exception removes the temporary file.
+    The HDF5 file is built in memory (HDF5's core driver; compressed, so about the shard's final
+    size) and written to disk in one piece by `close()`. A full disk then fails a plain file write,
+    which is reported and cleaned up, instead of failing inside HDF5, whose library cannot close a
+    file after a failed write (it crashes the process at exit). The temporary name is unique per
+    attempt, so two attempts at one shard (Dask may rerun a task after losing a worker) never write
+    the same file; a failed or killed attempt leaves nothing under the final name. Use as a context
+    manager: an exception discards the shard.
     """
+
+    MEMORY_BLOCK = 8 << 20  # the in-memory file grows in steps of this many bytes
 
     def __init__(self, path: str | os.PathLike, capacity: int, info: ShardInfo, compression: Compression) -> None:
         self.path = Path(path)
-        self.tmp = temporary_name(self.path)
         self.info = info
         self.compression = compression
         self.frame_ids: list[str] = []
         self.skipped: list[dict[str, str]] = []
         h, w = info.frame_height, info.frame_width
         options = compression.h5py_options()
-        try:
-            self.file = h5py.File(self.tmp, "w", libver=("v110", "latest"), track_order=True)
-            self.frames = self.file.create_dataset(
-                "frames", shape=(capacity, h, w, 4), maxshape=(capacity, h, w, 4), dtype=np.uint8,
-                chunks=(1, h, w, 4), **options,
-            )
-            self.labels = self.file.create_dataset(
-                "labels", shape=(capacity, h, w), maxshape=(capacity, h, w), dtype=np.uint8,
-                chunks=(1, h, w), fillvalue=IGNORE_INDEX, **options,
-            )
-        except OSError as error:
-            self._discard()
-            raise _write_error(self.path, error) from None
+        self.file = h5py.File(
+            str(self.path), "w", driver="core", backing_store=False, block_size=self.MEMORY_BLOCK,
+            libver=("v110", "latest"), track_order=True,
+        )
+        self.frames = self.file.create_dataset(
+            "frames", shape=(capacity, h, w, 4), maxshape=(capacity, h, w, 4), dtype=np.uint8,
+            chunks=(1, h, w, 4), **options,
+        )
+        self.labels = self.file.create_dataset(
+            "labels", shape=(capacity, h, w), maxshape=(capacity, h, w), dtype=np.uint8,
+            chunks=(1, h, w), fillvalue=IGNORE_INDEX, **options,
+        )
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -237,13 +242,9 @@ class ShardWriter:
             raise HedprepError(
                 f"{frame_id}: frame is {rgbe.dtype} {rgbe.shape}, shard {self.path.name} takes uint8 {expected}"
             )
-        try:
-            self.frames[i] = rgbe
-            if label is not None:
-                self.labels[i] = label
-        except OSError as error:
-            self.abort()
-            raise _write_error(self.path, error) from None
+        self.frames[i] = rgbe
+        if label is not None:
+            self.labels[i] = label
         self.frame_ids.append(frame_id)
 
     def skip(self, frame_id: str, image: str, reason: str) -> None:
@@ -251,22 +252,30 @@ class ShardWriter:
         self.skipped.append({"frame_id": frame_id, "image": image, "reason": reason})
 
     def close(self) -> ShardRecord:
-        """Finish the datasets, viewer tags and attributes, then rename into place; returns the record."""
+        """Finish datasets, viewer tags and attributes; write the file atomically; return its record."""
         try:
             self._finish()
-            self.file.close()
-            with open(self.tmp, "rb+") as f:
+            self.file.flush()
+            image = self.file.id.get_file_image()
+        finally:
+            self._discard()
+        tmp = temporary_name(self.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(image)
+                f.flush()
                 os.fsync(f.fileno())
-            sha256 = file_sha256(self.tmp)
-            size = self.tmp.stat().st_size
-            os.replace(self.tmp, self.path)
+            os.replace(tmp, self.path)
         except OSError as error:
-            self.abort()
-            raise _write_error(self.path, error) from None
+            tmp.unlink(missing_ok=True)
+            raise HedprepError(
+                f"{self.path}: cannot write shard ({error.strerror or error}); the partial file was removed"
+            ) from None
         except BaseException:
-            self.abort()
+            tmp.unlink(missing_ok=True)
             raise
-        return ShardRecord(self.path.name, sha256, list(self.frame_ids), size, list(self.skipped))
+        sha256 = hashlib.sha256(image).hexdigest()
+        return ShardRecord(self.path.name, sha256, list(self.frame_ids), len(image), list(self.skipped))
 
     def _finish(self) -> None:
         n = len(self.frame_ids)
@@ -311,17 +320,12 @@ class ShardWriter:
                 _tag_image(view, subclass, pal)
 
     def abort(self) -> None:
-        """Close and remove the temporary file (nothing is left under the final name)."""
+        """Discard the shard: nothing was or will be written to disk."""
         self._discard()
 
     def _discard(self) -> None:
-        file = getattr(self, "file", None)
-        if file is not None and file.id.valid:
-            try:
-                file.close()
-            except Exception:  # noqa: BLE001 - the file is being thrown away
-                pass
-        self.tmp.unlink(missing_ok=True)
+        if self.file.id.valid:
+            self.file.close()
 
 
 def shard_is_complete(path: str | os.PathLike, record: ShardRecord | None, frame_ids: Sequence[str]) -> bool:
@@ -330,11 +334,6 @@ def shard_is_complete(path: str | os.PathLike, record: ShardRecord | None, frame
     if record is None or record.planned_ids != sorted(frame_ids) or not path.is_file():
         return False
     return path.stat().st_size == record.bytes and file_sha256(path) == record.sha256
-
-
-def _write_error(path: Path, error: OSError) -> HedprepError:
-    reason = error.strerror or str(error)
-    return HedprepError(f"{path}: cannot write shard ({reason}); the partial file was removed")
 
 
 # ------------------------------------------------------------------------------------------- manifest

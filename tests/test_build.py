@@ -1,0 +1,466 @@
+"""`hedprep build` end to end, with real parts: the CLI as a subprocess, real HDF5 files, Dask's local
+scheduler and a dask.distributed scheduler and workers started as subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from hedprep.fixture import make_fixture
+from hedprep.shards import read_attrs, read_manifest
+from tests.test_cli import BIN, assert_one_line_error, run
+
+FRAMES_PER_SHARD = 2
+VOLATILE_ATTRS = {"created"}  # the only attribute that differs between two builds of the same frames
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def shard_contents(path: Path) -> dict:
+    """Everything a shard holds, except its creation time: datasets, views and attributes."""
+    contents: dict = {}
+    with h5py.File(path, "r") as f:
+        contents["/"] = {k: v for k, v in read_attrs(f).items() if k not in VOLATILE_ATTRS}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                contents[name] = (obj[()], obj.chunks, obj.compression, obj.compression_opts)
+            attrs = read_attrs(obj)
+            attrs.pop("PALETTE", None)  # an object reference; its target is checked as `palette`
+            contents[name + "@"] = attrs
+
+        f.visititems(visit)
+    return contents
+
+
+def assert_same_shards(a: Path, b: Path) -> None:
+    """Two builds of a split hold the same shard files with the same contents and frame ids."""
+    names_a = sorted(p.name for p in a.glob("shard-*.h5"))
+    assert names_a == sorted(p.name for p in b.glob("shard-*.h5")) and names_a
+    for name in names_a:
+        ca, cb = shard_contents(a / name), shard_contents(b / name)
+        assert ca.keys() == cb.keys(), name
+        for key in ca:
+            if key.endswith("@") or key == "/":
+                assert ca[key] == cb[key], (name, key)
+            else:
+                assert np.array_equal(ca[key][0], cb[key][0]), (name, key)
+                assert ca[key][1:] == cb[key][1:], (name, key)
+    ma, mb = read_manifest(a), read_manifest(b)
+    assert [s.frame_ids for s in ma.shards] == [s.frame_ids for s in mb.shards]
+    assert ma.complete and mb.complete
+
+
+def build(root: Path, out: Path, *extra: str, split: str = "train") -> subprocess.CompletedProcess:
+    return run("hedprep", "build", "--root", str(root), "--split", split, "--out", str(out),
+               "--frames-per-shard", str(FRAMES_PER_SHARD), *extra)
+
+
+def all_frames(split_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for shard in sorted(split_dir.glob("shard-*.h5")):
+        with h5py.File(shard, "r") as f:
+            for i, frame_id in enumerate(f["frame_ids"][()]):
+                out[frame_id.decode()] = (f["frames"][i], f["labels"][i])
+    return out
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cityscapes")
+    make_fixture(root, {"train": 5, "val": 2, "test": 1}, size=(96, 192), seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_build(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local")
+    result = build(dataset, out)
+    assert result.returncode == 0, result.stderr
+    assert "5 frames in 3 shard(s)" in result.stdout
+    return out / "train"
+
+
+@pytest.fixture(scope="module")
+def slow_dataset(tmp_path_factory) -> Path:
+    """Frames large enough that a build takes seconds: room to kill things midway."""
+    root = tmp_path_factory.mktemp("cityscapes_slow")
+    make_fixture(root, {"train": 8, "val": 0, "test": 0}, size=(256, 512), seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def slow_clean_build(slow_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("slow_clean")
+    result = run("hedprep", "build", "--root", str(slow_dataset), "--split", "train", "--out", str(out),
+                 "--frames-per-shard", "1")
+    assert result.returncode == 0, result.stderr
+    return out / "train"
+
+
+class DaskCluster:
+    """`dask scheduler` and `dask worker` subprocesses on 127.0.0.1, stopped at the end."""
+
+    def __init__(self, tmp: Path, workers: int) -> None:
+        self.tmp = tmp
+        self.scheduler_file = tmp / "scheduler.json"
+        self.processes: list[subprocess.Popen] = []
+        self.scheduler = self._start(
+            "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+            "--scheduler-file", str(self.scheduler_file),
+        )
+        deadline = time.monotonic() + 60
+        while not self.scheduler_file.exists():
+            assert time.monotonic() < deadline, "dask scheduler did not start"
+            assert self.scheduler.poll() is None, "dask scheduler exited"
+            time.sleep(0.05)
+        self.address = json.loads(self.scheduler_file.read_text())["address"]
+        self.workers = [
+            self._start("worker", "--scheduler-file", str(self.scheduler_file), "--host", "127.0.0.1",
+                        "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "60")
+            for _ in range(workers)
+        ]
+        self._wait_for_workers(workers)
+
+    def _start(self, *args: str) -> subprocess.Popen:
+        log = open(self.tmp / f"dask-{len(self.processes)}.log", "w")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen([str(BIN / "dask"), *args], stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=self.tmp, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def _wait_for_workers(self, n: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout="30s") as client:
+            client.wait_for_workers(n, timeout=60)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def cluster(request, tmp_path):
+    clusters = []
+
+    def start(workers: int) -> DaskCluster:
+        cluster = DaskCluster(tmp_path, workers)
+        clusters.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.stop()
+
+
+def wait_for_shards(manifest_dir: Path, process: subprocess.Popen, count: int, timeout: float = 300) -> None:
+    """Poll (bounded) until the build's manifest lists `count` shards."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = manifest_dir / "manifest.json"
+        if path.exists() and len(json.loads(path.read_text())["shards"]) >= count:
+            return
+        assert process.poll() is None, "the build ended before it could be interrupted"
+        time.sleep(0.05)
+    raise AssertionError("the build made no progress")
+
+
+def start_build(root: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [str(BIN / "hedprep"), "build", "--root", str(root), "--split", "train", "--out", str(out),
+               "--frames-per-shard", "1", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# ------------------------------------------------------------------------------------ exact contents
+
+
+def test_rgb_channels_equal_the_source_pngs(dataset, local_build):
+    frames = all_frames(local_build)
+    assert len(frames) == 5
+    for frame_id, (rgbe, _) in frames.items():
+        city = frame_id.split("_")[0]
+        bgr = cv2.imread(str(dataset / "leftImg8bit" / "train" / city / f"{frame_id}_leftImg8bit.png"))
+        assert np.array_equal(rgbe[..., :3], bgr[..., ::-1])
+
+
+def test_labels_equal_the_trainid_mapping_of_cityscapesscripts(dataset, local_build):
+    from cityscapesscripts.helpers.labels import labels as reference_labels
+
+    table = np.full(256, 255, np.uint8)
+    for label in reference_labels:
+        if 0 <= label.id < 256 and 0 <= label.trainId < 255:
+            table[label.id] = label.trainId
+    for frame_id, (_, label) in all_frames(local_build).items():
+        city = frame_id.split("_")[0]
+        ids = cv2.imread(str(dataset / "gtFine" / "train" / city / f"{frame_id}_gtFine_labelIds.png"),
+                         cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(label, table[ids])
+        assert (label != 255).any()
+
+
+def test_edges_equal_hedprep_edges_on_the_same_frames(dataset, local_build, tmp_path):
+    images = sorted(str(p) for p in (dataset / "leftImg8bit" / "train").glob("*/*.png"))
+    result = run("hedprep", "edges", "--out", str(tmp_path), *images)
+    assert result.returncode == 0, result.stderr
+    for frame_id, (rgbe, _) in all_frames(local_build).items():
+        edge = cv2.imread(str(tmp_path / f"{frame_id}_leftImg8bit.png"), cv2.IMREAD_GRAYSCALE)
+        assert np.abs(rgbe[..., 3].astype(int) - edge).max() <= 1
+        assert rgbe[..., 3].max() > 100  # real edges, not an empty channel
+
+
+def test_manifest_lists_every_shard_with_its_hash(local_build):
+    from hedprep.digests import file_sha256
+
+    manifest = read_manifest(local_build)
+    assert manifest.complete and manifest.num_frames == 5
+    assert [len(s.frame_ids) for s in manifest.shards] == [2, 2, 1]
+    for record in manifest.shards:
+        path = local_build / record.file
+        assert file_sha256(path) == record.sha256 and path.stat().st_size == record.bytes
+    assert manifest.params["compression"] == "gzip:1" and manifest.params["frame_height"] == 96
+    assert not list(local_build.glob(".*.tmp"))
+
+
+def test_test_split_labels_are_all_ignore(dataset, tmp_path):
+    result = build(dataset, tmp_path, split="test")
+    assert result.returncode == 0, result.stderr
+    (_, label), = all_frames(tmp_path / "test").values()
+    assert (label == 255).all()
+
+
+# --------------------------------------------------------------------------------- resume and force
+
+
+def test_rerun_keeps_complete_shards_and_rebuilds_a_truncated_one(local_build, tmp_path, dataset):
+    split_dir = tmp_path / "train"
+    shutil.copytree(local_build, split_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in split_dir.glob("shard-*.h5")}
+    target = split_dir / "shard-00001.h5"
+    with open(target, "r+b") as f:
+        f.truncate(target.stat().st_size // 2)
+
+    verify = run("hedprep", "verify", str(tmp_path))
+    assert verify.returncode == 1 and "shard-00001.h5" in verify.stdout + verify.stderr
+
+    result = build(dataset, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 built, 2 kept" in result.stdout
+    after = {p.name: p.stat().st_mtime_ns for p in split_dir.glob("shard-*.h5")}
+    assert after["shard-00000.h5"] == before["shard-00000.h5"]
+    assert after["shard-00001.h5"] != before["shard-00001.h5"]
+    assert_same_shards(split_dir, local_build)
+    assert run("hedprep", "verify", str(tmp_path)).returncode == 0
+
+
+def test_changed_parameters_are_refused_unless_forced(local_build, tmp_path, dataset):
+    shutil.copytree(local_build, tmp_path / "train")
+    result = build(dataset, tmp_path, "--compression", "lzf")
+    assert_one_line_error(result, "manifest.json", "compression 'gzip:1' -> 'lzf'", "--force")
+    assert_same_shards(tmp_path / "train", local_build)  # nothing lost
+
+    forced = build(dataset, tmp_path, "--compression", "lzf", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "3 built, 0 kept" in forced.stdout
+    with h5py.File(tmp_path / "train" / "shard-00000.h5") as f:
+        assert f["frames"].compression == "lzf"
+
+
+def test_sigkill_midway_then_rerun_gives_the_clean_build(slow_dataset, slow_clean_build, tmp_path):
+    process = start_build(slow_dataset, tmp_path)
+    wait_for_shards(tmp_path / "train", process, 2)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    split_dir = tmp_path / "train"
+    done = read_manifest(split_dir)
+    assert not done.complete and 2 <= len(done.shards) < 8
+    for shard in split_dir.glob("shard-*.h5"):  # whatever is under a final name is whole
+        with h5py.File(shard, "r") as f:
+            assert f["frames"].shape[0] == 1 and f.attrs["format_version"] == 1
+
+    result = run("hedprep", "build", "--root", str(slow_dataset), "--split", "train", "--out", str(tmp_path),
+                 "--frames-per-shard", "1")
+    assert result.returncode == 0, result.stderr
+    assert f"{len(done.shards)} kept" in result.stdout
+    assert not list(split_dir.glob(".*.tmp"))
+    assert_same_shards(split_dir, slow_clean_build)
+
+
+# ----------------------------------------------------------------------------------------- dask.distributed
+
+
+def test_distributed_build_equals_local_build(dataset, local_build, cluster, tmp_path):
+    dask_cluster = cluster(1)
+    out = tmp_path / "out"
+    result = build(dataset, out, "--scheduler", dask_cluster.address)
+    assert result.returncode == 0, result.stderr
+    assert_same_shards(out / "train", local_build)
+
+
+def test_local_cluster_build_equals_local_build(dataset, local_build, tmp_path):
+    result = build(dataset, tmp_path, "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert_same_shards(tmp_path / "train", local_build)
+
+
+def test_losing_one_of_two_workers_midway_still_completes(slow_dataset, slow_clean_build, cluster, tmp_path):
+    dask_cluster = cluster(2)
+    process = start_build(slow_dataset, tmp_path, "--scheduler", dask_cluster.address)
+    wait_for_shards(tmp_path / "train", process, 1)
+    dask_cluster.workers[0].send_signal(signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "8 frames in 8 shard(s)" in stdout
+    assert_same_shards(tmp_path / "train", slow_clean_build)
+
+
+# ---------------------------------------------------------------------------------------- bad input
+
+
+def copy_dataset(dataset: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "cityscapes"
+    shutil.copytree(dataset, root)
+    return root
+
+
+def frame_paths(root: Path, frame_id: str) -> tuple[Path, Path]:
+    city = frame_id.split("_")[0]
+    return (root / "leftImg8bit" / "train" / city / f"{frame_id}_leftImg8bit.png",
+            root / "gtFine" / "train" / city / f"{frame_id}_gtFine_labelIds.png")
+
+
+LAST_FRAME = "bochum_000001_000019"  # the 5th frame in frame-id order: the third shard
+
+
+def test_truncated_png_fails_with_one_line_and_loses_nothing(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    out = tmp_path / "out"
+    assert build(root, out).returncode == 0
+    local_build = tmp_path / "before"
+    shutil.copytree(out / "train", local_build)
+    (out / "train" / "shard-00002.h5").unlink()  # the shard of LAST_FRAME must be rebuilt
+    image, _ = frame_paths(root, LAST_FRAME)
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 3])
+    result = build(root, out)
+    assert_one_line_error(result, str(image))
+    manifest = read_manifest(out / "train")
+    assert not manifest.complete and [s.file for s in manifest.shards] == ["shard-00000.h5", "shard-00001.h5"]
+    for name in ("shard-00000.h5", "shard-00001.h5"):  # the shards built before are still there, unchanged
+        assert shard_contents(out / "train" / name).keys() == shard_contents(local_build / name).keys()
+        assert (out / "train" / name).read_bytes() == (local_build / name).read_bytes()
+    assert not list((out / "train").glob(".*.tmp"))
+    assert not (out / "train" / "shard-00002.h5").exists()
+
+
+def test_on_error_skip_records_the_frame_and_finishes(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    image, _ = frame_paths(root, "aachen_000001_000019")
+    image.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    result = build(root, out, "--on-error", "skip")
+    assert result.returncode == 0, result.stderr
+    assert "1 frame(s) skipped" in result.stdout
+    manifest = read_manifest(out / "train")
+    assert manifest.complete and manifest.num_frames == 4
+    (skipped,) = manifest.skipped
+    assert skipped["frame_id"] == "aachen_000001_000019" and "not a readable image" in skipped["reason"]
+    assert "aachen_000001_000019" not in all_frames(out / "train")
+    rerun = build(root, out, "--on-error", "skip")  # a shard with a skipped frame counts as complete
+    assert "0 built, 3 kept" in rerun.stdout
+
+
+def test_missing_label_file(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    _, label = frame_paths(root, LAST_FRAME)
+    label.unlink()
+    assert_one_line_error(build(root, tmp_path / "out"), str(label), "label file missing")
+
+
+def test_image_and_label_of_different_sizes(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    _, label = frame_paths(root, LAST_FRAME)
+    cv2.imwrite(str(label), np.zeros((50, 60), np.uint8))
+    assert_one_line_error(build(root, tmp_path / "out"), str(label), "60x50")
+
+
+def test_frame_of_another_size_than_the_split(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    image, label = frame_paths(root, LAST_FRAME)
+    cv2.imwrite(str(image), np.zeros((48, 64, 3), np.uint8))
+    cv2.imwrite(str(label), np.zeros((48, 64), np.uint8))
+    assert_one_line_error(build(root, tmp_path / "out"), str(image), "64x48", "192x96")
+
+
+def test_empty_and_missing_split(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    for city in (root / "leftImg8bit" / "val").iterdir():
+        shutil.rmtree(city)
+    assert_one_line_error(build(root, tmp_path / "out", split="val"), "leftImg8bit/val", "no *_leftImg8bit.png")
+    shutil.rmtree(root / "leftImg8bit" / "val")
+    assert_one_line_error(build(root, tmp_path / "out", split="val"), "leftImg8bit/val", "does not exist")
+
+
+def test_unwritable_out(dataset, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert_one_line_error(build(dataset, blocker / "out"), str(blocker / "out"), "not writable")
+
+
+def test_unexpected_names_are_skipped_with_a_warning(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    (root / "leftImg8bit" / "train" / "aachen" / "notes.txt").write_text("hello")
+    result = build(root, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "aachen/notes.txt" in result.stderr
+    assert read_manifest(tmp_path / "out" / "train").num_frames == 5
+
+
+def _limit_file_size(limit: int):
+    def preexec() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec
+
+
+def test_disk_filling_up_removes_the_temporary_file(dataset, local_build, tmp_path):
+    # Files may grow to just under the largest shard: the largest shard's write fails midway, as on a full disk.
+    largest = max(local_build.glob("shard-*.h5"), key=lambda p: p.stat().st_size)
+    limit = largest.stat().st_size - 4096
+    out = tmp_path / "out"
+    command = [str(BIN / "hedprep"), "build", "--root", str(dataset), "--split", "train", "--out", str(out),
+               "--frames-per-shard", str(FRAMES_PER_SHARD)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            preexec_fn=_limit_file_size(limit), env={**os.environ, "COLUMNS": "200"})
+    assert_one_line_error(result, "cannot write shard (File too large)", "partial file was removed")
+    failed = re.search(r"(shard-\d{5}\.h5): cannot write", result.stderr).group(1)
+    split_dir = out / "train"
+    assert not list(split_dir.glob(".*.tmp"))
+    assert not (split_dir / failed).exists()
+    manifest = read_manifest(split_dir)
+    for record in manifest.shards:  # what was written before the failure is whole
+        assert (split_dir / record.file).stat().st_size == record.bytes
