@@ -11,9 +11,11 @@ import threading
 from contextlib import contextmanager
 
 import click
+from rich import box, filesize
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from hedprep.errors import HedprepError
 
@@ -221,6 +223,157 @@ def build(root, split, out, labels, weights, frames_per_shard, batch_size, preci
     )
     for entry in result.skipped:
         err_console.print(f"[yellow]skipped[/] {escape(entry['frame_id'])}: {escape(entry['reason'])}", highlight=False)
+
+
+@hedprep.command("inspect")
+@click.argument("path", type=click.Path())
+def inspect_shards(path) -> None:
+    """Show how the shards at PATH are stored: a shard file, a split folder or an output folder.
+
+    Per split: a table with a row per shard (frames, frame size HxW, dtype, chunk shape and filter
+    of `frames`, stored = compressed bytes of frames and labels, file size, and ratio = uncompressed
+    frames and labels / file size), the shards' root attributes (those equal in every shard once) and
+    the frames the build skipped. For a single shard file also its datasets. No pixel is decoded.
+    """
+    from hedprep.shard_report import ShardSummary, summarize
+
+    result = summarize(path)
+    if isinstance(result, ShardSummary):
+        _print_section(str(result.path), _shard_table([result]))
+        _print_section("root attributes", _attrs_table([result]))
+        _print_section("datasets", _datasets_table(result))
+        return
+    for split in result:
+        incomplete = "" if split.manifest.complete else " (build incomplete: the manifest lists the shards done so far)"
+        _print_section(f"{split.split_dir}: {split.frames} frames in {len(split.shards)} shard(s){incomplete}",
+                       _shard_table(split.shards))
+        if split.shards:
+            _print_section("root attributes", _attrs_table(split.shards))
+        if split.manifest.skipped:
+            _print_section(f"{len(split.manifest.skipped)} skipped frame(s)", _skipped_table(split.manifest.skipped))
+
+
+def _print_section(heading: str, table: Table) -> None:
+    console.print(f"[bold]{escape(heading)}[/]", highlight=False, soft_wrap=True)
+    console.print(table)
+    console.print()
+
+
+def _shard_table(shards) -> Table:
+    table = _table("file", "frames", "HxW", "dtype", "chunks", "filter", "stored", "size", "ratio")
+    for s in shards:
+        h, w = s.frame_shape
+        dtypes = s.frames_dtype if s.frames_dtype == s.labels_dtype else f"{s.frames_dtype}/{s.labels_dtype}"
+        table.add_row(
+            escape(s.path.name), str(s.frames), f"{h}x{w}", dtypes, _chunks(s.frames_chunks), s.compression,
+            filesize.decimal(s.stored_bytes), filesize.decimal(s.file_bytes), f"{s.ratio:.2f}",
+        )
+    if len(shards) > 1:
+        raw, size = sum(s.raw_bytes for s in shards), sum(s.file_bytes for s in shards)
+        table.add_section()
+        table.add_row("total", str(sum(s.frames for s in shards)), "", "", "", "",
+                      filesize.decimal(sum(s.stored_bytes for s in shards)), filesize.decimal(size),
+                      f"{raw / size:.2f}" if size else "")
+    return table
+
+
+def _table(*columns: str) -> Table:
+    """A compact table: numbers right-aligned and never wrapped, long text folded rather than cut off."""
+    table = Table(box=box.SIMPLE_HEAD, highlight=False, padding=0, show_edge=False)
+    for name in columns:
+        numeric = name in ("frames", "stored", "size", "ratio")
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold",
+                         no_wrap=numeric or name == "file")
+    return table
+
+
+def _chunks(chunks: tuple[int, ...] | None) -> str:
+    return "x".join(map(str, chunks)) if chunks else "-"
+
+
+def _attrs_table(shards) -> Table:
+    from hedprep.shard_report import common_attrs
+
+    shared, differing = common_attrs(shards)
+    table = _table("attribute", "value")
+    for name, value in shared.items():
+        table.add_row(escape(name), escape(str(value)))
+    for name, values in differing.items():
+        table.add_row(escape(name), escape("\n".join(f"{file}: {value}" for file, value in values.items())))
+    return table
+
+
+def _datasets_table(shard) -> Table:
+    table = _table("dataset", "shape", "dtype", "chunks", "filter", "stored")
+    for d in shard.datasets:
+        name = f"{d.name} (x{d.count})" if d.count > 1 else d.name
+        shape = "x".join(map(str, d.shape))
+        table.add_row(escape(name), shape, d.dtype, _chunks(d.chunks), d.filters, filesize.decimal(d.stored_bytes))
+    return table
+
+
+def _skipped_table(skipped) -> Table:
+    table = _table("frame", "image", "reason")
+    for entry in skipped:
+        table.add_row(*(escape(str(entry.get(key, ""))) for key in ("frame_id", "image", "reason")))
+    return table
+
+
+@hedprep.command("verify")
+@click.argument("out", type=click.Path())
+def verify_shards(out) -> None:
+    """Check every shard of a build: OUT is an output folder (one subfolder per split) or a split folder.
+
+    Each shard the manifest lists must match its size and sha256 and hold the listed frames; the
+    manifest must say the build completed. Shard files the manifest does not list are reported as
+    warnings. Exit status 1 if anything is bad; rerunning `hedprep build` rebuilds only bad shards.
+    """
+    from hedprep.shard_report import check_output
+
+    checks = check_output(out)
+    for check in checks:
+        name = escape(check.split_dir.name)
+        for bad in check.bad:
+            console.print(f"[red]bad[/] {escape(str(check.split_dir / bad.file))}: {escape('; '.join(bad.problems))}",
+                          highlight=False, soft_wrap=True)
+        for problem in check.problems:
+            console.print(f"[red]bad[/] {escape(str(check.split_dir))}: {escape(problem)}", highlight=False,
+                          soft_wrap=True)
+        for file in check.unlisted:
+            err_console.print(f"[yellow]warning:[/] {escape(str(check.split_dir / file))}: not listed in the "
+                              "manifest, so not part of the split", highlight=False, soft_wrap=True)
+        if check.manifest is None:
+            console.print(f"{name}: [red]FAILED[/] (no readable manifest)", highlight=False)
+            continue
+        counts = f"{_plural(len(check.manifest.shards), 'shard')}, {_plural(check.manifest.num_frames, 'frame')}"
+        if check.ok:
+            console.print(f"{name}: {counts} [green]OK[/]", highlight=False)
+        else:
+            console.print(f"{name}: {counts}, {len(check.bad)} bad shard(s) [red]FAILED[/]", highlight=False)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise HedprepError(f"{out}: {len(failed)} of {len(checks)} split(s) failed verification")
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+@hedprep.command("show", context_settings={"ignore_unknown_options": True})  # INDEX may be negative
+@click.argument("shard", type=click.Path(dir_okay=False))
+@click.argument("index", type=int)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the PNGs (created if missing).")
+def show_frame(shard, index, out_dir) -> None:
+    """Write frame INDEX of SHARD as OUT/{frame_id}_rgb.png, _edge.png and _label.png.
+
+    INDEX counts from 0; a negative INDEX counts from the end (-1 is the last frame). The label PNG
+    shows trainIds in the Cityscapes colors, ignored pixels black.
+    """
+    from hedprep.shard_report import write_frame_pngs
+
+    for path in write_frame_pngs(shard, index, out_dir):
+        console.print(escape(str(path)), highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------- segnet

@@ -1,0 +1,316 @@
+"""`hedprep inspect`, `verify` and `show` (hedprep/shard_report.py), run on a real tiny build; h5dump reads it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from hedprep.cityscapes import trainid_to_color
+from hedprep.errors import HedprepError
+from hedprep.shard_report import check_output, common_attrs, summarize, summarize_shard, summarize_split
+from tests.test_cli import assert_one_line_error, run
+
+SIZE = (64, 128)  # (height, width)
+FRAMES = 4
+PER_SHARD = 2
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """OUT of a 4-frame train build, 2 frames per shard (gzip): OUT/train/shard-0000{0,1}.h5."""
+    from hedprep.fixture import make_fixture
+    from pipelines.build import BuildConfig, build_split
+
+    base = tmp_path_factory.mktemp("shard-tools")
+    make_fixture(base / "cityscapes", {"train": FRAMES, "val": 0, "test": 0}, SIZE)
+    build_split(BuildConfig(root=str(base / "cityscapes"), split="train", out=str(base / "out"),
+                            frames_per_shard=PER_SHARD, device="cpu"))
+    return base / "out"
+
+
+@pytest.fixture
+def copy(built, tmp_path) -> Path:
+    """A copy of the build to damage."""
+    return Path(shutil.copytree(built, tmp_path / "out"))
+
+
+def shard(out: Path, index: int = 0) -> Path:
+    return out / "train" / f"shard-{index:05d}.h5"
+
+
+def edit_manifest(out: Path, change) -> None:
+    path = out / "train" / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+# ------------------------------------------------------------------------------------ damaging a copy
+
+
+def truncate(out: Path, index: int = 1) -> None:
+    path = shard(out, index)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def flip_byte(out: Path) -> None:
+    path = shard(out, 1)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def damage_metadata(out: Path, index: int = 1) -> None:
+    """Flip a byte in the object header of `frame_ids` (h5py then raises KeyError, not OSError)."""
+    path = shard(out, index)
+    with h5py.File(path, "r") as f:
+        header = h5py.h5o.get_info(f["frame_ids"].id).addr
+    data = bytearray(path.read_bytes())
+    data[header + 8] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def remove(out: Path) -> None:
+    shard(out, 1).unlink()
+
+
+def escape_folder(out: Path) -> None:
+    def change(data):
+        data["shards"][1]["file"] = "../x.h5"
+
+    edit_manifest(out, change)
+
+
+def incomplete(out: Path) -> None:
+    edit_manifest(out, lambda data: data.update(complete=False))
+
+
+# --------------------------------------------------------------------------------------------- inspect
+
+
+def test_summarize_shard(built):
+    s = summarize_shard(shard(built))
+    h, w = SIZE
+    assert (s.frames, s.frame_shape, s.frames_dtype, s.labels_dtype) == (PER_SHARD, SIZE, "uint8", "uint8")
+    assert s.frames_chunks == (1, h, w, 4) and s.compression == "gzip:1"
+    assert s.raw_bytes == PER_SHARD * h * w * 5
+    assert s.file_bytes == shard(built).stat().st_size
+    assert 0 < s.stored_bytes < s.file_bytes and s.ratio == s.raw_bytes / s.file_bytes
+    assert s.attrs["format"] == "hedseg-shards" and s.attrs["format_version"] == 1
+    rows = {d.name: d for d in s.datasets}
+    assert set(rows) == {"frames", "labels", "frame_ids", "palette", "images/*/rgb", "images/*/edge",
+                         "images/*/label"}
+    assert rows["labels"].chunks == (1, h, w) and rows["palette"].shape == (256, 3)
+    assert rows["images/*/rgb"].shape == (h, w, 3) and rows["images/*/rgb"].filters == "virtual"
+    assert rows["images/*/edge"].count == PER_SHARD
+
+
+def test_summarize_split_and_output(built):
+    split = summarize_split(built / "train")
+    assert split.frames == FRAMES and [s.path.name for s in split.shards] == ["shard-00000.h5", "shard-00001.h5"]
+    assert split.ratio == sum(s.raw_bytes for s in split.shards) / split.file_bytes
+    shared, differing = common_attrs(split.shards)
+    assert shared["split"] == "train" and shared["frame_height"] == SIZE[0]
+    assert set(differing) <= {"created"}
+    assert [s.frames for s in summarize(built)] == [FRAMES]
+
+
+def test_inspect_shard_file(built):
+    result = run("hedprep", "inspect", str(shard(built)))
+    assert result.returncode == 0, result.stderr
+    s = summarize_shard(shard(built))
+    row = re.search(r"^shard-00000\.h5 +(\d+) +(\d+x\d+) .* ([\d.]+)$", result.stdout, re.M)
+    assert row and row.groups() == (str(PER_SHARD), f"{SIZE[0]}x{SIZE[1]}", f"{s.ratio:.2f}"), result.stdout
+    for name in ("frames", "labels", "frame_ids", "palette", f"images/*/rgb (x{PER_SHARD})", "hed_weights_sha256"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("where", ["out", "split"])
+def test_inspect_folder(built, where):
+    path = built if where == "out" else built / "train"
+    result = run("hedprep", "inspect", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"{FRAMES} frames in 2 shard(s)" in result.stdout
+    ratio = summarize_split(built / "train").ratio
+    assert re.search(rf"^total +{FRAMES} .* {ratio:.2f}$", result.stdout, re.M), result.stdout
+    assert "shard-00001.h5" in result.stdout and "images/*/rgb" not in result.stdout
+
+
+def test_inspect_lists_skipped_frames(copy):
+    skipped = {"frame_id": "ulm_000099_000019", "image": "ulm_000099_000019_leftImg8bit.png", "reason": "unreadable"}
+    edit_manifest(copy, lambda data: data["shards"][0].update(skipped=[skipped]))
+    result = run("hedprep", "inspect", str(copy))
+    assert result.returncode == 0, result.stderr
+    assert "1 skipped frame(s)" in result.stdout
+    assert re.search(r"^ulm_000099_000019 +ulm_000099_000019_leftImg8bit\.png +unreadable", result.stdout, re.M)
+
+
+def test_inspect_refuses_other_files(tmp_path):
+    text = tmp_path / "notes.h5"
+    text.write_text("not HDF5")
+    assert_one_line_error(run("hedprep", "inspect", str(text)), str(text), "not a readable HDF5 file")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["frames"] = np.zeros((1, 2, 2, 4), np.uint8)
+    assert_one_line_error(run("hedprep", "inspect", str(other)), str(other), "not a hedseg-shards v1 shard")
+    with pytest.raises(HedprepError, match="no such file or folder"):
+        summarize(tmp_path / "missing")
+
+
+def test_inspect_and_show_refuse_damaged_shards(copy, tmp_path):
+    truncate(copy, 1)
+    assert_one_line_error(run("hedprep", "inspect", str(copy)), str(shard(copy, 1)), "not a readable HDF5 file")
+    damage_metadata(copy, 0)
+    path = shard(copy, 0)
+    assert_one_line_error(run("hedprep", "inspect", str(path)), str(path), "damaged shard")
+    assert_one_line_error(run("hedprep", "show", str(path), "0", "--out", str(tmp_path / "png")), str(path),
+                          "damaged shard")
+
+
+# ---------------------------------------------------------------------------------------------- verify
+
+
+def test_verify_good_build(built):
+    result = run("hedprep", "verify", str(built))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"train: 2 shards, {FRAMES} frames OK" in result.stdout
+    assert run("hedprep", "verify", str(built / "train")).returncode == 0
+
+
+@pytest.mark.parametrize("damage, names, problem", [
+    (truncate, "shard-00001.h5", "manifest says"),
+    (flip_byte, "shard-00001.h5", "sha256 differs from the manifest"),
+    (damage_metadata, "shard-00001.h5", "damaged or unreadable (Unable to synchronously open object"),
+    (remove, "shard-00001.h5", "missing"),
+    (escape_folder, "../x.h5", "leaves the split folder"),
+    (incomplete, "train", "build incomplete, rerun hedprep build"),
+])
+def test_verify_reports_damage(copy, damage, names, problem):
+    damage(copy)
+    result = run("hedprep", "verify", str(copy))
+    assert_one_line_error(result, str(copy), "failed verification")
+    bad = [line for line in result.stdout.splitlines() if line.startswith("bad ")]
+    assert len(bad) == 1 and names in bad[0] and problem in bad[0], result.stdout
+    assert "train: 2 shards" in result.stdout and "FAILED" in result.stdout
+    if damage is not incomplete:
+        assert "shard-00000.h5" not in result.stdout
+
+
+def test_verify_warns_about_unlisted_shards(copy):
+    shutil.copy(shard(copy, 0), shard(copy, 7))
+    result = run("hedprep", "verify", str(copy))
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "shard-00007.h5" in warnings[0] and "not listed in the manifest" in warnings[0]
+    [check] = check_output(copy)
+    assert check.ok and check.unlisted == ["shard-00007.h5"]
+
+
+def test_verify_unreadable_manifest(copy):
+    (copy / "train" / "manifest.json").write_text("{")
+    result = run("hedprep", "verify", str(copy))
+    assert_one_line_error(result, "failed verification")
+    assert "not a readable manifest" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ show
+
+
+@pytest.mark.parametrize("index", [0, -1])
+def test_show_writes_exact_pngs(built, tmp_path, index):
+    result = run("hedprep", "show", str(shard(built, 1)), str(index), "--out", str(tmp_path / "png"))
+    assert result.returncode == 0, result.stderr
+    with h5py.File(shard(built, 1), "r") as f:
+        frame, label, frame_id = f["frames"][index], f["labels"][index], f["frame_ids"][index].decode()
+    paths = [tmp_path / "png" / f"{frame_id}_{kind}.png" for kind in ("rgb", "edge", "label")]
+    assert result.stdout.split() == [str(p) for p in paths]
+    rgb, edge, colors = (cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in paths)
+    np.testing.assert_array_equal(cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB), frame[..., :3])
+    np.testing.assert_array_equal(edge, frame[..., 3])
+    np.testing.assert_array_equal(cv2.cvtColor(colors, cv2.COLOR_BGR2RGB), trainid_to_color(label))
+    assert edge.std() > 0 and len(np.unique(label)) > 1  # not a trivially blank frame
+    assert not list((tmp_path / "png").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("index", ["2", "-3"])
+def test_show_index_out_of_range(built, tmp_path, index):
+    result = run("hedprep", "show", str(shard(built)), index, "--out", str(tmp_path))
+    assert_one_line_error(result, str(shard(built)), f"no frame {index}", f"holds {PER_SHARD} frame(s)")
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------- plugin filters
+
+
+def test_zstd_shards_need_no_manual_plugin_import(tmp_path):
+    """inspect, verify and show load hdf5plugin themselves (h5py alone cannot decode zstd)."""
+    pytest.importorskip("hdf5plugin")
+    from dataclasses import asdict
+
+    from hedprep.shards import Compression, Manifest, ShardInfo, ShardWriter, write_manifest
+
+    split_dir = tmp_path / "out" / "val"
+    split_dir.mkdir(parents=True)
+    info = ShardInfo("val", "/data", "bsds500", "0" * 64, "fp32", "zstd:3", 32, 48)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (32, 48, 4), np.uint8)
+    label = rng.integers(0, 19, (32, 48), np.uint8)
+    with ShardWriter(split_dir / "shard-00000.h5", 1, info, Compression("zstd", 3)) as writer:
+        writer.append("ulm_000000_000019", frame, label)
+        record = writer.close()
+    write_manifest(split_dir, Manifest("val", asdict(info), [record], complete=True))
+
+    inspect = run("hedprep", "inspect", str(split_dir / "shard-00000.h5"))
+    assert inspect.returncode == 0 and re.search(r"^frames .* zstd:3 ", inspect.stdout, re.M), inspect.stdout
+    verify = run("hedprep", "verify", str(tmp_path / "out"))
+    assert verify.returncode == 0 and "val: 1 shard, 1 frame OK" in verify.stdout, verify.stdout + verify.stderr
+    show = run("hedprep", "show", str(split_dir / "shard-00000.h5"), "0", "--out", str(tmp_path / "png"))
+    assert show.returncode == 0, show.stderr
+    edge = cv2.imread(str(tmp_path / "png" / "ulm_000000_000019_edge.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(edge, frame[..., 3])
+
+
+# ---------------------------------------------------------------------------------------------- h5dump
+
+
+def h5dump(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("h5dump")
+    if exe is None:
+        pytest.fail("h5dump not found: install Debian's hdf5-tools (apt-get install hdf5-tools), as `make test` does")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_h5dump_reads_a_shard(built):
+    path = shard(built)
+    header = h5dump("-H", str(path))
+    assert header.returncode == 0, header.stderr
+    with h5py.File(path, "r") as f:
+        ids = [i.decode() for i in f["frame_ids"][()]]
+        edges = f["frames"][:, :, :, 3]
+    for name in ("frames", "labels", "frame_ids", "palette"):
+        assert f'DATASET "{name}"' in header.stdout
+    for frame_id in ids:
+        group = header.stdout.split(f'GROUP "{frame_id}"', 1)[1]
+        for view in ("rgb", "edge", "label"):
+            assert f'DATASET "{view}"' in group
+
+    i = len(ids) - 1  # a window around the strongest edge, so the values are not all zero
+    interior = edges[i, 4:-8, 4:-8]
+    row, col = (int(v) + 4 for v in np.unravel_index(np.argmax(interior), interior.shape))
+    r0, c0 = row - 1, col - 2
+    dump = h5dump("-d", f"/images/{ids[i]}/edge", "-s", f"{r0},{c0}", "-c", "3,5", str(path))
+    assert dump.returncode == 0, dump.stderr
+    data = dump.stdout.split("SUBSET", 1)[1].split("DATA {", 1)[1].split("}", 1)[0]
+    values = [int(v) for line in data.splitlines() if "):" in line for v in re.findall(r"\d+", line.split("):")[1])]
+    expected = edges[i, r0:r0 + 3, c0:c0 + 5]
+    assert expected.std() > 0
+    assert values == expected.ravel().tolist()
