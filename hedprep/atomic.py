@@ -28,9 +28,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename in folder `path` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (fsync'd before the rename)."""
+    """Write `data` to `path` atomically (fsync'd before the rename, the folder after it)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    fsync_dir(Path(path).parent)

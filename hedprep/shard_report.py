@@ -27,11 +27,10 @@ from hedprep.shards import (
     Manifest,
     Sample,
     ShardProblem,
-    check_shard,
+    load_filter_plugins,
     read_attrs,
     read_manifest,
     shard_files,
-    shard_info_from_params,
     shard_path,
     split_dirs,
     verify_split,
@@ -55,18 +54,6 @@ INCOMPLETE_BUILD = "build incomplete, rerun hedprep build"
 H5PY_DAMAGE_ERRORS = (KeyError, RuntimeError, ValueError)
 # Frame ids become file names in `show`: Cityscapes ids are `{city}_{seq}_{frame}`.
 _SAFE_FILE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def load_filter_plugins() -> bool:
-    """Register hdf5plugin's filters (zstd, lz4) with HDF5, if it is installed; True if it is.
-
-    h5py cannot decode zstd or lz4 shards in a process that has not imported hdf5plugin.
-    """
-    try:
-        import hdf5plugin  # noqa: F401 - importing registers the filters
-    except ImportError:
-        return False
-    return True
 
 
 def _one_line(error: Exception) -> str:
@@ -281,39 +268,14 @@ class SplitCheck:
 def check_split(split_dir: str | os.PathLike) -> SplitCheck:
     """Verify one split: every listed shard (hash, datasets, frame ids), completeness, stray shard files."""
     split_dir = Path(split_dir)
-    load_filter_plugins()
     try:
         manifest, bad = verify_split(split_dir)
     except HedprepError as error:
         return SplitCheck(split_dir, None, problems=[str(error)])
-    except (OSError, *H5PY_DAMAGE_ERRORS):
-        manifest, bad = read_manifest(split_dir), _check_shards_one_by_one(split_dir)
     listed = {record.file for record in manifest.shards}
     unlisted = [p.name for p in shard_files([split_dir]) if p.name not in listed]
     problems = [] if manifest.complete else [INCOMPLETE_BUILD]
     return SplitCheck(split_dir, manifest, bad, unlisted, problems)
-
-
-def _check_shards_one_by_one(split_dir: Path) -> list[ShardProblem]:
-    """`verify_split`'s loop, but an error checking one shard becomes that shard's problem.
-
-    `shards.check_shard` catches OSError only around h5py: h5py raises KeyError for an object header
-    with a bad checksum ("incorrect metadata checksum"), and hashing an unreadable file raises
-    OSError; either would otherwise end the whole check.
-    """
-    manifest = read_manifest(split_dir)
-    info = shard_info_from_params(manifest.params)
-    bad = []
-    for record in manifest.shards:
-        try:
-            problems = check_shard(shard_path(split_dir, record.file), record, info)
-        except HedprepError as error:
-            problems = [str(error).split(": ", 1)[-1]]
-        except (OSError, *H5PY_DAMAGE_ERRORS) as error:
-            problems = [f"damaged or unreadable ({_one_line(error)})"]
-        if problems:
-            bad.append(ShardProblem(record.file, problems))
-    return bad
 
 
 def check_output(path: str | os.PathLike) -> list[SplitCheck]:

@@ -19,6 +19,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-from hedprep.atomic import temporary_name, write_bytes_atomic
+from hedprep.atomic import fsync_dir, temporary_name, write_bytes_atomic
 from hedprep.cityscapes import IGNORE_INDEX, trainid_palette
 from hedprep.digests import file_sha256
 from hedprep.errors import HedprepError
@@ -216,7 +217,7 @@ class ShardWriter:
         options = compression.h5py_options()
         self.file = h5py.File(
             str(self.path), "w", driver="core", backing_store=False, block_size=self.MEMORY_BLOCK,
-            libver=("v110", "latest"), track_order=True,
+            libver=("v110", "v110"), track_order=True,  # a fixed on-disk format, read by HDF5 >= 1.10
         )
         self.frames = self.file.create_dataset(
             "frames", shape=(capacity, h, w, 4), maxshape=(capacity, h, w, 4), dtype=np.uint8,
@@ -266,6 +267,7 @@ class ShardWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
         except OSError as error:
             tmp.unlink(missing_ok=True)
             raise HedprepError(
@@ -316,7 +318,8 @@ class ShardWriter:
             for name, shape, source, subclass, pal in views:
                 layout = h5py.VirtualLayout(shape=shape, dtype=np.uint8)
                 layout[...] = source
-                view = frame_group.create_virtual_dataset(name, layout, fillvalue=0)
+                fill = IGNORE_INDEX if name == "label" else 0
+                view = frame_group.create_virtual_dataset(name, layout, fillvalue=fill)
                 _tag_image(view, subclass, pal)
 
     def abort(self) -> None:
@@ -429,6 +432,12 @@ class SplitReader:
         self.manifest = read_manifest(self.split_dir)
         if self.split_dir.is_file():
             self.split_dir = self.split_dir.parent
+        if not self.manifest.complete:
+            warnings.warn(
+                f"{self.split_dir / MANIFEST_NAME}: the build is incomplete; reading the "
+                f"{self.manifest.num_frames} frames built so far (rerun hedprep build to finish it)",
+                UserWarning, stacklevel=2,
+            )
         self.shards = [s for s in self.manifest.shards if s.frame_ids]
         self.frame_ids = [i for s in self.shards for i in s.frame_ids]
         self._starts = np.cumsum([0] + [len(s.frame_ids) for s in self.shards])
@@ -458,6 +467,7 @@ class SplitReader:
             self._pid = os.getpid()
         f = self._handles.get(shard)
         if f is None:
+            load_filter_plugins()
             path = shard_path(self.split_dir, self.shards[shard].file)
             try:
                 f = h5py.File(path, "r")
@@ -490,12 +500,31 @@ def open_split(out: str | os.PathLike, split: str | None = None) -> SplitReader:
     return SplitReader(Path(out) / split if split else Path(out))
 
 
+def is_plain_file_name(file: str) -> bool:
+    """True for a bare file name: no folders, not absolute, not `.` or `..`."""
+    name = Path(file)
+    return not name.is_absolute() and len(name.parts) == 1 and name.name not in ("", ".", "..")
+
+
 def shard_path(split_dir: Path, file: str) -> Path:
     """The path of a manifest's shard entry; refuses names that would leave the split folder."""
-    name = Path(file)
-    if name.is_absolute() or len(name.parts) != 1 or name.name in ("", ".", ".."):
+    if not is_plain_file_name(file):
         raise HedprepError(f"{split_dir / MANIFEST_NAME}: shard path {file!r} leaves the split folder")
-    return split_dir / name
+    return split_dir / file
+
+
+_plugins_loaded = False
+
+
+def load_filter_plugins() -> None:
+    """Register hdf5plugin's filters (zstd, lz4), if it is installed, so such shards decode."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        try:
+            import hdf5plugin  # noqa: F401 - importing registers the filters with HDF5
+        except ImportError:
+            pass
 
 
 # ------------------------------------------------------------------------------------------ verifying
@@ -507,16 +536,25 @@ def check_shard(path: Path, record: ShardRecord | None = None, info: ShardInfo |
     if not path.is_file():
         return ["missing"]
     if record is not None:
-        if path.stat().st_size != record.bytes:
-            problems.append(f"size {path.stat().st_size} bytes, manifest says {record.bytes}")
-        elif file_sha256(path) != record.sha256:
-            problems.append("sha256 differs from the manifest")
+        try:
+            if path.stat().st_size != record.bytes:
+                problems.append(f"size {path.stat().st_size} bytes, manifest says {record.bytes}")
+            elif file_sha256(path) != record.sha256:
+                problems.append("sha256 differs from the manifest")
+        except OSError as error:
+            return [f"cannot read ({error.strerror or error})"]
+    load_filter_plugins()
     try:
         with h5py.File(path, "r") as f:
             problems += _check_contents(f, record, info)
-    except OSError as error:
-        problems.append(f"not a readable HDF5 file ({error})")
+    except (OSError, KeyError, RuntimeError, ValueError) as error:
+        problems.append(f"not a readable HDF5 file ({_first_line(error)})")
     return problems
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip()  # no quotes
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | None) -> list[str]:
@@ -548,8 +586,8 @@ def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | 
             frames[i], labels[i]
             for view in f[IMAGES_GROUP][stored_ids[i]].values():
                 view[0]
-    except (OSError, KeyError) as error:
-        problems.append(f"data does not decode ({error})")
+    except (OSError, KeyError, RuntimeError, ValueError) as error:
+        problems.append(f"data does not decode ({_first_line(error)})")
     return problems
 
 
@@ -574,11 +612,10 @@ def verify_split(split_dir: str | os.PathLike) -> tuple[Manifest, list[ShardProb
     info = shard_info_from_params(manifest.params)
     bad = []
     for record in manifest.shards:
-        try:
-            path = shard_path(split_dir, record.file)
-        except HedprepError as error:
-            bad.append(ShardProblem(record.file, [str(error).split(": ", 1)[-1]]))
+        if not is_plain_file_name(record.file):
+            bad.append(ShardProblem(record.file, ["shard path leaves the split folder"]))
             continue
+        path = split_dir / record.file
         problems = check_shard(path, record, info)
         if problems:
             bad.append(ShardProblem(record.file, problems))

@@ -25,6 +25,7 @@ from pathlib import Path
 import dask
 from dask.callbacks import Callback
 
+from hedprep.allocator import retain_freed_memory
 from hedprep.cityscapes import list_frames, resolve_root
 from hedprep.edges import PRECISIONS
 from hedprep.errors import HedprepError
@@ -317,8 +318,10 @@ def _run_local(specs: list[ShardSpec], keeper: _ManifestKeeper, on_frames: Calla
     _local_progress = on_frames
     try:
         with Callback(posttask=posttask):
-            # One task at a time: HED already uses every core, and two would double the memory.
-            dask.compute(*shard_graph(specs), scheduler="threads", num_workers=1)
+            # One task at a time, in this thread: HED already uses every core (two tasks would double
+            # the memory), and the main thread's heap is the one that keeps HED's buffers warm.
+            retain_freed_memory()
+            dask.compute(*shard_graph(specs), scheduler="sync")
     finally:
         _local_progress = None
 
@@ -365,6 +368,7 @@ def _run_distributed(specs: list[ShardSpec], config: BuildConfig, keeper: _Manif
         if on_frames is not None:
             client.subscribe_topic(PROGRESS_TOPIC, lambda event: on_frames(event[1]["frames"]))
         threads = _torch_threads(client)
+        client.run(retain_freed_memory)  # before the workers start their task threads
         futures = client.compute(shard_graph(specs, threads))
         try:
             for future in as_completed(futures):

@@ -189,7 +189,7 @@ def test_verify_good_build(built):
 @pytest.mark.parametrize("damage, names, problem", [
     (truncate, "shard-00001.h5", "manifest says"),
     (flip_byte, "shard-00001.h5", "sha256 differs from the manifest"),
-    (damage_metadata, "shard-00001.h5", "damaged or unreadable (Unable to synchronously open object"),
+    (damage_metadata, "shard-00001.h5", "not a readable HDF5 file (Unable to synchronously open object"),
     (remove, "shard-00001.h5", "missing"),
     (escape_folder, "../x.h5", "leaves the split folder"),
     (incomplete, "train", "build incomplete, rerun hedprep build"),

@@ -1,0 +1,279 @@
+"""hedprep.shards: the shard file format v1, written and read back with real HDF5 files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+
+from hedprep.cityscapes import trainid_palette
+from hedprep.errors import HedprepError
+from hedprep.shards import (
+    CHANNELS,
+    Compression,
+    Manifest,
+    ShardInfo,
+    ShardWriter,
+    check_shard,
+    open_split,
+    parse_compression,
+    read_manifest,
+    shard_is_complete,
+    shard_name,
+    shard_path,
+    verify_split,
+    write_manifest,
+)
+
+H, W = 24, 40
+INFO = ShardInfo("train", "/data/cityscapes", "bsds500", "ab" * 32, "fp32", "gzip:1", H, W)
+
+
+def random_frames(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = [f"aachen_{i:06d}_000019" for i in range(n)]
+    return ids, rng.integers(0, 256, (n, H, W, 4), dtype=np.uint8), rng.integers(0, 19, (n, H, W), dtype=np.uint8)
+
+
+GZIP = Compression()
+
+
+def write(path, ids, frames, labels, compression: Compression = GZIP):
+    with ShardWriter(path, len(ids), INFO, compression) as writer:
+        for frame_id, frame, label in zip(ids, frames, labels, strict=True):
+            writer.append(frame_id, frame, label)
+        return writer.close()
+
+
+@pytest.fixture
+def split(tmp_path):
+    """A split of two shards (3 + 2 frames) with its manifest."""
+    ids, frames, labels = random_frames(5)
+    records = [write(tmp_path / shard_name(0), ids[:3], frames[:3], labels[:3]),
+               write(tmp_path / shard_name(1), ids[3:], frames[3:], labels[3:])]
+    write_manifest(tmp_path, Manifest("train", {**vars(INFO), "frames_per_shard": 3}, records, complete=True))
+    return tmp_path, ids, frames, labels
+
+
+def string_attr_type(obj, name: str):
+    return obj.attrs.get_id(name).get_type()
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def test_shard_holds_frames_labels_ids_and_attributes(tmp_path):
+    ids, frames, labels = random_frames(3)
+    record = write(tmp_path / "s.h5", ids, frames, labels)
+    assert record.file == "s.h5" and record.frame_ids == ids and record.bytes == (tmp_path / "s.h5").stat().st_size
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["frames"].dtype == np.uint8 and f["frames"].shape == (3, H, W, 4)
+        assert f["frames"].chunks == (1, H, W, 4) and f["frames"].compression == "gzip"
+        assert f["frames"].compression_opts == 1 and f["labels"].chunks == (1, H, W)
+        assert np.array_equal(f["frames"][()], frames) and np.array_equal(f["labels"][()], labels)
+        assert [i.decode() for i in f["frame_ids"][()]] == ids
+        assert [c.decode() for c in f["frames"].attrs["channel_names"]] == list(CHANNELS)
+        assert "CLASS" not in f["frames"].attrs  # viewers would draw the edge channel as alpha
+        attrs = f.attrs
+        assert attrs["format"] == b"hedseg-shards" and attrs["format_version"] == 1
+        assert attrs["hed_weights_sha256"] == b"ab" * 32 and attrs["frame_height"] == H
+        for name in ("split", "dataset_root", "hed_weights", "precision", "compression", "package_version",
+                     "created"):
+            assert name in attrs
+
+
+def test_viewer_images_are_tagged_virtual_views_of_the_data(tmp_path):
+    ids, frames, labels = random_frames(2)
+    write(tmp_path / "s.h5", ids, frames, labels)
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        for i, frame_id in enumerate(ids):
+            group = f["images"][frame_id]
+            rgb, edge, label = group["rgb"], group["edge"], group["label"]
+            assert rgb.is_virtual and edge.is_virtual and label.is_virtual
+            assert np.array_equal(rgb[()], frames[i, :, :, :3])
+            assert np.array_equal(edge[()], frames[i, :, :, 3])
+            assert np.array_equal(label[()], labels[i])
+            assert rgb.attrs["CLASS"] == b"IMAGE" and rgb.attrs["IMAGE_VERSION"] == b"1.2"
+            assert rgb.attrs["IMAGE_SUBCLASS"] == b"IMAGE_TRUECOLOR"
+            assert rgb.attrs["INTERLACE_MODE"] == b"INTERLACE_PIXEL"
+            assert edge.attrs["IMAGE_SUBCLASS"] == b"IMAGE_GRAYSCALE"
+            assert label.attrs["IMAGE_SUBCLASS"] == b"IMAGE_INDEXED"
+            palette = f[label.attrs["PALETTE"][0]]
+            assert palette.name == "/palette" and np.array_equal(palette[()], trainid_palette())
+            # Fixed-length, null-terminated strings, as the HDF5 Image Specification asks.
+            tid = string_attr_type(rgb, "CLASS")
+            assert isinstance(tid, h5py.h5t.TypeStringID) and not tid.is_variable_str()
+            assert tid.get_strpad() == h5py.h5t.STR_NULLTERM and tid.get_size() == len("IMAGE") + 1
+        assert f["palette"].attrs["CLASS"] == b"PALETTE" and f["palette"].attrs["PAL_VERSION"] == b"1.2"
+        # Views point at this file itself ("."), so they survive the rename from the temporary name.
+        assert {s.file_name for s in f["images"][ids[0]]["rgb"].virtual_sources()} == {"."}
+
+
+def test_views_still_resolve_after_the_shard_is_moved(tmp_path):
+    ids, frames, labels = random_frames(1)
+    write(tmp_path / "s.h5", ids, frames, labels)
+    moved = tmp_path / "elsewhere" / "renamed.h5"
+    moved.parent.mkdir()
+    os.replace(tmp_path / "s.h5", moved)
+    with h5py.File(moved, "r") as f:
+        assert np.array_equal(f["images"][ids[0]]["edge"][()], frames[0, :, :, 3])
+
+
+def test_missing_labels_are_ignore_and_unused_capacity_is_dropped(tmp_path):
+    ids, frames, _ = random_frames(2)
+    with ShardWriter(tmp_path / "s.h5", 5, INFO, Compression()) as writer:
+        for frame_id, frame in zip(ids, frames, strict=True):
+            writer.append(frame_id, frame, None)
+        writer.skip("aachen_000009_000019", "/x.png", "not a readable image")
+        record = writer.close()
+    assert record.skipped == [{"frame_id": "aachen_000009_000019", "image": "/x.png", "reason": "not a readable image"}]
+    assert record.planned_ids == sorted(ids + ["aachen_000009_000019"])
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["frames"].shape[0] == 2 and (f["labels"][()] == 255).all()
+
+
+def test_nothing_is_on_disk_until_close_and_an_error_leaves_nothing(tmp_path):
+    ids, frames, labels = random_frames(2)
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path / "s.h5", 2, INFO, Compression()) as writer:
+        writer.append(ids[0], frames[0], labels[0])
+        assert list(tmp_path.iterdir()) == []
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_frame_of_the_wrong_shape_is_refused(tmp_path):
+    with ShardWriter(tmp_path / "s.h5", 1, INFO, Compression()) as writer:
+        with pytest.raises(HedprepError, match=r"takes uint8 \(24, 40, 4\)"):
+            writer.append("aachen_000000_000019", np.zeros((H, W, 3), np.uint8), None)
+
+
+@pytest.mark.parametrize("text", ["none", "gzip:6", "lzf", "zstd", "lz4"])
+def test_every_codec_round_trips(tmp_path, text):
+    ids, frames, labels = random_frames(2)
+    write(tmp_path / "s.h5", ids, frames, labels, parse_compression(text))
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert np.array_equal(f["frames"][()], frames) and np.array_equal(f["labels"][()], labels)
+
+
+def test_parse_compression():
+    assert parse_compression("gzip") == Compression("gzip", 1) and str(parse_compression("GZIP:9")) == "gzip:9"
+    assert parse_compression("zstd") == Compression("zstd", 3) and str(parse_compression("lz4")) == "lz4"
+    for bad, message in [("brotli", "choose one of"), ("gzip:10", "level 0-9"), ("lzf:3", "no level"),
+                         ("zstd:x", "level 1-22")]:
+        with pytest.raises(HedprepError, match=message):
+            parse_compression(bad)
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def test_split_reader_gives_random_access_across_shards(split):
+    split_dir, ids, frames, labels = split
+    reader = open_split(split_dir)
+    assert len(reader) == 5 and reader.frame_ids == ids
+    for i in (4, 0, 3, 2, -1):
+        sample = reader[i]
+        assert sample.frame_id == ids[i]
+        assert np.array_equal(sample.frame, frames[i]) and np.array_equal(sample.label, labels[i])
+    with pytest.raises(IndexError):
+        reader[5]
+    assert [s.frame_id for s in reader] == ids
+    reader.close()
+
+
+def test_split_reader_pickles_without_handles_and_reopens(split):
+    split_dir, ids, frames, _ = split
+    reader = open_split(split_dir.parent, split_dir.name)
+    reader[0]
+    clone = pickle.loads(pickle.dumps(reader))
+    assert clone._handles == {} and np.array_equal(clone[3].frame, frames[3])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_split_reader_is_fork_safe(split):
+    split_dir, ids, frames, _ = split
+    reader = open_split(split_dir)
+    reader[0]  # the parent has a handle open
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must open its own handles, and read correct data
+        ok = all(np.array_equal(reader[i].frame, frames[i]) for i in range(5)) and reader._pid == os.getpid()
+        os.write(write_end, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write_end)
+    assert os.read(read_end, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert np.array_equal(reader[1].frame, frames[1])  # the parent's handles still work
+
+
+def test_incomplete_build_reads_with_a_warning(split):
+    split_dir, *_ = split
+    manifest = read_manifest(split_dir)
+    manifest.complete = False
+    write_manifest(split_dir, manifest)
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert len(open_split(split_dir)) == 5
+
+
+# --------------------------------------------------------------------------------------- checking
+
+
+def test_verify_and_completeness(split):
+    split_dir, ids, *_ = split
+    manifest, bad = verify_split(split_dir)
+    assert bad == [] and manifest.num_frames == 5
+    record = manifest.shards[0]
+    assert shard_is_complete(split_dir / record.file, record, ids[:3])
+    assert not shard_is_complete(split_dir / record.file, record, ids[:2])  # other frames planned
+    assert not shard_is_complete(split_dir / record.file, None, ids[:3])
+    data = bytearray((split_dir / record.file).read_bytes())
+    data[len(data) // 2] ^= 1
+    (split_dir / record.file).write_bytes(bytes(data))
+    assert not shard_is_complete(split_dir / record.file, record, ids[:3])
+    _, bad = verify_split(split_dir)
+    assert [b.file for b in bad] == [record.file] and "sha256" in bad[0].problems[0]
+
+
+def test_check_shard_names_what_is_wrong(tmp_path, split):
+    split_dir, *_ = split
+    record = read_manifest(split_dir).shards[1]
+    assert check_shard(tmp_path / "nope.h5") == ["missing"]
+    (tmp_path / "text.h5").write_text("hello")
+    assert "not a readable HDF5 file" in check_shard(tmp_path / "text.h5")[0]
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    assert check_shard(tmp_path / "other.h5") == ["not a hedseg-shards v1 shard"]
+    wrong = record.__class__(record.file, record.sha256, ["other_000000_000019"] * 2, record.bytes)
+    assert "frame ids differ from the manifest" in check_shard(split_dir / record.file, wrong)
+
+
+def test_manifest_paths_cannot_leave_the_split_folder(split):
+    split_dir, *_ = split
+    for name in ("../x.h5", "/etc/passwd", "sub/x.h5", ".."):
+        with pytest.raises(HedprepError, match="leaves the split folder"):
+            shard_path(split_dir, name)
+
+
+def test_manifest_errors(tmp_path):
+    with pytest.raises(HedprepError, match="no manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(HedprepError, match="not a readable manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": "hedseg-shards", "format_version": 2}')
+    with pytest.raises(HedprepError, match="format version 2"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_write_is_atomic_and_round_trips(split):
+    split_dir, ids, *_ = split
+    manifest = read_manifest(split_dir)
+    assert [s.frame_ids for s in manifest.shards] == [ids[:3], ids[3:]] and manifest.complete
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_manifest(split_dir, manifest)
+    assert [p.name for p in split_dir.iterdir() if p.name.startswith(".")] == []
