@@ -42,6 +42,7 @@ demo: venv
 
 bench: venv
 	$(BIN)/python benchmarks/hed_throughput.py
+	$(BIN)/python benchmarks/build_throughput.py
 
 lint: venv
 	$(BIN)/ruff check .

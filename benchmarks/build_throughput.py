@@ -121,19 +121,26 @@ def section_memory(args, work: Path) -> None:
     size_text = args.memory_size
     root = make_dataset(work / f"data-mem-{size_text}", 64, parse_size(size_text))
     print(f"\n### Peak RSS of a build process ({size_text}, --frames-per-shard {args.frames_per_shard})\n")
-    print("| frames | shards | peak RSS (MiB) | wall time (s) |")
+    print(f"Each row: {args.repeats} fresh processes, interleaved; peak RSS of each, and the mean wall time.\n")
+    print("| frames | shards | peak RSS per run (MiB) | wall time (s) |")
     print("|---|---|---|---|")
-    for frames in (8, 64):
-        out = work / f"out-mem-{frames}"
-        start = time.perf_counter()
-        result = subprocess.run(
-            [sys.executable, "-c", MEMORY_SCRIPT, str(root), str(out), str(frames), str(args.frames_per_shard)],
-            capture_output=True, text=True, cwd=ROOT, check=True,
-        )
-        elapsed = time.perf_counter() - start
+    peaks: dict[int, list[int]] = {8: [], 64: []}
+    times: dict[int, list[float]] = {8: [], 64: []}
+    for _ in range(args.repeats):
+        for frames in peaks:
+            out = work / f"out-mem-{frames}"
+            start = time.perf_counter()
+            result = subprocess.run(
+                [sys.executable, "-c", MEMORY_SCRIPT, str(root), str(out), str(frames), str(args.frames_per_shard)],
+                capture_output=True, text=True, cwd=ROOT, check=True,
+            )
+            times[frames].append(time.perf_counter() - start)
+            peaks[frames].append(int(result.stdout.split()[-1]))
+            shutil.rmtree(out)
+    for frames, values in peaks.items():
         shards = -(-frames // args.frames_per_shard)
-        print(f"| {frames} | {shards} | {int(result.stdout.split()[-1])} | {elapsed:.0f} |", flush=True)
-        shutil.rmtree(out)
+        runs = ", ".join(str(v) for v in values)
+        print(f"| {frames} | {shards} | {runs} | {statistics.mean(times[frames]):.0f} |", flush=True)
 
 
 # -------------------------------------------------------------------------------------------- codecs

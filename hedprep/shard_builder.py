@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,6 +62,22 @@ def edge_detector(weights: str, precision: str, device: str, threads: int | None
     return EdgeDetector(load_hed(weights), precision=precision, device=device, threads=threads)
 
 
+BACKGROUND_NICENESS = 19
+
+
+def _run_in_background() -> None:
+    """Lower this (reader or writer) thread's CPU priority (Linux: per-thread nice).
+
+    HED keeps every core busy and waits at each layer for its slowest thread; decoding or
+    compressing at equal priority would stall a HED thread and, through it, the whole layer.
+    At low priority they fill the cores' idle moments instead, and HED runs at its own speed.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        pass
+
+
 def _read_checked(frame: Frame, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     rgb, label = read_frame(frame)
     if rgb.shape[:2] != size:
@@ -89,7 +106,8 @@ def build_shard(
     size = (spec.info.frame_height, spec.info.frame_width)
     # The executors are inner, so on an error they finish before the writer removes its file.
     with ShardWriter(spec.path, len(spec.frames), spec.info, spec.compression) as shard, \
-            ThreadPoolExecutor(1, "hedprep-read") as reader, ThreadPoolExecutor(1, "hedprep-write") as writer:
+            ThreadPoolExecutor(1, "hedprep-read", _run_in_background) as reader, \
+            ThreadPoolExecutor(1, "hedprep-write", _run_in_background) as writer:
         pending_reads = [reader.submit(_read_checked, f, size) for f in spec.frames[:READ_AHEAD]]
         pending_write: Future | None = None
         batch: list[tuple[Frame, np.ndarray, np.ndarray | None]] = []

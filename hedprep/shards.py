@@ -5,8 +5,8 @@ A split is a folder `OUT/{split}/` of `shard-00000.h5`, `shard-00001.h5`, ... an
 `write_manifest`), reads (`open_split`, `SplitReader`) and checks (`verify_split`) them.
 
 Each shard holds:
-- `frames`    uint8 (N, H, W, 4): R, G, B, edge (round(255 * p)); one chunk per frame.
-- `labels`    uint8 (N, H, W): Cityscapes trainIds, 255 = ignore; one chunk per frame.
+- `frames`    uint8 (N, H, W, 4): R, G, B, edge (round(255 * p)); chunks of one frame's 256x256 tile.
+- `labels`    uint8 (N, H, W): Cityscapes trainIds, 255 = ignore; chunks as `frames`.
 - `frame_ids` fixed-length ASCII (N,): `{city}_{seq}_{frame}`.
 - `palette`   uint8 (256, 3): trainId colors, tagged `CLASS=PALETTE` (HDF5 Image Specification 1.2).
 - `images/{frame_id}/rgb|edge|label`: per-frame virtual datasets over `frames` and `labels` (no copy),
@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,6 +44,17 @@ IMAGES_GROUP = "images"
 # within 3% of level 4 at two thirds of the time (docs/performance.md).
 CODECS: dict[str, int | None] = {"none": None, "gzip": 1, "lzf": None, "zstd": 3, "lz4": None}
 PLUGIN_CODECS = ("zstd", "lz4")
+
+
+# Chunks are 256x256 tiles of one frame: a random 512x512 crop (the usual training input) then
+# decompresses 4-9 tiles instead of a whole 1024x2048 frame (3.5x faster), and whole frames read as
+# fast as with one chunk per frame (benchmarks/build_throughput.py, docs/performance.md).
+TILE = 256
+
+
+def tile_shape(height: int, width: int) -> tuple[int, int]:
+    """The (rows, cols) of a chunk for frames of this size: 256x256, or the frame if it is smaller."""
+    return min(height, TILE), min(width, TILE)
 
 
 def shard_name(index: int) -> str:
@@ -152,6 +163,45 @@ class ShardInfo:
             object.__setattr__(self, "package_version", __version__)
 
 
+def fast_deflate(compression: Compression) -> Callable[[bytes], bytes] | None:
+    """ISA-L's deflate for gzip levels 1-3, if the `isal` package is installed; else None.
+
+    HDF5's gzip filter stores zlib streams, and any deflate encoder makes valid ones: ISA-L's level 1
+    compresses a 1024x2048 RGB+edge frame about 4x faster than zlib's level 1, to the same size
+    (docs/performance.md). On 2 cores that CPU time is taken from HED, so it shows in build speed.
+    Readers need nothing new: the chunks decode with the standard gzip filter.
+    """
+    if compression.codec != "gzip" or compression.level not in (1, 2, 3):
+        return None
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return None
+    level = compression.level
+    return lambda data: isal_zlib.compress(data, level)
+
+
+def _write_deflated_tiles(
+    dataset: h5py.Dataset, index: int, image: np.ndarray, deflate: Callable[[bytes], bytes], fill: int
+) -> None:
+    """Compress `image` chunk by chunk ourselves and store the chunks as they are (no HDF5 filter run).
+
+    Chunks at the right and bottom edges are padded to the full chunk shape with the fill value, as
+    HDF5 stores them.
+    """
+    _, rows, cols = dataset.chunks[:3]
+    h, w = image.shape[:2]
+    for y in range(0, h, rows):
+        for x in range(0, w, cols):
+            tile = image[y : y + rows, x : x + cols]
+            if tile.shape[:2] != (rows, cols):
+                padded = np.full((rows, cols, *image.shape[2:]), fill, np.uint8)
+                padded[: tile.shape[0], : tile.shape[1]] = tile
+                tile = padded
+            offset = (index, y, x) + (0,) * (image.ndim - 2)
+            dataset.id.write_direct_chunk(offset, deflate(np.ascontiguousarray(tile).tobytes()))
+
+
 def _tag_image(dataset: h5py.Dataset, subclass: str, palette: h5py.Dataset | None = None) -> None:
     set_string_attr(dataset, "CLASS", "IMAGE")
     set_string_attr(dataset, "IMAGE_VERSION", "1.2")
@@ -221,12 +271,13 @@ class ShardWriter:
         )
         self.frames = self.file.create_dataset(
             "frames", shape=(capacity, h, w, 4), maxshape=(capacity, h, w, 4), dtype=np.uint8,
-            chunks=(1, h, w, 4), **options,
+            chunks=(1, *tile_shape(h, w), 4), **options,
         )
         self.labels = self.file.create_dataset(
             "labels", shape=(capacity, h, w), maxshape=(capacity, h, w), dtype=np.uint8,
-            chunks=(1, h, w), fillvalue=IGNORE_INDEX, **options,
+            chunks=(1, *tile_shape(h, w)), fillvalue=IGNORE_INDEX, **options,
         )
+        self._deflate = fast_deflate(compression)
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -243,9 +294,14 @@ class ShardWriter:
             raise HedprepError(
                 f"{frame_id}: frame is {rgbe.dtype} {rgbe.shape}, shard {self.path.name} takes uint8 {expected}"
             )
-        self.frames[i] = rgbe
-        if label is not None:
-            self.labels[i] = label
+        if self._deflate is not None:
+            _write_deflated_tiles(self.frames, i, rgbe, self._deflate, fill=0)
+            if label is not None:
+                _write_deflated_tiles(self.labels, i, label, self._deflate, fill=IGNORE_INDEX)
+        else:
+            self.frames[i] = rgbe
+            if label is not None:
+                self.labels[i] = label
         self.frame_ids.append(frame_id)
 
     def skip(self, frame_id: str, image: str, reason: str) -> None:

@@ -72,7 +72,7 @@ def test_shard_holds_frames_labels_ids_and_attributes(tmp_path):
     assert record.file == "s.h5" and record.frame_ids == ids and record.bytes == (tmp_path / "s.h5").stat().st_size
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert f["frames"].dtype == np.uint8 and f["frames"].shape == (3, H, W, 4)
-        assert f["frames"].chunks == (1, H, W, 4) and f["frames"].compression == "gzip"
+        assert f["frames"].chunks == (1, H, W, 4) and f["frames"].compression == "gzip"  # frames below a tile
         assert f["frames"].compression_opts == 1 and f["labels"].chunks == (1, H, W)
         assert np.array_equal(f["frames"][()], frames) and np.array_equal(f["labels"][()], labels)
         assert [i.decode() for i in f["frame_ids"][()]] == ids
@@ -151,12 +151,41 @@ def test_a_frame_of_the_wrong_shape_is_refused(tmp_path):
             writer.append("aachen_000000_000019", np.zeros((H, W, 3), np.uint8), None)
 
 
+def test_large_frames_are_chunked_in_256x256_tiles(tmp_path):
+    info = ShardInfo("train", "/data", "bsds500", "ab" * 32, "fp32", "gzip:1", 300, 520)
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (300, 520, 4), dtype=np.uint8)
+    label = rng.integers(0, 19, (300, 520), dtype=np.uint8)
+    with ShardWriter(tmp_path / "s.h5", 1, info, Compression()) as writer:
+        writer.append("aachen_000000_000019", frame, label)
+        writer.close()
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["frames"].chunks == (1, 256, 256, 4) and f["labels"].chunks == (1, 256, 256)
+        assert np.array_equal(f["frames"][0], frame) and np.array_equal(f["labels"][0], label)
+        assert np.array_equal(f["frames"][0, 100:300, 200:500], frame[100:300, 200:500])
+        assert np.array_equal(f["images/aachen_000000_000019/label"][()], label)
+
+
 @pytest.mark.parametrize("text", ["none", "gzip:6", "lzf", "zstd", "lz4"])
 def test_every_codec_round_trips(tmp_path, text):
     ids, frames, labels = random_frames(2)
     write(tmp_path / "s.h5", ids, frames, labels, parse_compression(text))
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert np.array_equal(f["frames"][()], frames) and np.array_equal(f["labels"][()], labels)
+
+
+def test_gzip_levels_1_to_3_are_deflated_by_isal_into_standard_gzip_chunks(tmp_path):
+    import zlib
+
+    from hedprep.shards import fast_deflate
+
+    assert fast_deflate(parse_compression("gzip")) is not None and fast_deflate(parse_compression("gzip:3"))
+    assert fast_deflate(parse_compression("gzip:6")) is None and fast_deflate(parse_compression("zstd")) is None
+    ids, frames, labels = random_frames(1)
+    write(tmp_path / "s.h5", ids, frames, labels)
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        filter_mask, chunk = f["frames"].id.read_direct_chunk((0, 0, 0, 0))
+        assert filter_mask == 0 and zlib.decompress(chunk) == frames[0].tobytes()  # plain zlib reads it
 
 
 def test_parse_compression():
