@@ -40,8 +40,8 @@ MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-*.h5"
 IMAGES_GROUP = "images"
 
-# name -> default level (None: the codec has no level). gzip level 1 compresses Cityscapes-like frames
-# within 3% of level 4 at two thirds of the time (docs/performance.md).
+# name -> default level (None: the codec has no level). gzip level 1 (ISA-L) writes a 1024x2048 frame
+# 4x faster than zlib's level 4 for 16% more bytes: on 2 cores, time taken from HED (docs/performance.md).
 CODECS: dict[str, int | None] = {"none": None, "gzip": 1, "lzf": None, "zstd": 3, "lz4": None}
 PLUGIN_CODECS = ("zstd", "lz4")
 
