@@ -131,6 +131,8 @@ def build_shard(
                 batch = []
         if batch:  # the last frames were skipped after a partial batch
             rgbe = _attach_edges(detector, [b[1] for b in batch])
+            if pending_write is not None:
+                pending_write.result()
             pending_write = writer.submit(_write_batch, shard, batch, rgbe, report)
         if pending_write is not None:
             pending_write.result()
@@ -164,8 +166,3 @@ def first_frame_size(frames: Sequence[Frame], on_error: str = "fail") -> tuple[i
                 raise
     raise HedprepError(f"{Path(frames[0].image).parent.parent}: no readable frame in this split")
 
-
-def default_threads_for(workers_on_host: int) -> int:
-    """Torch threads for one of `workers_on_host` single-threaded workers sharing this machine's CPUs."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cpus // max(1, workers_on_host))

@@ -245,6 +245,18 @@ def test_manifest_lists_every_shard_with_its_hash(local_build):
     assert not list(local_build.glob(".*.tmp"))
 
 
+def test_batched_hed_with_a_skipped_frame_gives_the_same_frames(dataset, local_build, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    image, _ = frame_paths(root, "aachen_000001_000019")  # the last frame of the first shard
+    image.write_bytes(b"not a png")
+    result = build(root, tmp_path / "out", "--batch-size", "2", "--on-error", "skip")
+    assert result.returncode == 0, result.stderr
+    batched, reference = all_frames(tmp_path / "out" / "train"), all_frames(local_build)
+    assert sorted(batched) == sorted(set(reference) - {"aachen_000001_000019"})
+    for frame_id, (frame, label) in batched.items():
+        assert np.array_equal(frame, reference[frame_id][0]) and np.array_equal(label, reference[frame_id][1])
+
+
 def test_test_split_labels_are_all_ignore(dataset, tmp_path):
     result = build(dataset, tmp_path, split="test")
     assert result.returncode == 0, result.stderr
