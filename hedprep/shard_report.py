@@ -28,6 +28,7 @@ from hedprep.shards import (
     Sample,
     ShardProblem,
     load_filter_plugins,
+    one_line,
     read_attrs,
     read_manifest,
     shard_files,
@@ -54,11 +55,6 @@ INCOMPLETE_BUILD = "build incomplete, rerun hedprep build"
 H5PY_DAMAGE_ERRORS = (KeyError, RuntimeError, ValueError)
 # Frame ids become file names in `show`: Cityscapes ids are `{city}_{seq}_{frame}`.
 _SAFE_FILE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def _one_line(error: Exception) -> str:
-    text = error.args[0] if isinstance(error, KeyError) and error.args else error  # KeyError's str() adds quotes
-    return " ".join(str(text).split())
 
 
 # ------------------------------------------------------------------------------------------- inspect
@@ -148,7 +144,7 @@ def _open_shard(path: Path) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as error:
-        raise HedprepError(f"{path}: not a readable HDF5 file ({_one_line(error)})") from None
+        raise HedprepError(f"{path}: not a readable HDF5 file ({one_line(error)})") from None
     try:
         attrs = read_attrs(f)
         if attrs.get("format") != FORMAT_NAME or attrs.get("format_version") != FORMAT_VERSION:
@@ -160,7 +156,7 @@ def _open_shard(path: Path) -> h5py.File:
             raise HedprepError(f"{path}: not a complete shard (no dataset {', '.join(missing)})")
     except (OSError, *H5PY_DAMAGE_ERRORS) as error:
         f.close()
-        raise HedprepError(f"{path}: damaged shard ({_one_line(error)})") from None
+        raise HedprepError(f"{path}: damaged shard ({one_line(error)})") from None
     except HedprepError:
         f.close()
         raise
@@ -190,7 +186,7 @@ def summarize_shard(path: str | os.PathLike) -> ShardSummary:
                 datasets=_dataset_summaries(f),
             )
         except (OSError, *H5PY_DAMAGE_ERRORS) as error:
-            raise HedprepError(f"{path}: damaged shard ({_one_line(error)})") from None
+            raise HedprepError(f"{path}: damaged shard ({one_line(error)})") from None
 
 
 @dataclass(frozen=True)
@@ -303,7 +299,7 @@ def read_shard_frame(path: str | os.PathLike, index: int) -> Sample:
         try:
             return Sample(f["frames"][index], f["labels"][index], ids[index].decode("ascii"))
         except (OSError, UnicodeDecodeError, *H5PY_DAMAGE_ERRORS) as error:
-            raise HedprepError(f"{path}: frame {index} does not decode ({_one_line(error)})") from None
+            raise HedprepError(f"{path}: frame {index} does not decode ({one_line(error)})") from None
 
 
 def _encode_png(image: np.ndarray, path: Path) -> bytes:

@@ -604,13 +604,14 @@ def check_shard(path: Path, record: ShardRecord | None = None, info: ShardInfo |
         with h5py.File(path, "r") as f:
             problems += _check_contents(f, record, info)
     except (OSError, KeyError, RuntimeError, ValueError) as error:
-        problems.append(f"not a readable HDF5 file ({_first_line(error)})")
+        problems.append(f"not a readable HDF5 file ({one_line(error)})")
     return problems
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip()  # no quotes
-    return text.splitlines()[0] if text else type(error).__name__
+def one_line(error: Exception) -> str:
+    """An exception's message on one line (HDF5's span several), without KeyError's added quotes."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return " ".join(str(text).split()) or type(error).__name__
 
 
 def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | None) -> list[str]:
@@ -643,7 +644,7 @@ def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | 
             for view in f[IMAGES_GROUP][stored_ids[i]].values():
                 view[0]
     except (OSError, KeyError, RuntimeError, ValueError) as error:
-        problems.append(f"data does not decode ({_first_line(error)})")
+        problems.append(f"data does not decode ({one_line(error)})")
     return problems
 
 

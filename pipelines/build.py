@@ -19,7 +19,7 @@ import fcntl
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import dask
@@ -94,10 +94,6 @@ class BuildPlan:
     params: dict
     specs: list[ShardSpec]
 
-    @property
-    def num_frames(self) -> int:
-        return sum(len(s.frames) for s in self.specs)
-
 
 def _check_config(config: BuildConfig) -> None:
     if config.frames_per_shard < 1:
@@ -150,7 +146,7 @@ def plan_build(config: BuildConfig) -> BuildPlan:
         frame_width=width,
     )
     params = {
-        **{k: v for k, v in vars(info).items()},
+        **asdict(info),
         "labels": config.labels,
         "frames_per_shard": config.frames_per_shard,
         "limit": config.limit,

@@ -64,9 +64,14 @@ def assert_same_shards(a: Path, b: Path) -> None:
     assert ma.complete and mb.complete
 
 
-def build(root: Path, out: Path, *extra: str, split: str = "train") -> subprocess.CompletedProcess:
-    return run("hedprep", "build", "--root", str(root), "--split", split, "--out", str(out),
-               "--frames-per-shard", str(FRAMES_PER_SHARD), *extra)
+def build_args(root: Path, out: Path, *extra: str, split: str = "train",
+               frames_per_shard: int = FRAMES_PER_SHARD) -> list[str]:
+    return ["build", "--root", str(root), "--split", split, "--out", str(out),
+            "--frames-per-shard", str(frames_per_shard), *extra]
+
+
+def build(root: Path, out: Path, *extra: str, **options) -> subprocess.CompletedProcess:
+    return run("hedprep", *build_args(root, out, *extra, **options))
 
 
 def all_frames(split_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -108,8 +113,7 @@ def slow_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def slow_clean_build(slow_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("slow_clean")
-    result = run("hedprep", "build", "--root", str(slow_dataset), "--split", "train", "--out", str(out),
-                 "--frames-per-shard", "1")
+    result = build(slow_dataset, out, frames_per_shard=1)
     assert result.returncode == 0, result.stderr
     return out / "train"
 
@@ -190,8 +194,7 @@ def wait_for_shards(manifest_dir: Path, process: subprocess.Popen, count: int, t
 
 
 def start_build(root: Path, out: Path, *extra: str) -> subprocess.Popen:
-    command = [str(BIN / "hedprep"), "build", "--root", str(root), "--split", "train", "--out", str(out),
-               "--frames-per-shard", "1", *extra]
+    command = [str(BIN / "hedprep"), *build_args(root, out, *extra, frames_per_shard=1)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -313,8 +316,7 @@ def test_sigkill_midway_then_rerun_gives_the_clean_build(slow_dataset, slow_clea
         with h5py.File(shard, "r") as f:
             assert f["frames"].shape[0] == 1 and f.attrs["format_version"] == 1
 
-    result = run("hedprep", "build", "--root", str(slow_dataset), "--split", "train", "--out", str(tmp_path),
-                 "--frames-per-shard", "1")
+    result = build(slow_dataset, tmp_path, frames_per_shard=1)
     assert result.returncode == 0, result.stderr
     assert f"{len(done.shards)} kept" in result.stdout
     assert not list(split_dir.glob(".*.tmp"))
@@ -464,8 +466,7 @@ def test_disk_filling_up_removes_the_temporary_file(dataset, local_build, tmp_pa
     largest = max(local_build.glob("shard-*.h5"), key=lambda p: p.stat().st_size)
     limit = largest.stat().st_size - 4096
     out = tmp_path / "out"
-    command = [str(BIN / "hedprep"), "build", "--root", str(dataset), "--split", "train", "--out", str(out),
-               "--frames-per-shard", str(FRAMES_PER_SHARD)]
+    command = [str(BIN / "hedprep"), *build_args(dataset, out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,
                             preexec_fn=_limit_file_size(limit), env={**os.environ, "COLUMNS": "200"})
     assert_one_line_error(result, "cannot write shard (File too large)", "partial file was removed")
