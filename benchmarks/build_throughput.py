@@ -70,7 +70,8 @@ def hed_alone_fps(images: np.ndarray, precision: str) -> float:
 
 
 def build_fps(root: Path, out: Path, frames: int, precision: str, frames_per_shard: int) -> float:
-    from pipelines.build import BuildConfig, build_split
+    from hedprep.build_plan import BuildConfig
+    from pipelines.build import build_split
 
     def config(limit: int, target: Path) -> BuildConfig:
         return BuildConfig(root=str(root), split="train", out=str(target), precision=precision,
@@ -109,7 +110,8 @@ def section_ratio(args, work: Path) -> None:
 
 MEMORY_SCRIPT = r"""
 import sys
-from pipelines.build import BuildConfig, build_split
+from hedprep.build_plan import BuildConfig
+from pipelines.build import build_split
 root, out, limit, fps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 build_split(BuildConfig(root=root, split="train", out=out, limit=limit, frames_per_shard=fps))
 status = open("/proc/self/status").read()
@@ -166,7 +168,8 @@ def rgbe_frames(root: Path, n: int) -> tuple[np.ndarray, np.ndarray, list[Path]]
 def section_codecs(args, work: Path) -> None:
     import h5py
 
-    from hedprep.shards import ShardInfo, ShardWriter, parse_compression
+    from hedprep.options import parse_compression
+    from hedprep.shards import ShardInfo, ShardWriter
 
     size_text = args.codec_size
     h, w = parse_size(size_text)

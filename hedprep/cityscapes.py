@@ -23,7 +23,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from hedprep.errors import HedprepError
+from hedprep.errors import HedprepError, OptionError
 from hedprep.images import decode_image
 
 SPLITS = ("train", "val", "test", "train_extra")
@@ -173,27 +173,31 @@ def is_labeled(split: str) -> bool:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise HedprepError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        raise OptionError(f"--split {split}: unknown split; choose one of {', '.join(SPLITS)}")
 
 
 def label_folder(labels: str) -> str:
     """The top-level folder of a label kind: 'fine' -> 'gtFine', 'coarse' -> 'gtCoarse'."""
     if labels not in LABEL_KINDS:
-        raise HedprepError(f"unknown label kind {labels!r}: expected 'fine' or 'coarse'")
+        raise OptionError(f"--labels {labels}: unknown label kind; choose one of {', '.join(LABEL_KINDS)}")
     return "gtFine" if labels == "fine" else "gtCoarse"
 
 
-def list_frames(root: str | os.PathLike | None, split: str, labels: str = "fine") -> list[Frame]:
+def list_frames(
+    root: str | os.PathLike | None, split: str, labels: str = "fine", require_labels: bool = True
+) -> list[Frame]:
     """All frames of a split, sorted by frame_id, each paired with its `{gtFine,gtCoarse}` labelIds file.
 
     Entries of the image tree that are not Cityscapes frames (`.DS_Store`, `foo.png`, stray folders)
     are skipped with one `UnexpectedFileWarning` naming (the first five of) them. In the test split a
-    missing label file gives `label=None`; in the other splits it is an error.
+    missing label file gives `label=None`. In the other splits it is an error, unless
+    `require_labels` is False: then the frame keeps the path of its missing label, and `read_frame`
+    fails on that frame alone (a build with `--on-error skip` leaves it out).
     """
     _check_split(split)
     gt = label_folder(labels)
     if split == "train_extra" and labels == "fine":
-        raise HedprepError("split train_extra has no gtFine labels: use labels='coarse'")
+        raise OptionError("--split train_extra has no gtFine labels: add --labels coarse")
     base = resolve_root(root)
     image_dir = base / "leftImg8bit" / split
     if not image_dir.is_dir():
@@ -213,9 +217,10 @@ def list_frames(root: str | os.PathLike | None, split: str, labels: str = "fine"
             frame_id = image.name[: -len("_leftImg8bit.png")]
             label = base / gt / split / city_dir.name / f"{frame_id}_{gt}_labelIds.png"
             if not label.is_file():
-                if is_labeled(split):
-                    raise HedprepError(f"{label}: label file missing for {image.name}")
-                label = None
+                if not is_labeled(split):
+                    label = None
+                elif require_labels:
+                    raise HedprepError(f"{label}: label file missing for {image.name}", label)
             frames.append(Frame(frame_id, split, city_dir.name, image, label))
     if unexpected:
         shown = ", ".join(str(p.relative_to(image_dir)) for p in unexpected[:5])
@@ -236,7 +241,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a leftImg8bit image as (H, W, 3) uint8 RGB."""
     image = decode_image(path)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise HedprepError(f"{path}: expected an 8-bit RGB image, found {_describe(image)}")
+        raise HedprepError(f"{path}: expected an 8-bit RGB image, found {_describe(image)}", path)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -244,7 +249,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     """Read a labelIds map as (H, W) uint8."""
     label = decode_image(path)
     if label.dtype != np.uint8 or label.ndim != 2:
-        raise HedprepError(f"{path}: expected an 8-bit single-channel label map, found {_describe(label)}")
+        raise HedprepError(f"{path}: expected an 8-bit single-channel label map, found {_describe(label)}", path)
     return label
 
 
@@ -256,10 +261,13 @@ def read_frame(frame: Frame) -> tuple[np.ndarray, np.ndarray | None]:
     rgb = read_image(frame.image)
     if frame.label is None or not is_labeled(frame.split):
         return rgb, None
+    if not frame.label.is_file():
+        raise HedprepError(f"{frame.label}: label file missing for {frame.image.name}", frame.label)
     label_ids = read_label(frame.label)
     if label_ids.shape != rgb.shape[:2]:
         raise HedprepError(
             f"{frame.label}: label is {label_ids.shape[1]}x{label_ids.shape[0]} but "
-            f"{frame.image} is {rgb.shape[1]}x{rgb.shape[0]} (width x height)"
+            f"{frame.image} is {rgb.shape[1]}x{rgb.shape[0]} (width x height)",
+            frame.label,
         )
     return rgb, labelid_to_trainid(label_ids)

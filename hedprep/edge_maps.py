@@ -8,14 +8,13 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from hedprep.atomic import write_bytes_atomic
 from hedprep.edges import detect_edges
 from hedprep.errors import HedprepError
 from hedprep.hed import HED, edges_to_uint8
-from hedprep.images import read_rgb
+from hedprep.images import encode_png, read_rgb
 
 FORMATS = ("png", "npy")
 
@@ -29,10 +28,7 @@ def encode_edge_map(probabilities: np.ndarray, fmt: str) -> bytes:
     """`png`: 8-bit greyscale round(255 * p); `npy`: the float32 probabilities (H, W)."""
     _check_format(fmt)
     if fmt == "png":
-        ok, data = cv2.imencode(".png", edges_to_uint8(probabilities))
-        if not ok:
-            raise HedprepError("could not encode an edge map as PNG")
-        return data.tobytes()
+        return encode_png(edges_to_uint8(probabilities), "edge map")
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(probabilities, dtype=np.float32))
     return buffer.getvalue()
@@ -50,6 +46,22 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise HedprepError(f"{out_dir}: cannot create output folder ({error.strerror or error})") from None
     if not os.access(out_dir, os.W_OK):
         raise HedprepError(f"{out_dir}: output folder is not writable")
+
+
+def check_edge_map_job(images: Sequence[str | os.PathLike], out_dir: str | os.PathLike, fmt: str) -> list[Path]:
+    """Check a job before any work or any folder is made: the format, that every image is a file,
+    and that no two images share an output name. Returns the output paths, in input order."""
+    _check_format(fmt)
+    for image in images:
+        if not Path(image).is_file():
+            raise HedprepError(f"{image}: no such file", image)
+    targets = [output_path(image, out_dir, fmt) for image in images]
+    seen: dict[Path, str] = {}
+    for image, target in zip(images, targets, strict=True):
+        if target in seen:
+            raise HedprepError(f"{image}: same output name {target.name} as {seen[target]}")
+        seen[target] = str(image)
+    return targets
 
 
 def write_edge_maps(
@@ -72,14 +84,8 @@ def write_edge_maps(
     Returns:
         The paths written, in input order.
     """
-    _check_format(fmt)  # before any work
     out_dir = Path(out_dir)
-    targets = [output_path(image, out_dir, fmt) for image in images]
-    seen: dict[Path, str] = {}
-    for image, target in zip(images, targets, strict=True):
-        if target in seen:
-            raise HedprepError(f"{image}: same output name {target.name} as {seen[target]}")
-        seen[target] = str(image)
+    targets = check_edge_map_job(images, out_dir, fmt)
     _prepare_out_dir(out_dir)
 
     written: list[Path] = []

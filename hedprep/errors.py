@@ -1,9 +1,32 @@
-"""The one exception type that the CLI turns into a single red line."""
+"""The exceptions that the CLI turns into a single red line, and how an error becomes one line."""
+
+from __future__ import annotations
+
+import os
 
 
 class HedprepError(Exception):
     """A problem with the user's input (a file, a folder, an option), stated in one line.
 
     The message names the file or option and the problem; the CLI prints it without a traceback
-    and exits non-zero.
+    and exits with `exit_code`. `path` is the file at fault, where there is one.
     """
+
+    exit_code = 1
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class OptionError(HedprepError):
+    """A command-line option (or the library argument behind it) has a value we cannot use: exit 2,
+    as for click's own usage errors."""
+
+    exit_code = 2
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (HDF5's span several), without KeyError's added quotes."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return " ".join(str(text).split()) or type(error).__name__

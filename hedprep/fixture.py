@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ import cv2
 import numpy as np
 
 from hedprep.cityscapes import LABELS_BY_NAME, SPLITS, is_labeled, labelid_to_color
-from hedprep.errors import HedprepError
+from hedprep.errors import HedprepError, OptionError
+from hedprep.images import encode_png
 
 DEFAULT_FRAME_COUNTS: Mapping[str, int] = MappingProxyType({"train": 8, "val": 4, "test": 2})
 MIN_SIDE = 32
@@ -81,35 +81,9 @@ class FixtureSummary:
         return sum(self.frames.values())
 
 
-def parse_frame_counts(text: str) -> dict[str, int]:
-    """Parse "train=8,val=4,test=2" into {"train": 8, "val": 4, "test": 2}."""
-    counts: dict[str, int] = {}
-    for item in text.split(","):
-        match = re.fullmatch(r"\s*([a-z_]+)\s*=\s*(\d+)\s*", item)
-        if match is None:
-            raise HedprepError(f"frame counts {text!r}: expected split=count pairs like 'train=8,val=4'")
-        split, count = match[1], int(match[2])
-        if split not in SPLITS:
-            raise HedprepError(f"frame counts {text!r}: unknown split {split!r} (one of {', '.join(SPLITS)})")
-        if split in counts:
-            raise HedprepError(f"frame counts {text!r}: split {split!r} given twice")
-        counts[split] = count
-    return counts
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse "128x256" (height x width) into (128, 256)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if match is None:
-        raise HedprepError(f"size {text!r}: expected HEIGHTxWIDTH, e.g. 128x256")
-    size = (int(match[1]), int(match[2]))
-    _check_size(size)
-    return size
-
-
 def _check_size(size: tuple[int, int]) -> None:
     if len(size) != 2 or min(size) < MIN_SIDE:
-        raise HedprepError(f"size {size}: height and width must be at least {MIN_SIDE} pixels")
+        raise OptionError(f"--size {'x'.join(map(str, size))}: height and width must be at least {MIN_SIDE} pixels")
 
 
 def _prepare_root(root: Path) -> None:
@@ -139,11 +113,11 @@ def make_fixture(
     """
     for split, count in frames.items():
         if split not in SPLITS:
-            raise HedprepError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+            raise OptionError(f"--frames: unknown split '{split}' (one of {', '.join(SPLITS)})")
         if count < 0:
-            raise HedprepError(f"split {split}: frame count {count} is negative")
+            raise OptionError(f"--frames: split {split} has a negative frame count ({count})")
     if sum(frames.values()) == 0:
-        raise HedprepError("no frames requested")
+        raise OptionError("--frames: no frames requested")
     size = (int(size[0]), int(size[1]))
     _check_size(size)
     root = Path(root)
@@ -444,6 +418,4 @@ def _write_frame(root: Path, split: str, city: str, frame_id: str, size: tuple[i
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise HedprepError(f"{path}: could not write PNG")
-
+    path.write_bytes(encode_png(image, path))

@@ -24,7 +24,7 @@ from hedprep.cityscapes import Frame, read_frame
 from hedprep.edges import EdgeDetector
 from hedprep.errors import HedprepError
 from hedprep.hed import edges_to_uint8, load_hed
-from hedprep.shards import Compression, ShardInfo, ShardRecord, ShardWriter
+from hedprep.shards import Compression, ShardInfo, ShardRecord, ShardWriter, SkippedFrame
 
 READ_AHEAD = 2  # frames decoded ahead of HED; bounds memory to a few frames per task
 
@@ -66,11 +66,10 @@ BACKGROUND_NICENESS = 19
 
 
 def _run_in_background() -> None:
-    """Lower this (reader or writer) thread's CPU priority (Linux: per-thread nice).
+    """Lower this (reader or writer) thread's CPU priority (Linux: per-thread nice 19).
 
-    HED keeps every core busy and waits at each layer for its slowest thread; decoding or
-    compressing at equal priority would stall a HED thread and, through it, the whole layer.
-    At low priority they fill the cores' idle moments instead, and HED runs at its own speed.
+    Meant to let decoding and compressing fill HED's idle moments rather than compete with it; on
+    2 cores it made no measurable difference (docs/performance.md), and it cannot slow HED down.
     """
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
@@ -111,6 +110,16 @@ def build_shard(
         pending_reads = [reader.submit(_read_checked, f, size) for f in spec.frames[:READ_AHEAD]]
         pending_write: Future | None = None
         batch: list[tuple[Frame, np.ndarray, np.ndarray | None]] = []
+
+        def flush() -> None:
+            """HED on the batch, then hand it to the writer once the previous write is done."""
+            nonlocal pending_write, batch
+            rgbe = _attach_edges(detector, [rgb for _, rgb, _ in batch])
+            if pending_write is not None:
+                pending_write.result()
+            pending_write = writer.submit(_write_batch, shard, batch, rgbe, report)
+            batch = []
+
         for i, frame in enumerate(spec.frames):
             if i + READ_AHEAD < len(spec.frames):
                 pending_reads.append(reader.submit(_read_checked, spec.frames[i + READ_AHEAD], size))
@@ -119,24 +128,23 @@ def build_shard(
             except HedprepError as error:
                 if spec.on_error != "skip":
                     raise
-                shard.skip(frame.frame_id, str(frame.image), str(error))
+                shard.skip(_skipped(frame, error))
                 report(1)
                 continue
             batch.append((frame, rgb, label))
-            if len(batch) == engine.batch_size or i == len(spec.frames) - 1:
-                rgbe = _attach_edges(detector, [b[1] for b in batch])
-                if pending_write is not None:
-                    pending_write.result()
-                pending_write = writer.submit(_write_batch, shard, batch, rgbe, report)
-                batch = []
-        if batch:  # the last frames were skipped after a partial batch
-            rgbe = _attach_edges(detector, [b[1] for b in batch])
-            if pending_write is not None:
-                pending_write.result()
-            pending_write = writer.submit(_write_batch, shard, batch, rgbe, report)
+            if len(batch) == engine.batch_size:
+                flush()
+        if batch:  # the last, partial batch
+            flush()
         if pending_write is not None:
             pending_write.result()
         return shard.close()
+
+
+def _skipped(frame: Frame, error: HedprepError) -> SkippedFrame:
+    image = Path(frame.image).resolve()
+    culprit = Path(error.path).resolve() if error.path is not None else image
+    return SkippedFrame(frame.frame_id, str(image), str(error), str(culprit))
 
 
 def _attach_edges(detector: EdgeDetector, images: Sequence[np.ndarray]) -> np.ndarray:

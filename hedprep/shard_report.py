@@ -1,7 +1,7 @@
-"""Shards as people look at them: summaries (`hedprep inspect`), checks (`verify`), PNGs (`show`).
+"""Shards as people look at them: summaries (`hedprep inspect`) and PNGs of a frame (`hedprep show`).
 
-The format itself belongs to `hedprep.shards`; this module only reads it and returns plain
-dataclasses, which `cli.py` renders.
+The format, reading and verification belong to `hedprep.shards`; this module only reads shards
+through its public names and returns plain dataclasses, which `cli.py` renders.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,18 @@ import numpy as np
 
 from hedprep.atomic import write_bytes_atomic
 from hedprep.cityscapes import trainid_to_color
-from hedprep.errors import HedprepError
+from hedprep.errors import HedprepError, one_line
+from hedprep.images import encode_png
 from hedprep.shards import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
     IMAGES_GROUP,
     Manifest,
-    Sample,
-    ShardProblem,
-    load_filter_plugins,
-    one_line,
+    ShardError,
+    open_shard,
     read_attrs,
     read_manifest,
-    shard_files,
+    read_shard_frame,
     shard_path,
     split_dirs,
-    verify_split,
 )
 
 # HDF5 filter ids (https://github.com/HDFGroup/hdf5_plugins/blob/master/docs/RegisteredFilterPlugins.md).
@@ -50,9 +46,8 @@ FILTER_NAMES = {
     32015: "zstd",
 }
 LEVELLED_FILTERS = ("gzip", "zstd")  # their first filter parameter is the level, as in `--compression`
-INCOMPLETE_BUILD = "build incomplete, rerun hedprep build"
 # What h5py raises besides OSError when a file's metadata is damaged (a flipped byte in an object header).
-H5PY_DAMAGE_ERRORS = (KeyError, RuntimeError, ValueError)
+H5PY_DAMAGE_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
 # Frame ids become file names in `show`: Cityscapes ids are `{city}_{seq}_{frame}`.
 _SAFE_FILE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -137,36 +132,10 @@ def _dataset_summaries(f: h5py.File) -> tuple[DatasetSummary, ...]:
     return tuple(rows)
 
 
-def _open_shard(path: Path) -> h5py.File:
-    """Open a shard file read-only, or fail with one line naming it."""
-    if not path.is_file():
-        raise HedprepError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise HedprepError(f"{path}: not a readable HDF5 file ({one_line(error)})") from None
-    try:
-        attrs = read_attrs(f)
-        if attrs.get("format") != FORMAT_NAME or attrs.get("format_version") != FORMAT_VERSION:
-            raise HedprepError(f"{path}: not a {FORMAT_NAME} v{FORMAT_VERSION} shard (no such format attributes)")
-        # f[name], not f.get(name): get() hides the KeyError of a damaged object header as "missing".
-        missing = [name for name in ("frames", "labels", "frame_ids")
-                   if name not in f or not isinstance(f[name], h5py.Dataset)]
-        if missing:
-            raise HedprepError(f"{path}: not a complete shard (no dataset {', '.join(missing)})")
-    except (OSError, *H5PY_DAMAGE_ERRORS) as error:
-        f.close()
-        raise HedprepError(f"{path}: damaged shard ({one_line(error)})") from None
-    except HedprepError:
-        f.close()
-        raise
-    return f
-
-
 def summarize_shard(path: str | os.PathLike) -> ShardSummary:
     """Summarize one shard file from its metadata (no pixel is decoded)."""
     path = Path(path)
-    with _open_shard(path) as f:
+    with open_shard(path) as f:
         try:
             frames, labels = f["frames"], f["labels"]
             frames_filters, labels_filters = describe_filters(frames), describe_filters(labels)
@@ -185,8 +154,8 @@ def summarize_shard(path: str | os.PathLike) -> ShardSummary:
                 attrs=read_attrs(f),
                 datasets=_dataset_summaries(f),
             )
-        except (OSError, *H5PY_DAMAGE_ERRORS) as error:
-            raise HedprepError(f"{path}: damaged shard ({one_line(error)})") from None
+        except H5PY_DAMAGE_ERRORS as error:
+            raise ShardError(path, f"damaged shard ({one_line(error)})") from None
 
 
 @dataclass(frozen=True)
@@ -243,70 +212,7 @@ def common_attrs(shards: Sequence[ShardSummary]) -> tuple[dict[str, Any], dict[s
     return shared, differing
 
 
-# -------------------------------------------------------------------------------------------- verify
-
-
-@dataclass
-class SplitCheck:
-    """The verdict on one split folder."""
-
-    split_dir: Path
-    manifest: Manifest | None  # None: the manifest could not be read
-    bad: list[ShardProblem] = field(default_factory=list)
-    unlisted: list[str] = field(default_factory=list)  # shard files on disk the manifest does not list
-    problems: list[str] = field(default_factory=list)  # of the split as a whole
-
-    @property
-    def ok(self) -> bool:
-        return not self.bad and not self.problems
-
-
-def check_split(split_dir: str | os.PathLike) -> SplitCheck:
-    """Verify one split: every listed shard (hash, datasets, frame ids), completeness, stray shard files."""
-    split_dir = Path(split_dir)
-    try:
-        manifest, bad = verify_split(split_dir)
-    except HedprepError as error:
-        return SplitCheck(split_dir, None, problems=[str(error)])
-    listed = {record.file for record in manifest.shards}
-    unlisted = [p.name for p in shard_files([split_dir]) if p.name not in listed]
-    problems = [] if manifest.complete else [INCOMPLETE_BUILD]
-    return SplitCheck(split_dir, manifest, bad, unlisted, problems)
-
-
-def check_output(path: str | os.PathLike) -> list[SplitCheck]:
-    """`check_split` for a split folder, or for each split of an output folder."""
-    path = Path(path)
-    if path.is_file():
-        raise HedprepError(f"{path}: a file; verify takes an output or split folder (hedprep inspect reads one shard)")
-    return [check_split(d) for d in split_dirs(path)]
-
-
 # ---------------------------------------------------------------------------------------------- show
-
-
-def read_shard_frame(path: str | os.PathLike, index: int) -> Sample:
-    """Frame `index` of a shard file (negative counts from the end)."""
-    path = Path(path)
-    load_filter_plugins()
-    with _open_shard(path) as f:
-        ids = f["frame_ids"]
-        n = ids.shape[0]
-        if not -n <= index < n:
-            valid = f"0-{n - 1} or -{n} to -1" if n else "all of its frames were skipped"
-            raise HedprepError(f"{path}: no frame {index}; the shard holds {n} frame(s) ({valid})")
-        index %= n
-        try:
-            return Sample(f["frames"][index], f["labels"][index], ids[index].decode("ascii"))
-        except (OSError, UnicodeDecodeError, *H5PY_DAMAGE_ERRORS) as error:
-            raise HedprepError(f"{path}: frame {index} does not decode ({one_line(error)})") from None
-
-
-def _encode_png(image: np.ndarray, path: Path) -> bytes:
-    ok, data = cv2.imencode(".png", image)
-    if not ok:
-        raise HedprepError(f"{path}: could not encode PNG")
-    return data.tobytes()
 
 
 def write_frame_pngs(shard: str | os.PathLike, index: int, out_dir: str | os.PathLike) -> list[Path]:
@@ -325,7 +231,7 @@ def write_frame_pngs(shard: str | os.PathLike, index: int, out_dir: str | os.Pat
         written = []
         for kind, image in images.items():
             path = out_dir / f"{sample.frame_id}_{kind}.png"
-            write_bytes_atomic(path, _encode_png(image, path))
+            write_bytes_atomic(path, encode_png(image, path))
             written.append(path)
     except OSError as error:
         raise HedprepError(f"{out_dir}: cannot write PNGs ({error.strerror or error})") from None

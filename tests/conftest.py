@@ -1,8 +1,14 @@
-"""Shared fixtures: the pretrained HED (loaded once), golden photographs, a tiny Cityscapes fixture."""
+"""Shared fixtures and helpers: the pretrained HED (loaded once), golden photographs, and two ways of
+running the command line: `invoke` in this process (fast; most tests) and `run` as a real subprocess
+(for what needs one: signals, resource limits, clusters, the installed console scripts)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +16,7 @@ import pytest
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_NAMES = tuple(json.loads((GOLDEN / "golden.json").read_text())["maps"])
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +34,45 @@ def golden_photo(name: str) -> np.ndarray:
 
 def golden_edges(name: str) -> np.ndarray:
     return np.load(GOLDEN / f"{name}.hed.npy")
+
+
+@dataclass
+class CliResult:
+    """What a command returned and printed, whichever way it ran."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke(*args: str) -> CliResult:
+    """Run `hedprep ...` or `segnet ...` in this process, through click's test runner."""
+    from click.testing import CliRunner
+
+    import cli
+
+    group = getattr(cli, args[0])
+    result = CliRunner().invoke(group, list(args[1:]), prog_name=args[0], catch_exceptions=False)
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run an installed console script (`hedprep`, `segnet`) as a subprocess."""
+    exe = BIN / args[0]
+    if exe.exists():
+        command = [str(exe), *args[1:]]
+    else:  # not installed as console scripts: run the click groups directly
+        command = [sys.executable, "-c", f"import cli; cli.{args[0]}()", *args[1:]]
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments: str, status: int = 1) -> None:
+    """The command failed with `status`, printed exactly one `error:` line holding every fragment, and
+    no traceback."""
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]

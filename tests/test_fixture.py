@@ -23,7 +23,7 @@ from hedprep.cityscapes import (
     read_label,
 )
 from hedprep.errors import HedprepError
-from hedprep.fixture import MARKER_FILE, make_fixture, parse_frame_counts, parse_size
+from hedprep.fixture import MARKER_FILE, make_fixture
 
 SIZE = (96, 160)
 COUNTS = {"train": 6, "val": 2, "test": 2, "train_extra": 2}
@@ -204,32 +204,3 @@ def test_refuses_a_foreign_folder_or_file(tmp_path: Path) -> None:
 def test_make_fixture_rejects_bad_arguments(tmp_path: Path, frames: dict, size: tuple, message: str) -> None:
     with pytest.raises(HedprepError, match=message):
         make_fixture(tmp_path, frames, size=size)
-
-
-# --- parsers --------------------------------------------------------------------------------------
-
-
-def test_parse_frame_counts() -> None:
-    assert parse_frame_counts("train=8,val=4,test=2") == {"train": 8, "val": 4, "test": 2}
-    assert parse_frame_counts(" train_extra = 3 ") == {"train_extra": 3}
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [("", "expected split=count"), ("train=8,", "expected split=count"), ("train:8", "expected split=count"),
-     ("train=-1", "expected split=count"), ("foo=1", "unknown split 'foo'"), ("val=1,val=2", "given twice")],
-)
-def test_parse_frame_counts_errors(text: str, message: str) -> None:
-    with pytest.raises(HedprepError, match=message):
-        parse_frame_counts(text)
-
-
-def test_parse_size() -> None:
-    assert parse_size("128x256") == (128, 256)
-    assert parse_size(" 64 X 32 ") == (64, 32)
-
-
-@pytest.mark.parametrize("text", ["128", "128x", "x256", "128*256", "-1x256", "16x256", "1.5x2"])
-def test_parse_size_errors(text: str) -> None:
-    with pytest.raises(HedprepError, match="size"):
-        parse_size(text)

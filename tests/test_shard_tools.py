@@ -1,4 +1,5 @@
-"""`hedprep inspect`, `verify` and `show` (hedprep/shard_report.py), run on a real tiny build; h5dump reads it."""
+"""`hedprep inspect`, `verify` and `show` (hedprep/shard_report.py, hedprep.shards), run in-process on a real tiny
+build; h5dump reads it."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 
 from hedprep.cityscapes import trainid_to_color
 from hedprep.errors import HedprepError
-from hedprep.shard_report import check_output, common_attrs, summarize, summarize_shard, summarize_split
-from tests.test_cli import assert_one_line_error, run
+from hedprep.shard_report import common_attrs, summarize, summarize_shard, summarize_split
+from hedprep.shards import verify_output
+from tests.conftest import assert_one_line_error, invoke
 
 SIZE = (64, 128)  # (height, width)
 FRAMES = 4
@@ -26,8 +28,9 @@ PER_SHARD = 2
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """OUT of a 4-frame train build, 2 frames per shard (gzip): OUT/train/shard-0000{0,1}.h5."""
+    from hedprep.build_plan import BuildConfig
     from hedprep.fixture import make_fixture
-    from pipelines.build import BuildConfig, build_split
+    from pipelines.build import build_split
 
     base = tmp_path_factory.mktemp("shard-tools")
     make_fixture(base / "cityscapes", {"train": FRAMES, "val": 0, "test": 0}, SIZE)
@@ -125,7 +128,7 @@ def test_summarize_split_and_output(built):
 
 
 def test_inspect_shard_file(built):
-    result = run("hedprep", "inspect", str(shard(built)))
+    result = invoke("hedprep", "inspect", str(shard(built)))
     assert result.returncode == 0, result.stderr
     s = summarize_shard(shard(built))
     row = re.search(r"^shard-00000\.h5 +(\d+) +(\d+x\d+) .* ([\d.]+)$", result.stdout, re.M)
@@ -137,7 +140,7 @@ def test_inspect_shard_file(built):
 @pytest.mark.parametrize("where", ["out", "split"])
 def test_inspect_folder(built, where):
     path = built if where == "out" else built / "train"
-    result = run("hedprep", "inspect", str(path))
+    result = invoke("hedprep", "inspect", str(path))
     assert result.returncode == 0, result.stderr
     assert f"{FRAMES} frames in 2 shard(s)" in result.stdout
     ratio = summarize_split(built / "train").ratio
@@ -148,7 +151,7 @@ def test_inspect_folder(built, where):
 def test_inspect_lists_skipped_frames(copy):
     skipped = {"frame_id": "ulm_000099_000019", "image": "ulm_000099_000019_leftImg8bit.png", "reason": "unreadable"}
     edit_manifest(copy, lambda data: data["shards"][0].update(skipped=[skipped]))
-    result = run("hedprep", "inspect", str(copy))
+    result = invoke("hedprep", "inspect", str(copy))
     assert result.returncode == 0, result.stderr
     assert "1 skipped frame(s)" in result.stdout
     assert re.search(r"^ulm_000099_000019 +ulm_000099_000019_leftImg8bit\.png +unreadable", result.stdout, re.M)
@@ -157,22 +160,22 @@ def test_inspect_lists_skipped_frames(copy):
 def test_inspect_refuses_other_files(tmp_path):
     text = tmp_path / "notes.h5"
     text.write_text("not HDF5")
-    assert_one_line_error(run("hedprep", "inspect", str(text)), str(text), "not a readable HDF5 file")
+    assert_one_line_error(invoke("hedprep", "inspect", str(text)), str(text), "not a readable HDF5 file")
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["frames"] = np.zeros((1, 2, 2, 4), np.uint8)
-    assert_one_line_error(run("hedprep", "inspect", str(other)), str(other), "not a hedseg-shards v1 shard")
+    assert_one_line_error(invoke("hedprep", "inspect", str(other)), str(other), "not a hedseg-shards v1 shard")
     with pytest.raises(HedprepError, match="no such file or folder"):
         summarize(tmp_path / "missing")
 
 
 def test_inspect_and_show_refuse_damaged_shards(copy, tmp_path):
     truncate(copy, 1)
-    assert_one_line_error(run("hedprep", "inspect", str(copy)), str(shard(copy, 1)), "not a readable HDF5 file")
+    assert_one_line_error(invoke("hedprep", "inspect", str(copy)), str(shard(copy, 1)), "not a readable HDF5 file")
     damage_metadata(copy, 0)
     path = shard(copy, 0)
-    assert_one_line_error(run("hedprep", "inspect", str(path)), str(path), "damaged shard")
-    assert_one_line_error(run("hedprep", "show", str(path), "0", "--out", str(tmp_path / "png")), str(path),
+    assert_one_line_error(invoke("hedprep", "inspect", str(path)), str(path), "damaged shard")
+    assert_one_line_error(invoke("hedprep", "show", str(path), "0", "--out", str(tmp_path / "png")), str(path),
                           "damaged shard")
 
 
@@ -180,23 +183,23 @@ def test_inspect_and_show_refuse_damaged_shards(copy, tmp_path):
 
 
 def test_verify_good_build(built):
-    result = run("hedprep", "verify", str(built))
+    result = invoke("hedprep", "verify", str(built))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"train: 2 shards, {FRAMES} frames OK" in result.stdout
-    assert run("hedprep", "verify", str(built / "train")).returncode == 0
+    assert invoke("hedprep", "verify", str(built / "train")).returncode == 0
 
 
 @pytest.mark.parametrize("damage, names, problem", [
     (truncate, "shard-00001.h5", "manifest says"),
     (flip_byte, "shard-00001.h5", "sha256 differs from the manifest"),
-    (damage_metadata, "shard-00001.h5", "not a readable HDF5 file (Unable to synchronously open object"),
+    (damage_metadata, "shard-00001.h5", "damaged shard (Unable to synchronously open object"),
     (remove, "shard-00001.h5", "missing"),
     (escape_folder, "../x.h5", "leaves the split folder"),
     (incomplete, "train", "build incomplete, rerun hedprep build"),
 ])
 def test_verify_reports_damage(copy, damage, names, problem):
     damage(copy)
-    result = run("hedprep", "verify", str(copy))
+    result = invoke("hedprep", "verify", str(copy))
     assert_one_line_error(result, str(copy), "failed verification")
     bad = [line for line in result.stdout.splitlines() if line.startswith("bad ")]
     assert len(bad) == 1 and names in bad[0] and problem in bad[0], result.stdout
@@ -207,17 +210,17 @@ def test_verify_reports_damage(copy, damage, names, problem):
 
 def test_verify_warns_about_unlisted_shards(copy):
     shutil.copy(shard(copy, 0), shard(copy, 7))
-    result = run("hedprep", "verify", str(copy))
+    result = invoke("hedprep", "verify", str(copy))
     assert result.returncode == 0, result.stdout + result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "shard-00007.h5" in warnings[0] and "not listed in the manifest" in warnings[0]
-    [check] = check_output(copy)
+    [check] = verify_output(copy)
     assert check.ok and check.unlisted == ["shard-00007.h5"]
 
 
 def test_verify_unreadable_manifest(copy):
     (copy / "train" / "manifest.json").write_text("{")
-    result = run("hedprep", "verify", str(copy))
+    result = invoke("hedprep", "verify", str(copy))
     assert_one_line_error(result, "failed verification")
     assert "not a readable manifest" in result.stdout
 
@@ -227,7 +230,7 @@ def test_verify_unreadable_manifest(copy):
 
 @pytest.mark.parametrize("index", [0, -1])
 def test_show_writes_exact_pngs(built, tmp_path, index):
-    result = run("hedprep", "show", str(shard(built, 1)), str(index), "--out", str(tmp_path / "png"))
+    result = invoke("hedprep", "show", str(shard(built, 1)), str(index), "--out", str(tmp_path / "png"))
     assert result.returncode == 0, result.stderr
     with h5py.File(shard(built, 1), "r") as f:
         frame, label, frame_id = f["frames"][index], f["labels"][index], f["frame_ids"][index].decode()
@@ -243,7 +246,7 @@ def test_show_writes_exact_pngs(built, tmp_path, index):
 
 @pytest.mark.parametrize("index", ["2", "-3"])
 def test_show_index_out_of_range(built, tmp_path, index):
-    result = run("hedprep", "show", str(shard(built)), index, "--out", str(tmp_path))
+    result = invoke("hedprep", "show", str(shard(built)), index, "--out", str(tmp_path))
     assert_one_line_error(result, str(shard(built)), f"no frame {index}", f"holds {PER_SHARD} frame(s)")
     assert not list(tmp_path.iterdir())
 
@@ -269,11 +272,11 @@ def test_zstd_shards_need_no_manual_plugin_import(tmp_path):
         record = writer.close()
     write_manifest(split_dir, Manifest("val", asdict(info), [record], complete=True))
 
-    inspect = run("hedprep", "inspect", str(split_dir / "shard-00000.h5"))
+    inspect = invoke("hedprep", "inspect", str(split_dir / "shard-00000.h5"))
     assert inspect.returncode == 0 and re.search(r"^frames .* zstd:3 ", inspect.stdout, re.M), inspect.stdout
-    verify = run("hedprep", "verify", str(tmp_path / "out"))
+    verify = invoke("hedprep", "verify", str(tmp_path / "out"))
     assert verify.returncode == 0 and "val: 1 shard, 1 frame OK" in verify.stdout, verify.stdout + verify.stderr
-    show = run("hedprep", "show", str(split_dir / "shard-00000.h5"), "0", "--out", str(tmp_path / "png"))
+    show = invoke("hedprep", "show", str(split_dir / "shard-00000.h5"), "0", "--out", str(tmp_path / "png"))
     assert show.returncode == 0, show.stderr
     edge = cv2.imread(str(tmp_path / "png" / "ulm_000000_000019_edge.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(edge, frame[..., 3])

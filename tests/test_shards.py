@@ -12,15 +12,16 @@ import pytest
 
 from hedprep.cityscapes import trainid_palette
 from hedprep.errors import HedprepError
+from hedprep.options import parse_compression
 from hedprep.shards import (
     CHANNELS,
     Compression,
     Manifest,
     ShardInfo,
     ShardWriter,
+    SkippedFrame,
     check_shard,
     open_split,
-    parse_compression,
     read_manifest,
     shard_is_complete,
     shard_name,
@@ -128,9 +129,9 @@ def test_missing_labels_are_ignore_and_unused_capacity_is_dropped(tmp_path):
     with ShardWriter(tmp_path / "s.h5", 5, INFO, Compression()) as writer:
         for frame_id, frame in zip(ids, frames, strict=True):
             writer.append(frame_id, frame, None)
-        writer.skip("aachen_000009_000019", "/x.png", "not a readable image")
+        writer.skip(SkippedFrame("aachen_000009_000019", "/x.png", "not a readable image", "/x.png"))
         record = writer.close()
-    assert record.skipped == [{"frame_id": "aachen_000009_000019", "image": "/x.png", "reason": "not a readable image"}]
+    assert record.skipped == [SkippedFrame("aachen_000009_000019", "/x.png", "not a readable image", "/x.png")]
     assert record.planned_ids == sorted(ids + ["aachen_000009_000019"])
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert f["frames"].shape[0] == 2 and (f["labels"][()] == 255).all()
@@ -177,7 +178,7 @@ def test_every_codec_round_trips(tmp_path, text):
 def test_gzip_levels_1_to_3_are_deflated_by_isal_into_standard_gzip_chunks(tmp_path):
     import zlib
 
-    from hedprep.shards import fast_deflate
+    from hedprep.shards.compression import fast_deflate
 
     assert fast_deflate(parse_compression("gzip")) is not None and fast_deflate(parse_compression("gzip:3"))
     assert fast_deflate(parse_compression("gzip:6")) is None and fast_deflate(parse_compression("zstd")) is None
@@ -186,15 +187,6 @@ def test_gzip_levels_1_to_3_are_deflated_by_isal_into_standard_gzip_chunks(tmp_p
     with h5py.File(tmp_path / "s.h5", "r") as f:
         filter_mask, chunk = f["frames"].id.read_direct_chunk((0, 0, 0, 0))
         assert filter_mask == 0 and zlib.decompress(chunk) == frames[0].tobytes()  # plain zlib reads it
-
-
-def test_parse_compression():
-    assert parse_compression("gzip") == Compression("gzip", 1) and str(parse_compression("GZIP:9")) == "gzip:9"
-    assert parse_compression("zstd") == Compression("zstd", 3) and str(parse_compression("lz4")) == "lz4"
-    for bad, message in [("brotli", "choose one of"), ("gzip:10", "level 0-9"), ("lzf:3", "no level"),
-                         ("zstd:x", "level 1-22")]:
-        with pytest.raises(HedprepError, match=message):
-            parse_compression(bad)
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -253,9 +245,9 @@ def test_incomplete_build_reads_with_a_warning(split):
 
 def test_verify_and_completeness(split):
     split_dir, ids, *_ = split
-    manifest, bad = verify_split(split_dir)
-    assert bad == [] and manifest.num_frames == 5
-    record = manifest.shards[0]
+    check = verify_split(split_dir)
+    assert check.ok and check.bad == [] and check.manifest.num_frames == 5
+    record = check.manifest.shards[0]
     assert shard_is_complete(split_dir / record.file, record, ids[:3])
     assert not shard_is_complete(split_dir / record.file, record, ids[:2])  # other frames planned
     assert not shard_is_complete(split_dir / record.file, None, ids[:3])
@@ -263,7 +255,7 @@ def test_verify_and_completeness(split):
     data[len(data) // 2] ^= 1
     (split_dir / record.file).write_bytes(bytes(data))
     assert not shard_is_complete(split_dir / record.file, record, ids[:3])
-    _, bad = verify_split(split_dir)
+    bad = verify_split(split_dir).bad
     assert [b.file for b in bad] == [record.file] and "sha256" in bad[0].problems[0]
 
 

@@ -1,0 +1,114 @@
+"""What a build will do, decided before anything runs: the options checked, the split's frames cut
+into shard specs, and the parameters every shard and the manifest record.
+
+Everything a user can get wrong (options, dataset folder, labels, weights, device) fails here, in
+about a second, before HED loads, a progress bar is drawn or a file is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hedprep.cityscapes import list_frames, resolve_root
+from hedprep.edges import PRECISIONS, resolve_device
+from hedprep.errors import OptionError
+from hedprep.hed_weights import read_weights
+from hedprep.options import parse_compression
+from hedprep.shard_builder import EngineSpec, ShardSpec, first_frame_size
+from hedprep.shards import ShardInfo, shard_name
+
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `hedprep build` takes. See `hedprep build --help` for each option."""
+
+    root: str | None
+    split: str
+    out: str
+    weights: str = "bsds500"
+    frames_per_shard: int = 32
+    batch_size: int = 1
+    precision: str = "fp32"
+    device: str = "auto"
+    compression: str = "gzip"
+    scheduler: str | None = None
+    workers: int | None = None
+    limit: int | None = None
+    on_error: str = "fail"
+    force: bool = False
+    labels: str = "fine"
+
+
+@dataclass
+class BuildPlan:
+    """The shards of a split and the manifest parameters, before anything runs."""
+
+    split_dir: Path
+    params: dict[str, Any]
+    specs: list[ShardSpec]
+
+    @property
+    def planned(self) -> dict[int, list[str]]:
+        """Shard index -> the frame ids planned for that shard."""
+        return {spec.index: spec.frame_ids for spec in self.specs}
+
+
+def check_config(config: BuildConfig) -> None:
+    """The checks that need nothing but the options themselves."""
+    for option, value in (("--frames-per-shard", config.frames_per_shard), ("--batch-size", config.batch_size),
+                          ("--limit", config.limit), ("--workers", config.workers)):
+        if value is not None and value < 1:
+            raise OptionError(f"{option} {value}: must be at least 1")
+    if config.precision not in PRECISIONS:
+        raise OptionError(f"--precision {config.precision}: choose one of {', '.join(PRECISIONS)}")
+    if config.on_error not in ON_ERROR:
+        raise OptionError(f"--on-error {config.on_error}: choose one of {', '.join(ON_ERROR)}")
+    if config.workers is not None and config.scheduler:
+        raise OptionError("--workers and --scheduler exclude each other: --workers starts a local cluster")
+    parse_compression(config.compression)
+
+
+def plan_build(config: BuildConfig) -> BuildPlan:
+    """List the split's frames, fix the frame size, and cut the frames into shard specs.
+
+    Reads the dataset's folders, the first frame and the weights file; writes nothing.
+    """
+    check_config(config)
+    compression = parse_compression(config.compression)
+    root = resolve_root(config.root).resolve()
+    frames = list_frames(root, config.split, config.labels, require_labels=config.on_error == "fail")
+    if config.limit is not None:
+        frames = frames[: config.limit]
+    resolve_device(config.device)
+    weights = read_weights(config.weights).info
+    height, width = first_frame_size(frames, config.on_error)
+    info = ShardInfo(
+        split=config.split,
+        dataset_root=str(root),
+        hed_weights=weights.name,
+        hed_weights_sha256=weights.sha256,
+        precision=config.precision,
+        compression=str(compression),
+        frame_height=height,
+        frame_width=width,
+    )
+    params = {
+        **asdict(info),
+        "labels": config.labels,
+        "frames_per_shard": config.frames_per_shard,
+        "limit": config.limit,
+        "on_error": config.on_error,
+    }
+    engine = EngineSpec(config.weights, config.precision, config.device, config.batch_size)
+    split_dir = Path(config.out).absolute() / config.split  # workers on other hosts see the same path
+    step = config.frames_per_shard
+    specs = [
+        ShardSpec(i, str(split_dir / shard_name(i)), tuple(frames[start : start + step]), info, compression,
+                  engine, config.on_error)
+        for i, start in enumerate(range(0, len(frames), step))
+    ]
+    return BuildPlan(split_dir, params, specs)

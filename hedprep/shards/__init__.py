@@ -1,0 +1,95 @@
+"""The shard file format, v1: the one owner of how frames, edges and labels sit in HDF5 files.
+
+A split is a folder `OUT/{split}/` of `shard-00000.h5`, `shard-00001.h5`, ... and a `manifest.json`;
+`docs/shard-format.md` specifies every dataset and attribute. The package's files follow its jobs:
+
+- `format`: names, layout constants, root attributes (`ShardInfo`).
+- `compression`: the HDF5 filters a shard may use.
+- `writer`: `ShardWriter`, one shard written atomically.
+- `manifest`: `manifest.json` (`Manifest`, `ShardRecord`, `SkippedFrame`).
+- `reader`: `open_shard` for one file, `open_split` / `SplitReader` for a split.
+- `verify`: checks of shards against their manifest.
+- `resume`: what an interrupted or repeated build keeps, removes and records.
+
+`__all__` below is the contract: other packages (segnet, pipelines) and users import these names
+from `hedprep.shards` and nothing from its modules.
+"""
+
+from hedprep.shards.compression import CODECS, Compression, load_filter_plugins
+from hedprep.shards.format import (
+    CHANNELS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGES_GROUP,
+    MANIFEST_NAME,
+    ShardInfo,
+    read_attrs,
+    shard_name,
+)
+from hedprep.shards.manifest import Manifest, ShardRecord, SkippedFrame, read_manifest, shard_path, write_manifest
+from hedprep.shards.reader import Sample, ShardError, SplitReader, open_shard, open_split, read_shard_frame
+from hedprep.shards.resume import (
+    ManifestKeeper,
+    build_lock,
+    earlier_manifest,
+    kept_shards,
+    prepare_split_dir,
+    remove_leftovers,
+)
+from hedprep.shards.verify import (
+    INCOMPLETE_BUILD,
+    ShardProblem,
+    SplitCheck,
+    check_shard,
+    shard_is_complete,
+    split_dirs,
+    verify_output,
+    verify_split,
+)
+from hedprep.shards.writer import ShardWriter
+
+__all__ = [
+    # reading
+    "open_split",
+    "SplitReader",
+    "Sample",
+    "open_shard",
+    "read_shard_frame",
+    "ShardError",
+    "load_filter_plugins",
+    "read_attrs",
+    # the format
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "CHANNELS",
+    "IMAGES_GROUP",
+    "MANIFEST_NAME",
+    "CODECS",
+    "Compression",
+    "ShardInfo",
+    "shard_name",
+    # manifests
+    "Manifest",
+    "ShardRecord",
+    "SkippedFrame",
+    "read_manifest",
+    "write_manifest",
+    "shard_path",
+    # checking
+    "verify_split",
+    "verify_output",
+    "check_shard",
+    "shard_is_complete",
+    "split_dirs",
+    "SplitCheck",
+    "ShardProblem",
+    "INCOMPLETE_BUILD",
+    # writing and resuming a build
+    "ShardWriter",
+    "prepare_split_dir",
+    "earlier_manifest",
+    "kept_shards",
+    "remove_leftovers",
+    "build_lock",
+    "ManifestKeeper",
+]

@@ -1,0 +1,165 @@
+"""Reading shards: `open_shard` for one file, `open_split` for random access to a built split."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+
+from hedprep.errors import HedprepError, one_line
+from hedprep.shards.compression import load_filter_plugins
+from hedprep.shards.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    REQUIRED_DATASETS,
+    is_shard_attrs,
+    read_attrs,
+)
+from hedprep.shards.manifest import read_manifest, shard_path
+
+# What h5py raises besides OSError when a file's metadata is damaged (a flipped byte in an object header).
+H5PY_DAMAGE_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+
+
+class ShardError(HedprepError):
+    """A shard file that cannot be used; `problem` is the message without the path."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        super().__init__(f"{path}: {problem}", path)
+        self.problem = problem
+
+
+def open_shard(path: str | os.PathLike) -> h5py.File:
+    """Open a shard read-only, with the filter plugins loaded, after checking it is a v1 shard.
+
+    Raises:
+        ShardError: no such file, not HDF5, not this format or version, a dataset missing, or
+            damaged metadata; one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(path, "no such file")
+    load_filter_plugins()
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise ShardError(path, f"not a readable HDF5 file ({one_line(error)})") from None
+    try:
+        if not is_shard_attrs(read_attrs(f)):
+            raise ShardError(path, f"not a {FORMAT_NAME} v{FORMAT_VERSION} shard")
+        # f[name], not f.get(name): get() hides the KeyError of a damaged object header as "missing".
+        missing = [name for name in REQUIRED_DATASETS if name not in f or not isinstance(f[name], h5py.Dataset)]
+        if missing:
+            raise ShardError(path, f"not a complete shard (no dataset {', '.join(missing)})")
+    except ShardError:
+        f.close()
+        raise
+    except H5PY_DAMAGE_ERRORS as error:
+        f.close()
+        raise ShardError(path, f"damaged shard ({one_line(error)})") from None
+    return f
+
+
+class Sample(NamedTuple):
+    """One frame of a split: (H, W, 4) uint8 RGB+edge, (H, W) uint8 trainIds, its Cityscapes id."""
+
+    frame: np.ndarray
+    label: np.ndarray
+    frame_id: str
+
+
+def read_shard_frame(path: str | os.PathLike, index: int) -> Sample:
+    """Frame `index` of one shard file (negative counts from the end)."""
+    path = Path(path)
+    with open_shard(path) as f:
+        ids = f["frame_ids"]
+        n = ids.shape[0]
+        if not -n <= index < n:
+            valid = f"0-{n - 1} or -{n} to -1" if n else "all of its frames were skipped"
+            raise ShardError(path, f"no frame {index}; the shard holds {n} frame(s) ({valid})")
+        index %= n
+        try:
+            return Sample(f["frames"][index], f["labels"][index], ids[index].decode("ascii"))
+        except (UnicodeDecodeError, *H5PY_DAMAGE_ERRORS) as error:
+            raise ShardError(path, f"frame {index} does not decode ({one_line(error)})") from None
+
+
+class SplitReader:
+    """Random access to the frames of a built split, by its manifest.
+
+    HDF5 files are opened lazily and reopened after a fork (each DataLoader worker gets its own
+    handles); pickling drops the handles, so a reader can be sent to spawned workers.
+    """
+
+    def __init__(self, split_dir: str | os.PathLike) -> None:
+        self.split_dir = Path(split_dir)
+        self.manifest = read_manifest(self.split_dir)
+        if self.split_dir.is_file():
+            self.split_dir = self.split_dir.parent
+        if not self.manifest.complete:
+            warnings.warn(
+                f"{self.split_dir / MANIFEST_NAME}: the build is incomplete; reading the "
+                f"{self.manifest.num_frames} frames built so far (rerun hedprep build to finish it)",
+                UserWarning, stacklevel=2,
+            )
+        self.shards = [s for s in self.manifest.shards if s.frame_ids]
+        self.frame_ids = [i for s in self.shards for i in s.frame_ids]
+        self._starts = np.cumsum([0] + [len(s.frame_ids) for s in self.shards])
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"frame {index} out of range for {len(self)} frames")
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        local = index - int(self._starts[shard])
+        f = self._handle(shard)
+        return Sample(f["frames"][local], f["labels"][local], self.frame_ids[index])
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def _handle(self, shard: int) -> h5py.File:
+        if self._pid != os.getpid():  # forked: the parent's handles are not ours to use
+            self._handles = {}
+            self._pid = os.getpid()
+        f = self._handles.get(shard)
+        if f is None:
+            f = open_shard(shard_path(self.split_dir, self.shards[shard].file))
+            self._handles[shard] = f
+        return f
+
+    def close(self) -> None:
+        """Close the open HDF5 files (they reopen on the next access)."""
+        if self._pid == os.getpid():
+            for f in self._handles.values():
+                f.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def __enter__(self) -> SplitReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_split(out: str | os.PathLike, split: str | None = None) -> SplitReader:
+    """Open a built split: `open_split("out", "train")` or `open_split("out/train")`."""
+    return SplitReader(Path(out) / split if split else Path(out))

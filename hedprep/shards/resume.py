@@ -1,0 +1,130 @@
+"""Resume rules of a split folder: which shards of an earlier build stay, what is removed, one build
+at a time, and a manifest kept current as shards finish. No Dask, no HED: plain files."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hedprep.errors import HedprepError
+from hedprep.shards.format import MANIFEST_NAME, SHARD_PATTERN, shard_name
+from hedprep.shards.manifest import Manifest, ShardRecord, read_manifest, write_manifest
+from hedprep.shards.verify import shard_is_complete
+
+# Parameters that change what a shard holds: a rerun with other values is refused unless --force.
+COMPARED_PARAMS = (
+    "split", "labels", "dataset_root", "hed_weights_sha256", "precision", "compression",
+    "frame_height", "frame_width", "frames_per_shard",
+)
+LOCK_NAME = ".build.lock"
+
+
+def prepare_split_dir(out: str | os.PathLike, split: str) -> Path:
+    """Create `OUT/{split}` (or fail with one line if it cannot be written)."""
+    split_dir = Path(out) / split
+    try:
+        split_dir.mkdir(parents=True, exist_ok=True)
+        probe = split_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise HedprepError(f"{split_dir}: output folder is not writable ({error.strerror or error})") from None
+    return split_dir
+
+
+def earlier_manifest(split_dir: Path, params: Mapping[str, Any], force: bool) -> Manifest | None:
+    """The manifest of an earlier build into `split_dir`, if its parameters match `params`.
+
+    Raises:
+        HedprepError: the earlier build used other parameters (or its manifest is unreadable) and
+            `force` is False.
+    """
+    if not (split_dir / MANIFEST_NAME).exists():
+        return None
+    try:
+        earlier = read_manifest(split_dir)
+    except HedprepError:
+        if force:
+            return None
+        raise
+    changed = [k for k in COMPARED_PARAMS if earlier.params.get(k) != params.get(k)]
+    if changed and not force:
+        what = ", ".join(f"{k} {earlier.params.get(k)!r} -> {params.get(k)!r}" for k in changed)
+        raise HedprepError(
+            f"{split_dir / MANIFEST_NAME}: an earlier build used other parameters ({what}); "
+            "rerun with --force to rebuild, or choose another --out"
+        )
+    return None if changed else earlier
+
+
+def kept_shards(
+    split_dir: Path, planned: Mapping[int, Sequence[str]], earlier: Manifest | None
+) -> dict[int, ShardRecord]:
+    """The shards of an earlier build that are complete (size, sha256, frame ids) and stay.
+
+    Args:
+        planned: shard index -> the frame ids planned for it.
+    """
+    records = {r.file: r for r in earlier.shards} if earlier else {}
+    kept = {}
+    for index, frame_ids in planned.items():
+        record = records.get(shard_name(index))
+        if shard_is_complete(split_dir / shard_name(index), record, frame_ids):
+            kept[index] = record
+    return kept
+
+
+def remove_leftovers(split_dir: Path, planned: Iterable[int], kept: Iterable[int]) -> None:
+    """Remove temporary files of killed builds, and every shard file that is not kept, saying why."""
+    planned_names = {shard_name(i) for i in planned}
+    kept_names = {shard_name(i) for i in kept}
+    for path in split_dir.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    for path in sorted(split_dir.glob(SHARD_PATTERN)):
+        if path.name in kept_names:
+            continue
+        if path.name in planned_names:
+            why = "not a complete shard of this build (damaged, unfinished or not in the manifest); rebuilding it"
+        else:
+            why = "removed, it is not part of this build's plan"
+        warnings.warn(f"{path}: {why}", UserWarning, stacklevel=2)
+        path.unlink()
+
+
+@contextlib.contextmanager
+def build_lock(split_dir: Path) -> Iterator[None]:
+    """One build at a time per split folder (an flock on `.build.lock`)."""
+    with open(split_dir / LOCK_NAME, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HedprepError(f"{split_dir}: another hedprep build is writing here") from None
+        yield
+
+
+class ManifestKeeper:
+    """The manifest of a running build, rewritten (atomically) each time a shard finishes."""
+
+    def __init__(self, split_dir: Path, params: dict[str, Any], kept: Mapping[int, ShardRecord]) -> None:
+        self.split_dir = split_dir
+        self.params = params
+        self.records = dict(kept)
+        self.built = 0
+
+    def add(self, index: int, record: ShardRecord) -> None:
+        """Record a finished shard."""
+        self.records[index] = record
+        self.built += 1
+        self.write(complete=False)
+
+    def write(self, complete: bool) -> Manifest:
+        """Write the manifest of the shards recorded so far; `complete` once every shard is done."""
+        shards = [self.records[i] for i in sorted(self.records)]
+        manifest = Manifest(self.params["split"], self.params, shards, complete)
+        write_manifest(self.split_dir, manifest)
+        return manifest

@@ -1,0 +1,145 @@
+"""Checking shards against their manifest: the one place that decides whether a build is sound."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hedprep.digests import file_sha256
+from hedprep.errors import HedprepError, one_line
+from hedprep.shards.format import IMAGES_GROUP, MANIFEST_NAME, SHARD_PATTERN, ShardInfo, is_plain_file_name
+from hedprep.shards.manifest import Manifest, ShardRecord, read_manifest
+from hedprep.shards.reader import H5PY_DAMAGE_ERRORS, ShardError, open_shard
+
+INCOMPLETE_BUILD = "build incomplete, rerun hedprep build"
+
+
+def shard_is_complete(path: str | os.PathLike, record: ShardRecord | None, frame_ids: Sequence[str]) -> bool:
+    """True if `path` is the shard `record` describes (size, sha256) and it was built from `frame_ids`."""
+    path = Path(path)
+    if record is None or record.planned_ids != sorted(frame_ids) or not path.is_file():
+        return False
+    return path.stat().st_size == record.bytes and file_sha256(path) == record.sha256
+
+
+def check_shard(path: str | os.PathLike, record: ShardRecord | None = None, info: ShardInfo | None = None) -> list[str]:
+    """Problems of one shard file (empty list if none): hash, format, datasets, shapes, frame ids, decoding."""
+    path = Path(path)
+    if not path.is_file():
+        return ["missing"]
+    problems = []
+    if record is not None:
+        try:
+            if path.stat().st_size != record.bytes:
+                problems.append(f"size {path.stat().st_size} bytes, manifest says {record.bytes}")
+            elif file_sha256(path) != record.sha256:
+                problems.append("sha256 differs from the manifest")
+        except OSError as error:
+            return [f"cannot read ({error.strerror or error})"]
+    try:  # what else is wrong, beyond a changed hash: says whether the file is still usable
+        with open_shard(path) as f:
+            return problems + _check_contents(f, record, info)
+    except ShardError as error:
+        return problems + [error.problem]
+
+
+def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | None) -> list[str]:
+    problems = []
+    frames, labels, ids = f["frames"], f["labels"], f["frame_ids"]
+    n = ids.shape[0]
+    h, w = f.attrs.get("frame_height"), f.attrs.get("frame_width")
+    if info is not None and (h, w) != (info.frame_height, info.frame_width):
+        problems.append(f"frames are {h}x{w}, the manifest says {info.frame_height}x{info.frame_width}")
+    if frames.dtype != np.uint8 or frames.shape != (n, h, w, 4):
+        problems.append(f"frames is {frames.dtype} {frames.shape}, expected uint8 {(n, h, w, 4)}")
+    if labels.dtype != np.uint8 or labels.shape != (n, h, w):
+        problems.append(f"labels is {labels.dtype} {labels.shape}, expected uint8 {(n, h, w)}")
+    stored_ids = [i.decode("ascii") for i in ids[()]]
+    if record is not None and stored_ids != record.frame_ids:
+        problems.append("frame ids differ from the manifest")
+    if problems:
+        return problems
+    try:  # the first and last frame decode, and the viewer images resolve to them
+        for i in sorted({0, n - 1}) if n else ():
+            frames[i], labels[i]
+            for view in f[IMAGES_GROUP][stored_ids[i]].values():
+                view[0]
+    except H5PY_DAMAGE_ERRORS as error:
+        problems.append(f"data does not decode ({one_line(error)})")
+    return problems
+
+
+@dataclass
+class ShardProblem:
+    """A bad shard: its manifest entry's file name and what is wrong with it."""
+
+    file: str
+    problems: list[str]
+
+
+@dataclass
+class SplitCheck:
+    """The verdict on one split folder."""
+
+    split_dir: Path
+    manifest: Manifest | None  # None: the manifest could not be read
+    bad: list[ShardProblem] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)  # shard files on disk the manifest does not list
+    problems: list[str] = field(default_factory=list)  # of the split as a whole
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad and not self.problems
+
+
+def verify_split(split_dir: str | os.PathLike) -> SplitCheck:
+    """Verify one split: every listed shard (hash, datasets, frame ids), completeness, stray shard files."""
+    split_dir = Path(split_dir)
+    try:
+        manifest = read_manifest(split_dir)
+    except HedprepError as error:
+        return SplitCheck(split_dir, None, problems=[str(error)])
+    info = ShardInfo.from_params(manifest.params)
+    bad = []
+    for record in manifest.shards:
+        if not is_plain_file_name(record.file):
+            bad.append(ShardProblem(record.file, ["shard path leaves the split folder"]))
+            continue
+        problems = check_shard(split_dir / record.file, record, info)
+        if problems:
+            bad.append(ShardProblem(record.file, problems))
+    listed = {record.file for record in manifest.shards}
+    unlisted = [p.name for p in shard_files([split_dir]) if p.name not in listed]
+    problems = [] if manifest.complete else [INCOMPLETE_BUILD]
+    return SplitCheck(split_dir, manifest, bad, unlisted, problems)
+
+
+def verify_output(path: str | os.PathLike) -> list[SplitCheck]:
+    """`verify_split` for a split folder, or for each split of an output folder."""
+    path = Path(path)
+    if path.is_file():
+        raise HedprepError(f"{path}: a file; verify takes an output or split folder (hedprep inspect reads one shard)")
+    return [verify_split(d) for d in split_dirs(path)]
+
+
+def split_dirs(out: str | os.PathLike) -> list[Path]:
+    """`out` itself if it holds a manifest, else its subfolders that do (one per split)."""
+    out = Path(out)
+    if (out / MANIFEST_NAME).is_file():
+        return [out]
+    if not out.is_dir():
+        raise HedprepError(f"{out}: no such folder")
+    found = sorted(p for p in out.iterdir() if (p / MANIFEST_NAME).is_file())
+    if not found:
+        raise HedprepError(f"{out}: no {MANIFEST_NAME} here or in its subfolders; nothing was built")
+    return found
+
+
+def shard_files(split_dirs: Sequence[Path]) -> list[Path]:
+    """The shard files of split folders, in name order."""
+    return sorted(p for d in split_dirs for p in d.glob(SHARD_PATTERN))

@@ -1,0 +1,206 @@
+"""Writing a shard: frames, labels, frame ids, the viewer images and the root attributes."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hedprep.atomic import write_bytes_atomic
+from hedprep.cityscapes import IGNORE_INDEX, trainid_palette
+from hedprep.errors import HedprepError
+from hedprep.shards.compression import Compression, fast_deflate
+from hedprep.shards.format import (
+    CHANNELS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGES_GROUP,
+    ShardInfo,
+    set_string_attr,
+    tile_shape,
+)
+from hedprep.shards.manifest import ShardRecord, SkippedFrame
+
+
+class ShardWriter:
+    """Write one shard frame by frame; `close()` puts it on disk under a temporary name, then renames it.
+
+    The HDF5 file is built in memory (HDF5's core driver; compressed, so about the shard's final
+    size) and written to disk in one piece by `close()`. A full disk then fails a plain file write,
+    which is reported and cleaned up, instead of failing inside HDF5, whose library cannot close a
+    file after a failed write (it crashes the process at exit). The temporary name is unique per
+    attempt, so two attempts at one shard (Dask may rerun a task after losing a worker) never write
+    the same file; a failed or killed attempt leaves nothing under the final name. Use as a context
+    manager: an exception discards the shard.
+    """
+
+    MEMORY_BLOCK = 8 << 20  # the in-memory file grows in steps of this many bytes
+
+    def __init__(self, path: str | os.PathLike, capacity: int, info: ShardInfo, compression: Compression) -> None:
+        self.path = Path(path)
+        self.info = info
+        self.compression = compression
+        self.frame_ids: list[str] = []
+        self.skipped: list[SkippedFrame] = []
+        h, w = info.frame_height, info.frame_width
+        options = compression.h5py_options()
+        self.file = h5py.File(
+            str(self.path), "w", driver="core", backing_store=False, block_size=self.MEMORY_BLOCK,
+            libver=("v110", "v110"), track_order=True,  # a fixed on-disk format, read by HDF5 >= 1.10
+        )
+        self.frames = self.file.create_dataset(
+            "frames", shape=(capacity, h, w, 4), maxshape=(capacity, h, w, 4), dtype=np.uint8,
+            chunks=(1, *tile_shape(h, w), 4), **options,
+        )
+        self.labels = self.file.create_dataset(
+            "labels", shape=(capacity, h, w), maxshape=(capacity, h, w), dtype=np.uint8,
+            chunks=(1, *tile_shape(h, w)), fillvalue=IGNORE_INDEX, **options,
+        )
+        self._deflate = fast_deflate(compression)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def append(self, frame_id: str, rgbe: np.ndarray, label: np.ndarray | None) -> None:
+        """Add a frame: (H, W, 4) uint8 RGB+edge and (H, W) uint8 trainIds (None: all ignore)."""
+        i = len(self.frame_ids)
+        expected = self.frames.shape[1:]
+        if rgbe.shape != expected or rgbe.dtype != np.uint8:
+            raise HedprepError(
+                f"{frame_id}: frame is {rgbe.dtype} {rgbe.shape}, shard {self.path.name} takes uint8 {expected}"
+            )
+        if self._deflate is not None:
+            _write_deflated_tiles(self.frames, i, rgbe, self._deflate, fill=0)
+            if label is not None:
+                _write_deflated_tiles(self.labels, i, label, self._deflate, fill=IGNORE_INDEX)
+        else:
+            self.frames[i] = rgbe
+            if label is not None:
+                self.labels[i] = label
+        self.frame_ids.append(frame_id)
+
+    def skip(self, frame: SkippedFrame) -> None:
+        """Record a frame left out (`--on-error skip`)."""
+        self.skipped.append(frame)
+
+    def close(self) -> ShardRecord:
+        """Finish datasets, viewer tags and attributes; write the file atomically; return its record."""
+        try:
+            self._finish()
+            self.file.flush()
+            image = self.file.id.get_file_image()
+        finally:
+            self._discard()
+        try:
+            write_bytes_atomic(self.path, image)
+        except OSError as error:
+            raise HedprepError(
+                f"{self.path}: cannot write shard ({error.strerror or error}); the partial file was removed",
+                self.path,
+            ) from None
+        sha256 = hashlib.sha256(image).hexdigest()
+        return ShardRecord(self.path.name, sha256, list(self.frame_ids), len(image), list(self.skipped))
+
+    def _finish(self) -> None:
+        n = len(self.frame_ids)
+        f = self.file
+        self.frames.resize(n, axis=0)
+        self.labels.resize(n, axis=0)
+        width = max((len(i) for i in self.frame_ids), default=1)
+        f.create_dataset("frame_ids", data=np.array(self.frame_ids, dtype=f"S{width}"), dtype=f"S{width}")
+        set_string_attr(self.frames, "CHANNELS", ",".join(CHANNELS))
+        self.frames.attrs["channel_names"] = np.array(CHANNELS, dtype="S4")
+        set_string_attr(self.labels, "LABELS", "Cityscapes trainIds 0-18, 255 = ignore")
+        palette = _write_palette(f)
+        self._write_views(palette)
+        for name, value in asdict(self.info).items():
+            if isinstance(value, str):
+                set_string_attr(f, name, value)
+            else:
+                f.attrs[name] = value
+        set_string_attr(f, "format", FORMAT_NAME)
+        f.attrs["format_version"] = FORMAT_VERSION
+        set_string_attr(f, "created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def _write_views(self, palette: h5py.Dataset) -> None:
+        """Per-frame virtual datasets over `frames`/`labels`, tagged as HDF5 images (no pixel copy)."""
+        h, w = self.info.frame_height, self.info.frame_width
+        n = len(self.frame_ids)
+        # "." names this file itself, so the views survive the rename to the final name.
+        frames = h5py.VirtualSource(".", "frames", shape=(n, h, w, 4), dtype=np.uint8)
+        labels = h5py.VirtualSource(".", "labels", shape=(n, h, w), dtype=np.uint8)
+        group = self.file.create_group(IMAGES_GROUP, track_order=True)
+        for i, frame_id in enumerate(self.frame_ids):
+            frame_group = group.create_group(frame_id, track_order=True)
+            views = (
+                ("rgb", (h, w, 3), frames[i, :, :, 0:3], "IMAGE_TRUECOLOR", None),
+                ("edge", (h, w), frames[i, :, :, 3], "IMAGE_GRAYSCALE", None),
+                ("label", (h, w), labels[i], "IMAGE_INDEXED", palette),
+            )
+            for name, shape, source, subclass, pal in views:
+                layout = h5py.VirtualLayout(shape=shape, dtype=np.uint8)
+                layout[...] = source
+                fill = IGNORE_INDEX if name == "label" else 0
+                view = frame_group.create_virtual_dataset(name, layout, fillvalue=fill)
+                _tag_image(view, subclass, pal)
+
+    def abort(self) -> None:
+        """Discard the shard: nothing was or will be written to disk."""
+        self._discard()
+
+    def _discard(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+
+def _write_deflated_tiles(
+    dataset: h5py.Dataset, index: int, image: np.ndarray, deflate: Callable[[bytes], bytes], fill: int
+) -> None:
+    """Compress `image` chunk by chunk ourselves and store the chunks as they are (no HDF5 filter run).
+
+    Chunks at the right and bottom edges are padded to the full chunk shape with the fill value, as
+    HDF5 stores them.
+    """
+    _, rows, cols = dataset.chunks[:3]
+    h, w = image.shape[:2]
+    for y in range(0, h, rows):
+        for x in range(0, w, cols):
+            tile = image[y : y + rows, x : x + cols]
+            if tile.shape[:2] != (rows, cols):
+                padded = np.full((rows, cols, *image.shape[2:]), fill, np.uint8)
+                padded[: tile.shape[0], : tile.shape[1]] = tile
+                tile = padded
+            offset = (index, y, x) + (0,) * (image.ndim - 2)
+            dataset.id.write_direct_chunk(offset, deflate(np.ascontiguousarray(tile).tobytes()))
+
+
+def _tag_image(dataset: h5py.Dataset, subclass: str, palette: h5py.Dataset | None = None) -> None:
+    set_string_attr(dataset, "CLASS", "IMAGE")
+    set_string_attr(dataset, "IMAGE_VERSION", "1.2")
+    set_string_attr(dataset, "IMAGE_SUBCLASS", subclass)
+    if subclass == "IMAGE_TRUECOLOR":
+        set_string_attr(dataset, "INTERLACE_MODE", "INTERLACE_PIXEL")
+    if subclass == "IMAGE_GRAYSCALE":
+        dataset.attrs.create("IMAGE_WHITE_IS_ZERO", np.uint8(0))
+        dataset.attrs.create("IMAGE_MINMAXRANGE", np.array([0, 255], np.uint8))
+    if palette is not None:
+        dataset.attrs.create("PALETTE", [palette.ref], dtype=h5py.ref_dtype)
+
+
+def _write_palette(f: h5py.File) -> h5py.Dataset:
+    palette = f.create_dataset("palette", data=trainid_palette())
+    set_string_attr(palette, "CLASS", "PALETTE")
+    set_string_attr(palette, "PAL_VERSION", "1.2")
+    set_string_attr(palette, "PAL_COLORMODEL", "RGB")
+    set_string_attr(palette, "PAL_TYPE", "STANDARD8")
+    return palette
