@@ -142,10 +142,12 @@ def edges(images, out_dir, weights, precision, device, scales, fmt, batch_size) 
 
     A file that cannot be read stops the run with an error naming it; maps already written stay.
     """
-    from hedprep.edge_maps import write_edge_maps
+    from hedprep.edge_files import write_edge_maps
     from hedprep.hed import load_hed
+    from hedprep.process_tuning import tune_process_for_hed
 
     scale_values = parse_scales(scales)
+    tune_process_for_hed()
     model = load_hed(weights)
     with progress_bar("HED edges", total=len(images), unit="images") as advance:
         written = write_edge_maps(

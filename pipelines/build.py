@@ -27,9 +27,8 @@ from dask.callbacks import Callback
 
 from hedprep.allocator import retain_freed_memory
 from hedprep.cityscapes import list_frames, resolve_root
-from hedprep.edges import PRECISIONS
 from hedprep.errors import HedprepError
-from hedprep.hed_weights import read_weights
+from hedprep.hed import PRECISIONS, read_weights
 from hedprep.shard_builder import EngineSpec, ShardSpec, build_shard, first_frame_size
 from hedprep.shards import (
     MANIFEST_NAME,
