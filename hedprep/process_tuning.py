@@ -5,7 +5,7 @@ HED keeps every core busy and allocates activations of hundreds of MiB per pass.
 whole process make it run at full speed (docs/performance.md):
 
 - torch's CPU threads: one per CPU this process may use (cgroup/affinity aware), or a worker's share of
-  them when several workers share a machine. torch's own default counts every core of the machine.
+  them when several workers share a machine.
 - glibc keeps freed memory (`hedprep.allocator.retain_freed_memory`): large blocks come from the heap,
   which is never trimmed, and the process has one malloc arena. Otherwise each large activation is
   a fresh `mmap` whose pages are zero-filled on first touch: about a quarter of a 512x1024 pass. The
