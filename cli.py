@@ -150,14 +150,15 @@ def edges(images, out_dir, weights, precision, device, scales, fmt, batch_size) 
 
     A file that cannot be read stops the run with an error naming it; maps already written stay.
     """
-    from hedprep.edge_maps import check_edge_map_job, write_edge_maps
-    from hedprep.edges import resolve_device
-    from hedprep.hed import load_hed
+    from hedprep.edge_files import check_edge_map_job, write_edge_maps
+    from hedprep.hed import load_hed, resolve_device
     from hedprep.options import parse_scales
+    from hedprep.process_tuning import tune_process_for_hed
 
     scale_values = parse_scales(scales)
     check_edge_map_job(images, out_dir, fmt)
     resolve_device(device)
+    tune_process_for_hed()
     model = load_hed(weights)
     with progress_bar("images") as progress:
         task = progress.add_task("HED edges", total=len(images))

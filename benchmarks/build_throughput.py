@@ -19,7 +19,6 @@ Frames are the synthetic street scenes of `hedprep fixture` (Cityscapes layout),
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -59,9 +58,9 @@ def decoded_frames(root: Path, n: int) -> np.ndarray:
 
 
 def hed_alone_fps(images: np.ndarray, precision: str) -> float:
-    from hedprep.shard_builder import edge_detector
+    from hedprep.hed import cached_detector
 
-    detector = edge_detector("bsds500", precision, "auto", None)
+    detector = cached_detector("bsds500", precision, "auto")
     detector(images[:1])  # warm-up
     start = time.perf_counter()
     for image in images:
@@ -151,11 +150,10 @@ def section_memory(args, work: Path) -> None:
 def rgbe_frames(root: Path, n: int) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     """n frames of real RGB + real HED edges, their trainIds, and their source PNGs."""
     from hedprep.cityscapes import list_frames, read_frame
-    from hedprep.hed import edges_to_uint8
-    from hedprep.shard_builder import edge_detector
+    from hedprep.hed import cached_detector, edges_to_uint8
 
     frames = list_frames(root, "train")[:n]
-    detector = edge_detector("bsds500", "fp32", "auto", None)
+    detector = cached_detector("bsds500", "fp32", "auto")
     rgbe, labels = [], []
     for frame in frames:
         rgb, label = read_frame(frame)
@@ -253,7 +251,10 @@ def main() -> None:
 
     import torch
 
-    print(f"torch {torch.__version__}, {len(os.sched_getaffinity(0))} CPUs, python {sys.version.split()[0]}")
+    from hedprep.process_tuning import tune_process_for_hed
+
+    tuning = tune_process_for_hed()  # as the build does, so that HED alone runs as it runs in a build
+    print(f"torch {torch.__version__}, {tuning.threads} CPUs, python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="hedseg-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

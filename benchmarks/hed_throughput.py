@@ -64,7 +64,7 @@ def matmul_peak(dtype_name: str, n: int = 4096, repeats: int = 3) -> float:
 
 def ours(model, height: int, width: int, batch: int, precision: str, repeats: int) -> float:
     """Best-of-`repeats` frames/s of detect_edges on one batch of random frames."""
-    from hedprep.edges import detect_edges
+    from hedprep.hed import detect_edges
 
     frames = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
     detect_edges(model, frames, batch_size=batch, precision=precision, device="cpu")  # warm-up
@@ -88,7 +88,7 @@ def bf16_difference(model) -> tuple[float, float]:
     """Mean and max |p_bf16 - p_fp32| over the golden real photographs (tests/golden)."""
     import cv2
 
-    from hedprep.edges import detect_edges
+    from hedprep.hed import detect_edges
 
     diffs = []
     for png in sorted((ROOT / "tests" / "golden").glob("*.png")):
@@ -106,8 +106,8 @@ def peak_memory(height: int, width: int, precision: str) -> float:
     VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec.
     """
     code = (
-        "import numpy as np; from hedprep.hed import load_hed; "
-        "from hedprep.edges import detect_edges; m = load_hed(); "
+        "import numpy as np; from hedprep.hed import detect_edges, load_hed; "
+        "from hedprep.process_tuning import tune_process_for_hed; tune_process_for_hed(); m = load_hed(); "
         f"detect_edges(m, np.zeros(({height}, {width}, 3), np.uint8), precision='{precision}', device='cpu'); "
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
@@ -127,13 +127,13 @@ def main() -> None:
 
     import torch
 
-    from hedprep.edges import default_threads
     from hedprep.hed import load_hed
+    from hedprep.process_tuning import tune_process_for_hed
 
+    tuning = tune_process_for_hed()
     model = load_hed()
-    torch.set_num_threads(default_threads())
     peaks = {p: matmul_peak(p) for p in ("fp32", "bf16")}
-    print(f"torch {torch.__version__}, {default_threads()} threads; matmul peak "
+    print(f"torch {torch.__version__}, {tuning.threads} threads; matmul peak "
           f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     rows = []
     for size in args.sizes.split(","):

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from hedprep.cityscapes import list_frames, resolve_root
-from hedprep.edges import PRECISIONS, resolve_device
 from hedprep.errors import OptionError
-from hedprep.hed_weights import read_weights
+from hedprep.hed import PRECISIONS, read_weights, resolve_device
 from hedprep.options import parse_compression
 from hedprep.shard_builder import EngineSpec, ShardSpec, first_frame_size
 from hedprep.shards import ShardInfo, shard_name

