@@ -15,6 +15,7 @@ Schedulers:
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -183,8 +184,9 @@ def _client(config: BuildConfig):
             yield client
         return
     with _sigint_ignored():
+        # silence_logs: the workers' warnings about tasks cancelled by Ctrl-C are noise to a user.
         cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+                               dashboard_address=None, silence_logs=logging.ERROR)
     with cluster, Client(cluster) as client:
         yield client
 

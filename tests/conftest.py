@@ -56,14 +56,20 @@ def invoke(*args: str) -> CliResult:
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
-def run(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run an installed console script (`hedprep`, `segnet`) as a subprocess."""
+def run(*args: str, cwd: Path | None = None, timeout: float = 600, columns: str | None = "200"
+        ) -> subprocess.CompletedProcess:
+    """Run an installed console script (`hedprep`, `segnet`) as a subprocess, output piped.
+
+    `columns`: the COLUMNS variable it sees (None: unset, as when a user pipes into a file).
+    """
     exe = BIN / args[0]
     if exe.exists():
         command = [str(exe), *args[1:]]
     else:  # not installed as console scripts: run the click groups directly
         command = [sys.executable, "-c", f"import cli; cli.{args[0]}()", *args[1:]]
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 

@@ -93,36 +93,40 @@ def all_frames(split_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # ------------------------------------------------------------------------------------------ fixtures
 
 
+def make_dataset(tmp_path_factory, name: str, frames: dict[str, int], size: tuple[int, int], seed: int) -> Path:
+    root = tmp_path_factory.mktemp(name)
+    make_fixture(root, frames, size=size, seed=seed)
+    return root
+
+
+def clean_build(tmp_path_factory, name: str, dataset: Path, **options) -> Path:
+    out = tmp_path_factory.mktemp(name)
+    result = build(dataset, out, **options)
+    assert result.returncode == 0, result.stderr
+    return out / "train"
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cityscapes")
-    make_fixture(root, {"train": 5, "val": 2, "test": 1}, size=(96, 192), seed=3)
-    return root
+    return make_dataset(tmp_path_factory, "cityscapes", {"train": 5, "val": 2, "test": 1}, (96, 192), seed=3)
 
 
 @pytest.fixture(scope="module")
 def local_build(dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("local")
-    result = build(dataset, out)
-    assert result.returncode == 0, result.stderr
-    assert "5 frames in 3 shard(s)" in result.stdout
-    return out / "train"
+    split_dir = clean_build(tmp_path_factory, "local", dataset)
+    assert read_manifest(split_dir).num_frames == 5 and len(list(split_dir.glob("shard-*.h5"))) == 3
+    return split_dir
 
 
 @pytest.fixture(scope="module")
 def slow_dataset(tmp_path_factory) -> Path:
     """Frames large enough that a build takes seconds: room to kill things midway."""
-    root = tmp_path_factory.mktemp("cityscapes_slow")
-    make_fixture(root, {"train": 8, "val": 0, "test": 0}, size=(256, 512), seed=5)
-    return root
+    return make_dataset(tmp_path_factory, "cityscapes_slow", {"train": 8, "val": 0, "test": 0}, (256, 512), seed=5)
 
 
 @pytest.fixture(scope="module")
 def slow_clean_build(slow_dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("slow_clean")
-    result = build(slow_dataset, out, frames_per_shard=1)
-    assert result.returncode == 0, result.stderr
-    return out / "train"
+    return clean_build(tmp_path_factory, "slow_clean", slow_dataset, frames_per_shard=1)
 
 
 class DaskCluster:
@@ -168,7 +172,7 @@ class DaskCluster:
                 process.terminate()
         for process in self.processes:
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -490,3 +494,108 @@ def test_disk_filling_up_removes_the_temporary_file(dataset, local_build, tmp_pa
     manifest = read_manifest(split_dir)
     for record in manifest.shards:  # what was written before the failure is whole
         assert (split_dir / record.file).stat().st_size == record.bytes
+
+
+# ------------------------------------------------------------------- options checked before any work
+
+
+@pytest.mark.parametrize("address, message", [
+    ("notanaddress", "expected a scheduler address such as tcp://"),
+    ("http://127.0.0.1:1", "unknown protocol http://"),
+])
+def test_bad_scheduler_address_is_a_usage_error_and_writes_nothing(dataset, tmp_path, address, message):
+    result = build(dataset, tmp_path / "out", "--scheduler", address)
+    assert_one_line_error(result, f"--scheduler {address}", message, status=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_scheduler_where_nothing_listens_fails_at_once(dataset, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago, now closed: nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = build(dataset, tmp_path / "out", "--scheduler", f"tcp://127.0.0.1:{port}")
+    assert_one_line_error(result, f"tcp://127.0.0.1:{port}", "no scheduler answers there")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_without_gpu_fails_before_any_progress_or_file(dataset, tmp_path):
+    result = build(dataset, tmp_path / "out", "--device", "cuda")
+    assert_one_line_error(result, "--device cuda", "no CUDA GPU")
+    assert "HED shards" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_unknown_split_is_a_usage_error(dataset, tmp_path):
+    result = build(dataset, tmp_path / "out", split="training")
+    assert_one_line_error(result, "'--split'", "'training' is not one of", status=2)
+
+
+def test_train_extra_without_coarse_labels_names_the_option(dataset, tmp_path):
+    result = build(dataset, tmp_path / "out", split="train_extra")
+    assert_one_line_error(result, "--split train_extra has no gtFine labels: add --labels coarse", status=2)
+
+
+def test_on_error_skip_also_skips_a_frame_whose_label_is_missing(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    image, label = frame_paths(root, LAST_FRAME)
+    label.unlink()
+    result = build(root, tmp_path / "out", "--on-error", "skip")
+    assert result.returncode == 0, result.stderr
+    (skipped,) = read_manifest(tmp_path / "out" / "train").skipped
+    assert skipped.frame_id == LAST_FRAME and "label file missing" in skipped.reason
+    assert skipped.file == str(label.resolve()) and skipped.image == str(image.resolve())
+
+
+def test_skipped_wrong_size_label_names_the_label_file(dataset, tmp_path, monkeypatch):
+    root = copy_dataset(dataset, tmp_path)
+    _, label = frame_paths(root, LAST_FRAME)
+    cv2.imwrite(str(label), np.zeros((50, 60), np.uint8))
+    monkeypatch.chdir(tmp_path)  # a relative --root: the manifest still holds absolute paths
+    result = invoke("hedprep", *build_args(Path("cityscapes"), Path("out"), "--on-error", "skip"))
+    assert result.returncode == 0, result.stderr
+    (skipped,) = read_manifest(tmp_path / "out" / "train").skipped
+    assert skipped.file == str(label.resolve()) and Path(skipped.image).is_absolute() and "60x50" in skipped.reason
+
+
+def test_rebuilding_a_damaged_shard_says_so(local_build, tmp_path, dataset):
+    shutil.copytree(local_build, tmp_path / "train")
+    target = tmp_path / "train" / "shard-00001.h5"
+    target.write_bytes(target.read_bytes()[:1000])
+    result = build(dataset, tmp_path)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "shard-00001.h5: not a complete shard of this build" in warnings[0]
+    assert "rebuilding it" in warnings[0] and "not part of this build's plan" not in warnings[0]
+
+
+# ------------------------------------------------------------------------------------------- Ctrl-C
+
+
+def interrupt(process: subprocess.Popen) -> tuple[str, str]:
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group (workers included)."""
+    os.killpg(process.pid, signal.SIGINT)
+    return process.communicate(timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [(), ("--workers", "2")], ids=["local", "local-cluster"])
+def test_ctrl_c_records_every_finished_shard_and_the_rerun_resumes(slow_dataset, slow_clean_build, tmp_path, extra):
+    command = [str(BIN / "hedprep"), *build_args(slow_dataset, tmp_path, *extra, frames_per_shard=1)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+    wait_for_shards(tmp_path / "train", process, 1)
+    _, stderr = interrupt(process)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Aborted" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: interrupted; every finished shard is recorded: rerun the same command to resume"]
+    split_dir = tmp_path / "train"
+    on_disk = {p.name: p.stat().st_mtime_ns for p in split_dir.glob("shard-*.h5")}
+    assert on_disk and not read_manifest(split_dir).complete
+
+    result = build(slow_dataset, tmp_path, frames_per_shard=1)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(on_disk)} kept" in result.stdout  # none of the finished shards is built again
+    assert all((split_dir / name).stat().st_mtime_ns == mtime for name, mtime in on_disk.items())
+    assert_same_shards(split_dir, slow_clean_build)

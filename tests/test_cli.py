@@ -89,3 +89,44 @@ def test_fixture_bad_size(tmp_path):
 def test_help(command):
     result = run(*command)
     assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_scales_error_shows_the_option_as_typed(tmp_path):
+    photo = str(GOLDEN / "chelsea_37x53.png")
+    result = invoke("hedprep", "edges", "--scales", "0", "--out", str(tmp_path / "o"), photo)
+    assert_one_line_error(result, "--scales 0: scales must be positive", status=2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_weights_name_and_missing_weights_file_say_what_is_wrong(tmp_path):
+    photo = str(GOLDEN / "chelsea_37x53.png")
+    typo = invoke("hedprep", "edges", "--weights", "bsds", "--out", str(tmp_path / "o"), photo)
+    assert_one_line_error(typo, "--weights bsds", "unknown weights name", "bsds500", status=2)
+    missing = invoke("hedprep", "edges", "--weights", str(tmp_path / "nonexist.pth"), "--out", str(tmp_path), photo)
+    assert_one_line_error(missing, "nonexist.pth", "no such file")
+    assert "pip install" not in missing.stderr and "pip install" not in typo.stderr
+
+
+def test_random_weights_file_error_does_not_suggest_an_unsafe_load(tmp_path):
+    weights = tmp_path / "random.pth"
+    weights.write_bytes(bytes(range(256)) * 64)
+    photo = str(GOLDEN / "chelsea_37x53.png")
+    result = invoke("hedprep", "edges", "--weights", str(weights), "--out", str(tmp_path), photo)
+    assert_one_line_error(result, "random.pth", "not a HED weights file")
+    assert "weights_only" not in result.stderr
+
+
+def test_usage_errors_are_one_line_with_exit_status_2(tmp_path):
+    for args, fragment in [(("edges", "--precision", "fp16", "--out", str(tmp_path), "x.png"), "'--precision'"),
+                           (("build", "--nope"), "No such option '--nope'"),
+                           (("frobnicate",), "No such command 'frobnicate'")]:
+        result = invoke("hedprep", *args)
+        assert_one_line_error(result, fragment, "--help", status=2)
+        assert "Usage:" not in result.stderr
+
+
+def test_piped_output_is_not_wrapped(tmp_path):
+    """Without a terminal (and without COLUMNS), lines are as long as they need to be."""
+    long_name = tmp_path / ("a-rather-long-folder-name-" * 4) / "missing.png"
+    result = run("hedprep", "edges", "--out", str(tmp_path / "o"), str(long_name), columns=None)
+    assert_one_line_error(result, str(long_name), "no such file")

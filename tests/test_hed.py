@@ -195,3 +195,19 @@ def test_cuda_without_gpu_is_a_clear_error(hed_model):
 def test_rejects_non_rgb_uint8(hed_model):
     with pytest.raises(HedprepError, match="expected uint8 RGB"):
         detect_edges(hed_model, np.zeros((16, 16, 3), np.float32))
+
+
+def test_fp32_edges_do_not_depend_on_the_thread_count(hed_model):
+    """Dask workers with different shares of the cores must write identical shards. The sizes reach
+    the cases that once differed: a 16x32 stage-5 map of 512 channels (MKL split that sum across
+    threads) and three threads (tails of a split map took torch's scalar sigmoid)."""
+    frame = np.random.default_rng(7).integers(0, 256, (1, 256, 512, 3), dtype=np.uint8)
+    before = torch.get_num_threads()
+    try:
+        maps = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            maps.append(EdgeDetector(hed_model, precision="fp32", device="cpu")(frame))
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(maps[0], maps[1]) and np.array_equal(maps[0], maps[2])

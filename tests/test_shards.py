@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import warnings
@@ -18,6 +19,7 @@ from hedprep.shards import (
     Compression,
     Manifest,
     ShardInfo,
+    ShardRecord,
     ShardWriter,
     SkippedFrame,
     check_shard,
@@ -221,10 +223,13 @@ def test_split_reader_is_fork_safe(split):
     reader[0]  # the parent has a handle open
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: must open its own handles, and read correct data
-        ok = all(np.array_equal(reader[i].frame, frames[i]) for i in range(5)) and reader._pid == os.getpid()
-        os.write(write_end, b"1" if ok else b"0")
-        os._exit(0)
+    if pid == 0:  # child: must open its own handles, and read correct data; never return into pytest
+        ok = False
+        try:
+            ok = all(np.array_equal(reader[i].frame, frames[i]) for i in range(5)) and reader._pid == os.getpid()
+        finally:
+            os.write(write_end, b"1" if ok else b"0")
+            os._exit(0)
     os.close(write_end)
     assert os.read(read_end, 1) == b"1"
     os.waitpid(pid, 0)
@@ -290,11 +295,17 @@ def test_manifest_errors(tmp_path):
         read_manifest(tmp_path)
 
 
-def test_manifest_write_is_atomic_and_round_trips(split):
-    split_dir, ids, *_ = split
-    manifest = read_manifest(split_dir)
-    assert [s.frame_ids for s in manifest.shards] == [ids[:3], ids[3:]] and manifest.complete
+def test_manifest_write_is_atomic_and_round_trips(tmp_path):
+    skipped = SkippedFrame("aachen_000009_000019", "/data/x.png", "not a readable image", "/data/x.png")
+    records = [ShardRecord(shard_name(0), "ab" * 32, ["aachen_000000_000019"], 1234, [skipped]),
+               ShardRecord(shard_name(1), "cd" * 32, ["bochum_000000_000019", "bochum_000001_000019"], 99)]
+    manifest = Manifest("val", {**vars(INFO), "frames_per_shard": 2}, records, complete=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        write_manifest(split_dir, manifest)
-    assert [p.name for p in split_dir.iterdir() if p.name.startswith(".")] == []
+        write_manifest(tmp_path, manifest)
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary file left
+    back = read_manifest(tmp_path)
+    assert back == manifest and back.skipped == [skipped] and back.num_frames == 3
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk["num_frames"] == 3 and on_disk["skipped"] == [vars(skipped)]
+    assert on_disk["format"] == "hedseg-shards" and on_disk["format_version"] == 1

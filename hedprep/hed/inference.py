@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hedprep.errors import HedprepError
+from hedprep.errors import HedprepError, OptionError
 from hedprep.hed.network import HED, conv_relu, max_pool_2x2, preprocess, side_conv
 from hedprep.hed.weights import load_hed
 
@@ -48,7 +48,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HedprepError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
     if name != "cpu" and not name.startswith("cuda"):
-        raise HedprepError(f"--device {name}: unknown device; choose one of {', '.join(DEVICES)}")
+        raise OptionError(f"--device {name}: unknown device; choose one of {', '.join(DEVICES)}")
     return torch.device(name)
 
 
@@ -144,16 +144,30 @@ class _DirectConvRelu:
         return F.conv2d(x, self.weight, self.bias, padding=1).relu_()
 
 
-def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution with one output channel, as one matrix product over the channels.
+# Channels per matrix product in `pointwise_conv`. MKL splits the summation of a long product across
+# threads when the other dimension is small (512 channels x a 16x32 map differed between 1 and 2
+# threads), which makes the sum depend on the thread count; products over at most 128 channels were
+# bit-identical for 1-16 threads at every size tried (1-32768 pixels).
+POINTWISE_CHANNELS = 128
 
-    Unlike oneDNN's 1x1 convolution, whose summation order depends on the thread count, this gives
-    bit-identical results with any number of threads, so shards built on differently sized Dask
+
+def pointwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution with one output channel, as matrix products over groups of channels.
+
+    Unlike oneDNN's 1x1 convolution, whose summation order depends on the thread count, this sums
+    each group of `POINTWISE_CHANNELS` channels in one product and the groups in a fixed order, so it
+    gives bit-identical results with any number of threads: shards built on differently sized Dask
     workers are identical.
     """
     n, c, h, w = x.shape
     weight = conv.weight.detach().reshape(1, c).to(x.dtype)
-    logits = torch.matmul(weight, x.reshape(n, c, h * w)) + conv.bias.detach().to(x.dtype).view(1, 1, 1)
+    features = x.reshape(n, c, h * w)
+    logits = None
+    for start in range(0, c, POINTWISE_CHANNELS):
+        stop = min(c, start + POINTWISE_CHANNELS)
+        part = torch.matmul(weight[:, start:stop], features[:, start:stop])
+        logits = part if logits is None else logits.add_(part)
+    logits += conv.bias.detach().to(x.dtype).view(1, 1, 1)
     return logits.view(n, 1, h, w)
 
 
@@ -172,7 +186,7 @@ class EdgeDetector:
 
     def __init__(self, model: HED, precision: str = "fp32", device: str | torch.device = "auto") -> None:
         if precision not in PRECISIONS:
-            raise HedprepError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+            raise OptionError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
         if precision == "bf16" and not bf16_supported(self.device):
             warnings.warn(
@@ -213,7 +227,10 @@ class EdgeDetector:
             side = pointwise_conv if self.precision == "fp32" else side_conv
             sides = self.model.side_outputs(x, self._conv_relu, max_pool_2x2_nchw, side)
             logits = self.model.fuse_sides(sides, size, side)
-            return torch.sigmoid(logits)[:, 0]
+            # In float64: torch's vectorised and scalar sigmoids differ in the last bit, and which elements
+            # take the scalar path depends on how the thread count splits the map; rounded back to float32,
+            # the results agree.
+            return torch.sigmoid(logits.double()).float()[:, 0]
 
     # On a CPU, batching frames buys nothing once a pass is this large, and four 1024x2048 frames at
     # once are a third slower than one by one (their activations thrash memory): passes are split.
@@ -309,9 +326,10 @@ def detect_edges(
         else a list of (H, W) arrays.
     """
     if batch_size < 1:
-        raise HedprepError(f"--batch-size {batch_size}: must be at least 1")
+        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
     if not scales or any(s <= 0 for s in scales):
-        raise HedprepError(f"--scales {tuple(scales)}: scales must be positive numbers")
+        shown = ",".join(f"{s:g}" for s in scales)
+        raise OptionError(f"--scales {shown}: scales must be positive numbers, such as 0.5,1,1.5")
     frames = _as_frames(images)
     detector = cached_detector(model, precision, device)
     results: list[np.ndarray] = []

