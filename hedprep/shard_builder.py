@@ -22,7 +22,6 @@ import numpy as np
 from hedprep.cityscapes import Frame, read_frame
 from hedprep.errors import HedprepError
 from hedprep.hed import EdgeDetector, cached_detector, edges_to_uint8
-from hedprep.process_tuning import tune_process_for_hed
 from hedprep.shards import Compression, ShardInfo, ShardRecord, ShardWriter, SkippedFrame
 
 READ_AHEAD = 2  # frames decoded ahead of HED; bounds memory to a few frames per task
@@ -80,21 +79,18 @@ def _read_checked(frame: Frame, size: tuple[int, int]) -> tuple[np.ndarray, np.n
     return rgb, label
 
 
-def build_shard(
-    spec: ShardSpec,
-    threads: int | None = None,
-    on_frames: Callable[[int], None] | None = None,
-) -> ShardRecord:
+def build_shard(spec: ShardSpec, on_frames: Callable[[int], None] | None = None) -> ShardRecord:
     """Build one shard: read, HED, write, rename into place. Returns its manifest record.
+
+    Runs with the process's torch threads and allocator as they are: the build's runners
+    (`pipelines.build`) set them with `tune_process_for_hed`.
 
     Args:
         spec: the shard to build.
-        threads: torch CPU threads for HED (the worker's share of the cores); default: all.
         on_frames: called with a count as frames are written or skipped, for progress bars.
     """
     report = on_frames or (lambda n: None)
     engine = spec.engine
-    tune_process_for_hed(threads)  # a task is the build's entry point in its process
     detector = cached_detector(engine.weights, engine.precision, engine.device)
     size = (spec.info.frame_height, spec.info.frame_width)
     # The executors are inner, so on an error they finish before the writer removes its file.

@@ -27,7 +27,7 @@ import dask
 from hedprep.allocator import retain_freed_memory
 from hedprep.build_plan import BuildConfig, plan_build
 from hedprep.errors import HedprepError, OptionError
-from hedprep.process_tuning import available_cpus
+from hedprep.process_tuning import available_cpus, tune_process_for_hed
 from hedprep.shard_builder import ShardSpec, build_shard
 from hedprep.shards import (
     Manifest,
@@ -63,6 +63,10 @@ def build_split(
     on_start: Callable[[int, int], None] | None = None,
 ) -> BuildResult:
     """Build (or resume) the shards of one split.
+
+    A build is an entry point: with the local scheduler it tunes this process for HED
+    (`hedprep.process_tuning.tune_process_for_hed`: torch threads, glibc keeping freed memory), and
+    each dask.distributed task tunes its worker.
 
     Args:
         config: the build's options.
@@ -120,6 +124,7 @@ def _run_local(specs: list[ShardSpec], keeper: ManifestKeeper, on_frames: Callab
 
     # One task at a time, in this thread: HED already uses every core (two tasks would double the
     # memory), and the main thread's heap is the one that keeps HED's buffers warm.
+    tune_process_for_hed()
     tasks = [dask.delayed(build_and_record, pure=False)(spec, dask_key_name=Path(spec.path).stem) for spec in specs]
     dask.compute(*tasks, scheduler="sync")
 
@@ -141,8 +146,8 @@ def run_shard_task(spec: ShardSpec, threads: dict[str, int]) -> tuple[int, Shard
     from distributed import get_worker
 
     worker = get_worker()
-    record = build_shard(spec, threads=threads.get(worker.address),
-                         on_frames=lambda n: worker.log_event(PROGRESS_TOPIC, {"frames": n}))
+    tune_process_for_hed(threads.get(worker.address))  # the task is the build's entry point in the worker
+    record = build_shard(spec, on_frames=lambda n: worker.log_event(PROGRESS_TOPIC, {"frames": n}))
     return spec.index, record
 
 
@@ -199,8 +204,8 @@ def _run_distributed(specs: list[ShardSpec], config: BuildConfig, keeper: Manife
         if on_frames is not None:
             client.subscribe_topic(PROGRESS_TOPIC, lambda event: on_frames(event[1]["frames"]))
         threads = _torch_threads(client)
-        # glibc's one-arena setting must come before a worker starts its task thread; the task then
-        # tunes the rest (tune_process_for_hed in build_shard).
+        # glibc's one-arena setting must come before a worker starts its task thread; each task then
+        # sets its torch threads (run_shard_task).
         client.run(retain_freed_memory)
         futures = client.compute(shard_graph(specs, threads))
         recorded: set[int] = set()
