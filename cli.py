@@ -31,6 +31,10 @@ from rich.text import Text
 from hedprep.errors import HedprepError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_STATUS_HELP = (
+    "Exit status: 0 done; 1 the work failed (a missing or unreadable file, a failed check); "
+    "2 the command line is wrong; 130 interrupted (Ctrl-C)."
+)
 
 
 def _console(stderr: bool = False) -> Console:
@@ -129,7 +133,8 @@ def hed_options(precision_help: str):
 # --------------------------------------------------------------------------------------------- hedprep
 
 
-@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+             epilog=EXIT_STATUS_HELP)
 @click.version_option(package_name="hedseg")
 def hedprep() -> None:
     """Turn a Cityscapes-layout dataset into HED edge maps and RGB+edge training shards."""
@@ -252,7 +257,8 @@ def build(state, root, split, out, labels, weights, frames_per_shard, batch_size
     try:
         result = build_split(config, on_frames=lambda n: progress.advance(task, n), on_start=start)
     finally:
-        progress.stop()
+        if task is not None:  # a build that failed its checks drew no bar
+            progress.stop()
     skipped = f", {len(result.skipped)} frame(s) skipped (reasons in the manifest)" if result.skipped else ""
     console.print(
         f"{result.frames} frames in {len(result.manifest.shards)} shard(s) in {escape(str(result.split_dir))}: "
@@ -417,7 +423,8 @@ def show_frame(shard, index, out_dir) -> None:
 # ---------------------------------------------------------------------------------------------- segnet
 
 
-@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+             epilog=EXIT_STATUS_HELP)
 @click.version_option(package_name="hedseg")
 def segnet() -> None:
     """Train and evaluate DeepLabV3 variants (vanilla, DLSE, DLSE-SF, DLSE-HED) from hedprep shards."""

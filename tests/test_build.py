@@ -524,7 +524,8 @@ def test_scheduler_where_nothing_listens_fails_at_once(dataset, tmp_path):
 def test_device_without_gpu_fails_before_any_progress_or_file(dataset, tmp_path):
     result = build(dataset, tmp_path / "out", "--device", "cuda")
     assert_one_line_error(result, "--device cuda", "no CUDA GPU")
-    assert "HED shards" not in result.stderr and not (tmp_path / "out").exists()
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # the error line alone: no bar, no blank line
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_split_is_a_usage_error(dataset, tmp_path):
