@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hedprep.errors import HedprepError
+from segnet.errors import SegnetError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_STATUS_HELP = (
@@ -70,7 +71,7 @@ class FriendlyGroup(click.Group):
                 hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
                 print_error(f"{error.format_message()}{hint}")
                 status = EXIT_USAGE
-            except HedprepError as error:
+            except (HedprepError, SegnetError) as error:
                 print_error(str(error))
                 status = error.exit_code
             except (KeyboardInterrupt, click.Abort):

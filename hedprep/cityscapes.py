@@ -112,6 +112,8 @@ def _table(values: dict[int, object], fill: object, dtype: type, width: int = 0)
 _TRAINID_BY_LABELID = _table({lb.id: lb.train_id for lb in LABELS if lb.id >= 0}, IGNORE_INDEX, np.uint8)
 _COLOR_BY_LABELID = _table({lb.id: lb.color for lb in LABELS if lb.id >= 0}, 0, np.uint8, 3)
 _COLOR_BY_TRAINID = _table({lb.train_id: lb.color for lb in LABELS if 0 <= lb.train_id < 255}, 0, np.uint8, 3)
+# trainIds back to labelIds, as Cityscapes' evaluation reads predictions; other values -> 0 (unlabeled).
+_LABELID_BY_TRAINID = _table({lb.train_id: lb.id for lb in LABELS if 0 <= lb.train_id < 255}, 0, np.uint8)
 
 
 def _lookup(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -125,6 +127,12 @@ def _lookup(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def labelid_to_trainid(label_ids: np.ndarray) -> np.ndarray:
     """Map Cityscapes labelIds to trainIds 0..18 (uint8); everything else becomes IGNORE_INDEX (255)."""
     return _lookup(_TRAINID_BY_LABELID, label_ids)
+
+
+def trainid_to_labelid(train_ids: np.ndarray) -> np.ndarray:
+    """Map trainIds 0..18 back to their Cityscapes labelIds (uint8), as the official evaluation reads
+    predictions; any other value becomes 0 (unlabeled)."""
+    return _lookup(_LABELID_BY_TRAINID, train_ids)
 
 
 def trainid_palette() -> np.ndarray:

@@ -27,6 +27,7 @@ from hedprep.cityscapes import (
     resolve_root,
     trainid_palette,
     trainid_to_color,
+    trainid_to_labelid,
 )
 from hedprep.errors import HedprepError
 from hedprep.fixture import make_fixture
@@ -273,3 +274,14 @@ def test_image_and_label_size_mismatch(own_dataset: Path) -> None:
         read_frame(frame)
     assert str(frame.label) in str(error.value) and str(frame.image) in str(error.value)
     assert "96x32" in str(error.value) and "96x64" in str(error.value)
+
+
+def test_trainid_to_labelid_inverts_the_trainid_mapping() -> None:
+    from cityscapesscripts.helpers.labels import trainId2label
+
+    train_ids = np.arange(256, dtype=np.uint8)
+    label_ids = trainid_to_labelid(train_ids)
+    for train_id in range(19):
+        assert label_ids[train_id] == trainId2label[train_id].id
+        assert labelid_to_trainid(label_ids[train_id : train_id + 1])[0] == train_id
+    assert (label_ids[19:] == 0).all()

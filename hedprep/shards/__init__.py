@@ -15,6 +15,14 @@ A split is a folder `OUT/{split}/` of `shard-00000.h5`, `shard-00001.h5`, ... an
 from `hedprep.shards` and nothing from its modules.
 """
 
+from hedprep.cityscapes import (
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    TRAIN_CLASSES,
+    trainid_palette,
+    trainid_to_color,
+    trainid_to_labelid,
+)
 from hedprep.shards.compression import CODECS, Compression, load_filter_plugins
 from hedprep.shards.format import (
     CHANNELS,
@@ -68,6 +76,13 @@ __all__ = [
     "Compression",
     "ShardInfo",
     "shard_name",
+    # what the labels mean: Cityscapes trainIds 0-18, 255 = ignore
+    "NUM_CLASSES",
+    "IGNORE_INDEX",
+    "TRAIN_CLASSES",
+    "trainid_palette",
+    "trainid_to_color",
+    "trainid_to_labelid",
     # manifests
     "Manifest",
     "ShardRecord",

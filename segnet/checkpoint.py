@@ -1,0 +1,78 @@
+"""Checkpoints: one file holds everything `evaluate`, `predict` and `--resume` need.
+
+A checkpoint is a dict saved with `torch.save` and read back with `weights_only=True` (a file never
+runs code). Keys:
+
+- `format` = "segnet-checkpoint", `format_version` = 1
+- `variant`: vanilla, dlse, dlse-sf or dlse-hed; `model_args`: the keyword arguments of
+  `segnet.deeplab.build_model` besides the variant (num_classes, output_stride, ...)
+- `model`: the model's state dict; `optimizer`: the optimizer's state dict (training checkpoints)
+- `config`: the training configuration (plain JSON values), `stage`, `epoch`, `step`: where training
+  stands (the next epoch to run is `epoch + 1` of stage `stage`)
+- `rng`: random states (torch, numpy, python) for an exact resume; `metrics`: the last epoch's figures,
+  `best_miou`: the best validation mIoU so far
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segnet.errors import SegnetError
+
+CHECKPOINT_FORMAT = "segnet-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically: serialised in memory, written to a temporary name, fsync'd, renamed."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}, buffer)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise SegnetError(f"{path}: cannot write checkpoint ({error.strerror or error})", path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`.
+
+    Raises:
+        SegnetError: missing, truncated or corrupt file, not a segnet checkpoint, another format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SegnetError(f"{path}: no such checkpoint file", path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    # A truncated or foreign file can make the unpickler raise almost anything.
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
+            AttributeError, KeyError, IndexError, TypeError):
+        raise SegnetError(f"{path}: not a readable checkpoint (truncated, corrupt or not a torch file)", path) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise SegnetError(f"{path}: not a segnet checkpoint", path)
+    if state.get("format_version") != CHECKPOINT_VERSION:
+        raise SegnetError(
+            f"{path}: checkpoint format version {state.get('format_version')}, this segnet reads {CHECKPOINT_VERSION}",
+            path,
+        )
+    for key in ("variant", "model_args", "model"):
+        if key not in state:
+            raise SegnetError(f"{path}: not a complete segnet checkpoint (no {key})", path)
+    return state
