@@ -26,6 +26,20 @@ LABELIDS_SUFFIX = "_pred_labelIds.png"
 COLOR_SUFFIX = "_pred_color.png"
 
 
+def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an image as OpenCV takes it ((H, W) grey, (H, W, 3) BGR) to `path` as PNG, atomically."""
+    path = Path(path)
+    _write_atomic(path, _png(image, path))
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (UTF-8) atomically, e.g. `segnet evaluate --json`."""
+    path = Path(path)
+    _write_atomic(path, text.encode("utf-8"))
+    return path
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write `data` under a temporary name in `path`'s folder, then rename it: no reader sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -79,9 +93,7 @@ def write_prediction_pngs(out_dir: str | os.PathLike, frame_id: str, pred_traini
     }
     paths = []
     for suffix, image in images.items():
-        path = out_dir / f"{frame_id}{suffix}"
-        _write_atomic(path, _png(image, path))
-        paths.append(path)
+        paths.append(write_png(out_dir / f"{frame_id}{suffix}", image))
     return paths
 
 

@@ -82,3 +82,18 @@ def assert_one_line_error(result, *fragments: str, status: int = 1) -> None:
     assert len(error_lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
+
+
+@pytest.fixture(scope="session")
+def segnet_shards(tmp_path_factory) -> Path:
+    """Shards of a tiny fixture (8 train, 4 val, 2 test frames of 64x128), built by hedprep's build."""
+    from hedprep.build_plan import BuildConfig
+    from hedprep.fixture import make_fixture
+    from pipelines.build import build_split
+
+    base = tmp_path_factory.mktemp("segnet-data")
+    make_fixture(base / "cityscapes", {"train": 8, "val": 4, "test": 2}, size=(64, 128), seed=11)
+    for split in ("train", "val", "test"):
+        build_split(BuildConfig(root=str(base / "cityscapes"), split=split, out=str(base / "shards"),
+                                frames_per_shard=3, device="cpu"))
+    return base / "shards"

@@ -1,0 +1,92 @@
+"""Training configuration: the options of `segnet train` as data, and the progressive-size schedule."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from segnet.errors import SegnetOptionError
+
+# The study trains progressively: 128x224 with batches of 16, then 256x448 with 8, then 512x912 with 4.
+DEFAULT_SCHEDULE = "128x224:16,256x448:8,512x912:4"
+# Epochs per stage where the schedule does not say: 10 per stage (30 in all) is a starting point for
+# Cityscapes' 2975 training frames; the study's own figure is not known.
+DEFAULT_EPOCHS_PER_STAGE = 10
+_STAGE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*:\s*(\d+)\s*(?::\s*(\d+)\s*)?")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One size of the progressive schedule: frames resized to height x width, in batches, for epochs."""
+
+    height: int
+    width: int
+    batch_size: int
+    epochs: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    def __str__(self) -> str:
+        return f"{self.height}x{self.width}:{self.batch_size}:{self.epochs}"
+
+
+def parse_schedule(text: str, epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE) -> list[Stage]:
+    """'128x224:16:10,256x448:8' -> stages; `epochs_per_stage` where an entry gives no epochs."""
+    if epochs_per_stage < 1:
+        raise SegnetOptionError(f"--epochs-per-stage {epochs_per_stage}: must be at least 1")
+    stages = []
+    for entry in text.split(","):
+        match = _STAGE.fullmatch(entry)
+        if match is None:
+            raise SegnetOptionError(
+                f"--schedule {text}: '{entry.strip()}' is not HxW:BATCH[:EPOCHS], e.g. 128x224:16:10"
+            )
+        h, w, batch = int(match[1]), int(match[2]), int(match[3])
+        epochs = int(match[4]) if match[4] is not None else epochs_per_stage
+        if min(h, w) < 16 or batch < 1 or epochs < 1:
+            raise SegnetOptionError(
+                f"--schedule {text}: '{entry.strip()}' needs sizes of at least 16, a batch and epochs of at least 1"
+            )
+        stages.append(Stage(h, w, batch, epochs))
+    return stages
+
+
+@dataclass
+class TrainConfig:
+    """Everything `segnet train` takes (see `segnet train --help`); stored as the run's config.json."""
+
+    variant: str
+    shards: str
+    out: str
+    split: str = "train"
+    val_split: str | None = "val"
+    schedule: list[Stage] = field(default_factory=lambda: parse_schedule(DEFAULT_SCHEDULE))
+    lr: float = 1e-5
+    backbone_weights: str = "imagenet"
+    output_stride: int = 16
+    device: str = "auto"
+    amp: bool = False
+    workers: int = 1
+    seed: int = 0
+    strict: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schedule"] = [str(stage) for stage in self.schedule]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        values = dict(data)
+        values["schedule"] = [parse_schedule(s)[0] for s in data["schedule"]]
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+    def comparable(self) -> dict[str, Any]:
+        """What must not change when a run is resumed (the device, workers and out may)."""
+        data = self.to_json()
+        for key in ("out", "device", "workers"):
+            data.pop(key)
+        return data

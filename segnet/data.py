@@ -1,0 +1,189 @@
+"""Training data straight from hedprep shards: a torch `Dataset` and the sampler that orders it.
+
+Loading is a pipeline of small named steps, each measurable on its own (benchmarks/segnet_loader.py):
+
+    read (shard -> uint8 RGB+edge, trainIds) -> select channels -> resize -> flip -> normalise
+
+- `read`: `hedprep.shards.open_split` (lazy HDF5 handles, reopened in each DataLoader worker).
+- `select_channels`: R, G, B for vanilla, dlse and dlse-sf; R, G, B, edge for dlse-hed. The edge
+  channel is dropped before any other work, so the RGB variants pay only for decompressing it (it is
+  stored interleaved with RGB in the same chunks).
+- `resize`: to the stage size, bilinear for image and edge (OpenCV `INTER_LINEAR`), nearest for labels.
+- `flip`: horizontal, when the sampler says so (training only).
+- `normalise`: ImageNet mean/std for RGB, edge / 255 for the edge channel; float32 (C, H, W).
+
+Randomness lives in the sampler, not in the workers: `EpochSampler` yields `(index, flip)` pairs drawn
+from a generator seeded by (seed, epoch), so an epoch's order and flips are the same whatever the
+number of DataLoader workers or processes, and a resumed run replays them exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from hedprep.shards import SplitReader, open_split
+from segnet.errors import SegnetError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, of pixel / 255
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prepared sample: a float32 (C, H, W) image and int64 (H, W) trainIds (255 = ignore)."""
+
+    image: torch.Tensor
+    label: torch.Tensor
+
+
+def select_channels(frame: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W, 4) RGB+edge -> its first `channels` channels (3: RGB, 4: RGB+edge)."""
+    return frame[..., :channels]
+
+
+def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Image (bilinear) and label (nearest) to `size` = (height, width); None keeps them."""
+    if size is None or image.shape[:2] == tuple(size):
+        return image, label
+    h, w = size
+    image = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_LINEAR)
+    label = cv2.resize(np.ascontiguousarray(label), (w, h), interpolation=cv2.INTER_NEAREST)
+    return image, label
+
+
+def flip(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror left-right."""
+    return image[:, ::-1], label[:, ::-1]
+
+
+_SCALE = np.array([1 / (255 * s) for s in IMAGENET_STD] + [1 / 255], np.float32)
+_OFFSET = np.array([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)] + [0.0], np.float32)
+
+
+def normalise(image: np.ndarray, label: np.ndarray) -> Example:
+    """uint8 (H, W, C) -> float32 (C, H, W): ImageNet mean/std for RGB, edge / 255; labels to int64."""
+    c = image.shape[2]
+    values = image.astype(np.float32) * _SCALE[:c] + _OFFSET[:c]
+    return Example(
+        torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1))),
+        torch.from_numpy(label.astype(np.int64)),
+    )
+
+
+class ShardDataset(Dataset):
+    """The frames of a built split, prepared for a model: indexed by `(index, flip)` pairs.
+
+    Args:
+        shards: the output folder of `hedprep build` (holding `SPLIT/manifest.json`).
+        split: train, val, ...
+        channels: 3 (RGB) or 4 (RGB + edge, for dlse-hed).
+        size: (height, width) to resize to; None keeps the stored size.
+        strict: refuse an incomplete build instead of warning.
+        resize_labels: resize labels with the image (training); False keeps them at the stored size
+            (evaluation, where predictions are upsampled to the labels).
+    """
+
+    def __init__(self, shards: str | os.PathLike, split: str, channels: int, size: tuple[int, int] | None = None,
+                 strict: bool = False, resize_labels: bool = True) -> None:
+        if channels not in (3, 4):
+            raise ValueError(f"channels must be 3 or 4, not {channels}")
+        self.reader: SplitReader = open_split_checked(shards, split, strict)
+        self.channels = channels
+        self.size = size
+        self.resize_labels = resize_labels
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the stored frames."""
+        params = self.reader.manifest.params
+        return int(params["frame_height"]), int(params["frame_width"])
+
+    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, mirrored = item if isinstance(item, tuple) else (item, False)
+        sample = self.reader[index]
+        image = select_channels(sample.frame, self.channels)
+        image, label = resize(image, sample.label, self.size)
+        if not self.resize_labels:
+            label = sample.label
+        if mirrored:
+            image, label = flip(image, label)
+        example = normalise(image, label)
+        return example.image, example.label
+
+    def frame_id(self, index: int) -> str:
+        return self.reader.frame_ids[index]
+
+
+def open_split_checked(shards: str | os.PathLike, split: str, strict: bool = False) -> SplitReader:
+    """`open_split` with segnet's errors: a missing split or manifest, an empty or (with `strict`) an
+    incomplete build are one-line errors naming the folder."""
+    split_dir = os.path.join(os.fspath(shards), split)
+    if not os.path.isfile(os.path.join(split_dir, "manifest.json")):
+        raise SegnetError(f"{split_dir}: no built split here (no manifest.json); build it with "
+                          f"`hedprep build --split {split} --out {os.fspath(shards)}`", split_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = open_split(shards, split)
+    incomplete = [w for w in caught if "incomplete" in str(w.message)]
+    if incomplete and strict:
+        raise SegnetError(f"{split_dir}: the build is incomplete (--strict); rerun hedprep build to finish it",
+                          split_dir)
+    for w in caught:
+        warnings.warn(str(w.message), w.category, stacklevel=2)
+    if len(reader) == 0:
+        raise SegnetError(f"{split_dir}: the split holds no frames", split_dir)
+    return reader
+
+
+class EpochSampler(Sampler):
+    """Yields `(index, flip)` for one epoch: a permutation and flips drawn from (seed, epoch).
+
+    With `shuffle=False` (evaluation): indices in order, never flipped. With `num_replicas > 1` each
+    rank takes every `num_replicas`-th item of the same sequence (padded by wrapping so every rank
+    gets as many), as DistributedSampler does.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, flip: bool = True,
+                 num_replicas: int = 1, rank: int = 0) -> None:
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.flip = flip and shuffle
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def items(self) -> list[tuple[int, bool]]:
+        """This rank's `(index, flip)` pairs of the current epoch, in order."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+            flips = (torch.rand(self.size, generator=generator) < 0.5).tolist() if self.flip else [False] * self.size
+        else:
+            order, flips = list(range(self.size)), [False] * self.size
+        pairs = list(zip(order, flips, strict=True))
+        per_rank = -(-len(pairs) // self.num_replicas)
+        if self.num_replicas > 1:
+            pairs += pairs[: per_rank * self.num_replicas - len(pairs)]
+        return pairs[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        return iter(self.items())
+
+    def __len__(self) -> int:
+        return -(-self.size // self.num_replicas)
+

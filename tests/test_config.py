@@ -1,0 +1,31 @@
+"""segnet.config: the progressive schedule and the run configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from segnet.config import DEFAULT_SCHEDULE, Stage, TrainConfig, parse_schedule
+from segnet.errors import SegnetOptionError
+
+
+def test_default_schedule_is_the_studys():
+    assert parse_schedule(DEFAULT_SCHEDULE, 10) == [Stage(128, 224, 16, 10), Stage(256, 448, 8, 10),
+                                                    Stage(512, 912, 4, 10)]
+
+
+def test_entries_may_give_their_own_epochs():
+    assert parse_schedule(" 32x64:4:2 , 64X128:2", 3) == [Stage(32, 64, 4, 2), Stage(64, 128, 2, 3)]
+
+
+@pytest.mark.parametrize("text", ["128x224", "128x224:0", "128*224:4", "8x8:1", "128x224:4:0", "", "a:b:c"])
+def test_malformed_schedules_name_the_option(text):
+    with pytest.raises(SegnetOptionError, match=r"^--schedule"):
+        parse_schedule(text)
+
+
+def test_config_round_trips_through_json():
+    config = TrainConfig("dlse-hed", "shards", "runs/a", schedule=parse_schedule("32x64:4:2,64x128:2:1"))
+    back = TrainConfig.from_json(config.to_json())
+    assert back == config and config.to_json()["schedule"] == ["32x64:4:2", "64x128:2:1"]
+    moved = TrainConfig.from_json({**config.to_json(), "out": "elsewhere", "workers": 0, "device": "cpu"})
+    assert moved.comparable() == config.comparable()

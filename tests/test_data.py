@@ -1,0 +1,87 @@
+"""segnet.data: the shard-backed Dataset, its named steps and the epoch sampler, on real shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hedprep.shards import open_split
+from segnet.data import EpochSampler, ShardDataset, flip, normalise, resize, select_channels
+from segnet.errors import SegnetError
+
+
+def test_rgb_and_rgbe_samples_are_normalised_frames(segnet_shards):
+    reader = open_split(segnet_shards, "train")
+    frame, label, _ = reader[2]
+    rgb = ShardDataset(segnet_shards, "train", channels=3)
+    rgbe = ShardDataset(segnet_shards, "train", channels=4)
+    image3, label3 = rgb[2]
+    image4, label4 = rgbe[(2, False)]
+    assert image3.shape == (3, 64, 128) and image4.shape == (4, 64, 128) and image3.dtype == torch.float32
+    assert torch.equal(image3, image4[:3]) and torch.equal(label3, label4) and label3.dtype == torch.int64
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = (frame[..., :3] / 255.0 - mean) / std
+    np.testing.assert_allclose(image3.numpy().transpose(1, 2, 0), expected, atol=1e-5)
+    np.testing.assert_allclose(image4[3].numpy(), frame[..., 3] / 255.0, atol=1e-6)
+    assert np.array_equal(label3.numpy(), label) and (label3 != 255).any()
+
+
+def test_resize_is_bilinear_for_images_and_nearest_for_labels(segnet_shards):
+    frame, label, _ = open_split(segnet_shards, "train")[0]
+    image, small = resize(select_channels(frame, 4), label, (32, 48))
+    assert image.shape == (32, 48, 4) and small.shape == (32, 48)
+    assert set(np.unique(small)) <= set(np.unique(label))  # nearest: no invented classes
+    sample_image, sample_label = ShardDataset(segnet_shards, "train", 3, size=(32, 48))[0]
+    assert sample_image.shape == (3, 32, 48) and np.array_equal(sample_label.numpy(), small)
+
+
+def test_flip_mirrors_image_and_label_together(segnet_shards):
+    dataset = ShardDataset(segnet_shards, "val", 4, size=(40, 72))
+    image, label = dataset[(1, False)]
+    mirrored_image, mirrored_label = dataset[(1, True)]
+    assert torch.equal(mirrored_image, image.flip(-1)) and torch.equal(mirrored_label, label.flip(-1))
+    a, b = flip(np.arange(6).reshape(2, 3, 1), np.arange(6).reshape(2, 3))
+    assert a[0, :, 0].tolist() == [2, 1, 0] and b[1].tolist() == [5, 4, 3]
+
+
+def test_evaluation_keeps_labels_at_full_size(segnet_shards):
+    image, label = ShardDataset(segnet_shards, "val", 3, size=(32, 48), resize_labels=False)[0]
+    assert image.shape == (3, 32, 48) and label.shape == (64, 128)
+
+
+def test_normalise_takes_three_or_four_channels():
+    example = normalise(np.full((2, 2, 4), 255, np.uint8), np.zeros((2, 2), np.uint8))
+    assert example.image.shape == (4, 2, 2) and torch.allclose(example.image[3], torch.ones(2, 2))
+
+
+def test_epoch_sampler_is_a_seeded_reshuffle_with_flips():
+    sampler = EpochSampler(10, seed=3)
+    first = sampler.items()
+    assert sorted(i for i, _ in first) == list(range(10)) and first == EpochSampler(10, seed=3).items()
+    sampler.set_epoch(1)
+    assert sampler.items() != first  # reshuffled every epoch
+    assert {f for _, f in first + sampler.items()} == {True, False}
+    assert EpochSampler(10, seed=4).items() != first
+    assert EpochSampler(5, shuffle=False).items() == [(i, False) for i in range(5)]
+
+
+def test_ranks_split_one_epoch_between_them():
+    full = EpochSampler(7, seed=1).items()
+    ranks = [EpochSampler(7, seed=1, num_replicas=2, rank=r).items() for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4
+    assert ranks[0] + ranks[1] != full and sorted(ranks[0][:4] + ranks[1][:3]) == sorted(full)
+
+
+def test_missing_split_and_incomplete_build(segnet_shards, tmp_path):
+    with pytest.raises(SegnetError, match="no built split here"):
+        ShardDataset(tmp_path, "train", 3)
+    import shutil
+
+    shutil.copytree(segnet_shards / "val", tmp_path / "val")
+    manifest = tmp_path / "val" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"complete": true', '"complete": false'))
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert len(ShardDataset(tmp_path, "val", 3)) == 4
+    with pytest.raises(SegnetError, match=r"incomplete \(--strict\)"):
+        ShardDataset(tmp_path, "val", 3, strict=True)
