@@ -207,14 +207,15 @@ def imagenet_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def resolve_backbone_weights(source: str | os.PathLike) -> Path | None:
-    """The checkpoint file that `--backbone-weights SOURCE` names: None for "none", the file in torchvision's
-    cache for "imagenet", else SOURCE itself. Nothing is downloaded.
+def resolve_backbone_weights(source: str | os.PathLike | None) -> Path | None:
+    """The checkpoint file that `--backbone-weights SOURCE` names: None for "none" (or None), the file in
+    torchvision's cache for "imagenet", else SOURCE itself (a file named `none` is `./none`). Nothing is
+    downloaded.
 
     Raises:
         SegnetError: no such file.
     """
-    if str(source) == "none":
+    if source is None or str(source) == "none":
         return None
     if str(source) == "imagenet":
         folder = imagenet_checkpoint_dir()
