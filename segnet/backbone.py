@@ -249,7 +249,8 @@ def read_torchvision_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         raise SegnetError(f"{path}: not a readable torch file (truncated, corrupt or another format)", path) from None
     if isinstance(state, Mapping) and state.get("format") == "segnet-checkpoint":
         raise SegnetError(f"{path}: a segnet checkpoint, not a torchvision ResNet-50 state dict", path)
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                 for k, v in state.items()):
         raise SegnetError(f"{path}: not a state dict (a dict of tensors), so not a torchvision ResNet-50 checkpoint",
                           path)
     return dict(state)
