@@ -1,0 +1,309 @@
+"""ResNet-50 V1.5, the backbone of the DeepLab variants, with optional Squeeze-and-Excitation gates, and the
+reader of torchvision's ImageNet ResNet-50 checkpoints.
+
+The state-dict keys and shapes are torchvision's `resnet50` without `fc` (`conv1`, `bn1`,
+`layer{1..4}.{i}.conv{1..3}`, `.bn{1..3}`, `.downsample.{0,1}`): a torchvision checkpoint loads strictly,
+and these names never change. SE gates add `layer{1..3}.{i}.se.fc{1,2}.{weight,bias}`, nothing else.
+
+V1.5: the stride of a bottleneck sits in its 3x3 convolution. Output stride 16 dilates layer4 (stride 1,
+dilation 2), 8 also layer3: torchvision's `replace_stride_with_dilation` [F, F, T] and [F, T, T].
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from segnet.errors import SegnetError
+
+# (planes, blocks) of layer1..layer4; a block outputs 4 x planes channels
+RESNET50_LAYERS = ((64, 3), (128, 4), (256, 6), (512, 3))
+# output stride -> torchvision's replace_stride_with_dilation for layer2, layer3, layer4
+REPLACE_STRIDE_WITH_DILATION = {16: (False, False, True), 8: (False, True, True)}
+SE_GATES = ("sigmoid", "softmax")
+SE_LAYERS = ("layer1", "layer2", "layer3")
+SE_REDUCTION = 16
+
+# torchvision's file names (the cache keeps the download's name): IMAGENET1K_V1 first, the weights
+# torchvision's own DeepLabV3 backbone starts from; IMAGENET1K_V2 if only that one is there.
+IMAGENET_CHECKPOINTS = ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")
+# Where a checkpoint leaves the 4th (edge) input channel of conv1: it is filled with the mean RGB filter.
+EDGE_FILTER = "conv1.weight[:, 3]"
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-Excitation (Hu et al. 2018): x * gate(x), gate from global pooling, C -> C/16 -> C.
+
+    Parameter names are those of torchvision's `ops.SqueezeExcitation` (`fc1`, `fc2`, 1x1 convs with bias).
+
+    Args:
+        channels: C, the channels of the gated tensor.
+        gate: "sigmoid" (SE) or "softmax" (SE-SF: a softmax over the channels, whose largest value is
+            multiplied by `sf_scale`).
+        sf_scale: factor of the largest softmax gate (softmax only).
+        sf_rescale: multiply the softmax gates by C (softmax only). Softmax gates average 1/C, which scales
+            the residual branch down C-fold; rescaled they average 1, as sigmoid gates roughly do.
+    """
+
+    def __init__(self, channels: int, reduction: int = SE_REDUCTION, gate: str = "sigmoid",
+                 sf_scale: float = 2.0, sf_rescale: bool = True) -> None:
+        super().__init__()
+        if gate not in SE_GATES:
+            raise ValueError(f"gate must be one of {', '.join(SE_GATES)}, not {gate!r}")
+        self.gate = gate
+        self.sf_scale = float(sf_scale)
+        self.sf_rescale = bool(sf_rescale)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, channels // reduction, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, 1)
+
+    def gates(self, x: Tensor) -> Tensor:
+        """The per-channel gates (N, C, 1, 1) that `forward` multiplies `x` with."""
+        logits = self.fc2(self.relu(self.fc1(self.avgpool(x))))
+        if self.gate == "sigmoid":
+            return torch.sigmoid(logits)
+        gates = torch.softmax(logits, dim=1)
+        if self.sf_rescale:
+            gates = gates * gates.shape[1]
+        top = gates.argmax(dim=1, keepdim=True)
+        boost = torch.ones_like(gates).scatter_(1, top, self.sf_scale)
+        return gates * boost
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gates(x)
+
+    def extra_repr(self) -> str:
+        if self.gate == "sigmoid":
+            return "gate=sigmoid"
+        return f"gate=softmax, sf_scale={self.sf_scale}, sf_rescale={self.sf_rescale}"
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet V1.5 bottleneck (1x1, 3x3 with the stride, 1x1 x4), with an optional SE block
+    on the residual branch after bn3, before the addition (as in SE-ResNet)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None, se: nn.Module | None = None) -> None:
+        super().__init__()
+        width = planes
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.se = se
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.se is not None:
+            out = self.se(out)
+        return self.relu(out + identity)
+
+
+class Features(NamedTuple):
+    """What the backbone hands the decoder."""
+
+    layer1: Tensor  # 256 channels, 1/4 of the input
+    layer4: Tensor  # 2048 channels, 1/output_stride of the input
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 V1.5 without `avgpool` and `fc`; `forward` returns the layer1 and layer4 features.
+
+    Args:
+        in_channels: 3 (RGB) or 4 (RGB + HED edge map).
+        output_stride: 16 (layer4 dilated) or 8 (layer3 and layer4 dilated).
+        se: None, "sigmoid" or "softmax": an SE block of that gate in every bottleneck of layer1-3
+            (none in layer4); `sf_scale` and `sf_rescale` as in `SqueezeExcitation`.
+    """
+
+    def __init__(self, in_channels: int = 3, output_stride: int = 16, se: str | None = None,
+                 sf_scale: float = 2.0, sf_rescale: bool = True) -> None:
+        super().__init__()
+        if in_channels not in (3, 4):
+            raise ValueError(f"in_channels must be 3 or 4, not {in_channels!r}")
+        if output_stride not in REPLACE_STRIDE_WITH_DILATION:
+            raise ValueError(f"output_stride must be 8 or 16, not {output_stride!r}")
+        if se is not None and se not in SE_GATES:
+            raise ValueError(f"se must be None or one of {', '.join(SE_GATES)}, not {se!r}")
+        self.in_channels = in_channels
+        self.output_stride = output_stride
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+
+        inplanes, dilation = 64, 1
+        dilate = (False, *REPLACE_STRIDE_WITH_DILATION[output_stride])
+        for index, (planes, blocks) in enumerate(RESNET50_LAYERS):
+            name = f"layer{index + 1}"
+            se_block = None
+            if se is not None and name in SE_LAYERS:
+                se_block = partial(SqueezeExcitation, gate=se, sf_scale=sf_scale, sf_rescale=sf_rescale)
+            layer, dilation = _make_layer(inplanes, planes, blocks, 1 if index == 0 else 2, dilation,
+                                          dilate[index], se_block)
+            self.add_module(name, layer)
+            inplanes = planes * Bottleneck.expansion
+
+        # torchvision's initialisation (what "--backbone-weights none" trains from).
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> Features:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        layer1 = self.layer1(x)
+        return Features(layer1, self.layer4(self.layer3(self.layer2(layer1))))
+
+
+def _make_layer(inplanes: int, planes: int, blocks: int, stride: int, dilation: int, dilate: bool,
+                se_block: Callable[[int], nn.Module] | None) -> tuple[nn.Sequential, int]:
+    """One stage of bottlenecks and the dilation after it, as torchvision's `ResNet._make_layer`: a dilated
+    stage trades its stride for dilation, and its first block keeps the previous stage's dilation."""
+    previous_dilation = dilation
+    if dilate:
+        dilation *= stride
+        stride = 1
+    channels = planes * Bottleneck.expansion
+    downsample = None
+    if stride != 1 or inplanes != channels:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, channels, 1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(channels))
+    layers = []
+    for index in range(blocks):
+        se = None if se_block is None else se_block(channels)
+        if index == 0:
+            layers.append(Bottleneck(inplanes, planes, stride, previous_dilation, downsample, se))
+        else:
+            layers.append(Bottleneck(channels, planes, 1, dilation, None, se))
+    return nn.Sequential(*layers), dilation
+
+
+# ------------------------------------------------------------------------------------ ImageNet weights
+
+
+def imagenet_checkpoint_dir() -> Path:
+    """torchvision's download cache: `$TORCH_HOME/hub/checkpoints` (default `~/.cache/torch/hub/checkpoints`)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_backbone_weights(source: str | os.PathLike | None) -> Path | None:
+    """The checkpoint file that `--backbone-weights SOURCE` names: None for "none" (or None), the file in
+    torchvision's cache for "imagenet", else SOURCE itself (a file named `none` is `./none`). Nothing is
+    downloaded.
+
+    Raises:
+        SegnetError: no such file.
+    """
+    if source is None or str(source) == "none":
+        return None
+    if str(source) == "imagenet":
+        folder = imagenet_checkpoint_dir()
+        for name in IMAGENET_CHECKPOINTS:
+            if (folder / name).is_file():
+                return folder / name
+        raise SegnetError(
+            f"--backbone-weights imagenet: no ImageNet ResNet-50 checkpoint in {folder}; put torchvision's "
+            f"{IMAGENET_CHECKPOINTS[0]} (or {IMAGENET_CHECKPOINTS[1]}) there or pass its path as "
+            "--backbone-weights PATH, or train from scratch with --backbone-weights none",
+            folder,
+        )
+    path = Path(source)
+    if not path.is_file():
+        raise SegnetError(f"--backbone-weights {path}: no such file", path)
+    return path
+
+
+def read_torchvision_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict in a torchvision checkpoint file, read with `weights_only=True` (a file never runs code).
+
+    Raises:
+        SegnetError: unreadable file, or not a flat dict of tensors.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # A truncated or foreign file can make the unpickler raise almost anything.
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
+            AttributeError, KeyError, IndexError, TypeError):
+        raise SegnetError(f"{path}: not a readable torch file (truncated, corrupt or another format)", path) from None
+    if isinstance(state, Mapping) and state.get("format") == "segnet-checkpoint":
+        raise SegnetError(f"{path}: a segnet checkpoint, not a torchvision ResNet-50 state dict", path)
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                 for k, v in state.items()):
+        raise SegnetError(f"{path}: not a state dict (a dict of tensors), so not a torchvision ResNet-50 checkpoint",
+                          path)
+    return dict(state)
+
+
+def load_torchvision_weights(backbone: ResNet50, path: str | os.PathLike) -> list[str]:
+    """Load a torchvision ResNet-50 checkpoint into `backbone`, strictly; return what it did not provide.
+
+    Only `fc.*` is dropped; any other missing or unexpected key, or a shape that differs, is an error.
+    `num_batches_tracked` may be absent (torchvision's older files lack it; it then stays 0, as
+    `load_state_dict` does). With 4 input channels, conv1's RGB filters come from the file and the edge
+    filter is the mean of the three RGB filters, so the edge channel starts as a grey-level input would.
+
+    Returns:
+        Backbone parameter names the file did not provide: the SE blocks' and, with 4 input channels,
+        `EDGE_FILTER` ("conv1.weight[:, 3]").
+
+    Raises:
+        SegnetError: unreadable file, a missing or unexpected key, a shape mismatch (naming file and key).
+    """
+    path = Path(path)
+    state = {k: v for k, v in read_torchvision_state_dict(path).items() if not k.startswith("fc.")}
+    own = backbone.state_dict()
+    expected = {k: v for k, v in own.items() if not _is_se_key(k)}
+    for key, value in state.items():
+        if key not in expected:
+            raise SegnetError(f"{path}: unexpected key {key}: not a torchvision ResNet-50 checkpoint", path)
+        shape = _torchvision_shape(key, expected[key])
+        if tuple(value.shape) != shape:
+            raise SegnetError(
+                f"{path}: key {key} has shape {tuple(value.shape)}, ResNet-50 has {shape}: "
+                "not a torchvision ResNet-50 checkpoint", path)
+    for key in expected:
+        if key not in state and not key.endswith("num_batches_tracked"):
+            raise SegnetError(f"{path}: key {key} missing: not a torchvision ResNet-50 checkpoint", path)
+
+    with torch.no_grad():
+        for key, value in state.items():
+            if key == "conv1.weight" and backbone.in_channels == 4:
+                value = torch.cat([value, value.mean(dim=1, keepdim=True)], dim=1)
+            own[key].copy_(value)
+    uncovered = [name for name, _ in backbone.named_parameters() if _is_se_key(name)]
+    return ([EDGE_FILTER] if backbone.in_channels == 4 else []) + uncovered
+
+
+def _is_se_key(key: str) -> bool:
+    """Whether a backbone state-dict key belongs to an SE block (torchvision's ResNet-50 has none)."""
+    return ".se." in key
+
+
+def _torchvision_shape(key: str, tensor: Tensor) -> tuple[int, ...]:
+    """The shape that torchvision's ResNet-50 gives backbone key `key`: ours, except conv1 has 3 inputs."""
+    if key == "conv1.weight":
+        return (tensor.shape[0], 3, *tensor.shape[2:])
+    return tuple(tensor.shape)
+

@@ -1,0 +1,215 @@
+"""DeepLabV3 with a decoder (DeepLabV3+ style) on the ResNet-50 of `segnet.backbone`, its four variants of
+the study, and `build_model`, their builder.
+
+    input -> ResNet50 -> layer4 -> ASPP ------------------> upsample to layer1's size --+
+                      -> layer1 -> 1x1 conv to 48 --------------------------------------+-> concat
+    -> two 3x3 convs of 256 (the decoder's features, 1/4 of the input)
+    -> vanilla, dlse, dlse-sf:  1x1 classifier, bilinear upsampling to the input size
+    -> dlse-hed:  EdgeSkip (upsample, concat with the 4-channel input, 3x3 conv to 64) -> 1x1 classifier
+
+`ASPP`, `ASPPConv` and `ASPPPooling` are torchvision's `models.segmentation.deeplabv3` blocks, parameter
+names included (`convs.0` 1x1, `convs.1..3` atrous 3x3, `convs.4` image pooling, `project`). Every resize
+is bilinear with `size=` (never `scale_factor`), so inputs of any size work. `forward` returns the logits
+(N, num_classes, H, W), not torchvision's dict.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segnet.backbone import REPLACE_STRIDE_WITH_DILATION, ResNet50, load_torchvision_weights, resolve_backbone_weights
+from segnet.errors import SegnetOptionError
+
+VARIANTS = ("vanilla", "dlse", "dlse-sf", "dlse-hed")
+OUTPUT_STRIDES = tuple(sorted(REPLACE_STRIDE_WITH_DILATION))
+# The atrous rates of DeepLabV3 (Chen et al. 2017) at output stride 16; doubled at 8.
+ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+ASPP_CHANNELS = 256
+LOW_LEVEL_CHANNELS = 48  # the decoder's projection of layer1 (DeepLabV3+)
+EDGE_SKIP_REDUCED = 32  # decoder channels that EdgeSkip upsamples to full resolution
+EDGE_SKIP_CHANNELS = 64  # output of EdgeSkip's 3x3 convolution, the classifier's input for dlse-hed
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What a variant changes: the SE gate of layer1-3, the input channels, the long edge skip."""
+
+    se: str | None
+    in_channels: int
+    edge_skip: bool
+
+
+VARIANT_SPECS = {
+    "vanilla": VariantSpec(se=None, in_channels=3, edge_skip=False),
+    "dlse": VariantSpec(se="sigmoid", in_channels=3, edge_skip=False),
+    "dlse-sf": VariantSpec(se="softmax", in_channels=3, edge_skip=False),
+    "dlse-hed": VariantSpec(se="sigmoid", in_channels=4, edge_skip=True),
+}
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
+    """A convolution without bias (BatchNorm has one), BatchNorm, ReLU: the unit of every head block."""
+    return [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU()]
+
+
+def resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear resizing to `size` (H, W), half-pixel centres (`align_corners=False`, as torchvision)."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class ASPPConv(nn.Sequential):
+    """torchvision's ASPP branch: 3x3 atrous convolution, BatchNorm, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+        )
+
+
+class ASPPPooling(nn.Sequential):
+    """torchvision's image-pooling branch: global average, 1x1 convolution, BatchNorm, ReLU, broadcast back."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return resize(super().forward(x), x.shape[-2:])
+
+
+class ASPP(nn.Module):
+    """torchvision's Atrous Spatial Pyramid Pooling: a 1x1 branch, one atrous branch per rate, image pooling,
+    concatenated and projected to `out_channels` (1x1 conv, BatchNorm, ReLU, Dropout 0.5)."""
+
+    def __init__(self, in_channels: int, atrous_rates: Sequence[int], out_channels: int = ASPP_CHANNELS) -> None:
+        super().__init__()
+        branches: list[nn.Module] = [nn.Sequential(*conv_bn_relu(in_channels, out_channels, 1))]
+        branches += [ASPPConv(in_channels, out_channels, rate) for rate in atrous_rates]
+        branches.append(ASPPPooling(in_channels, out_channels))
+        self.convs = nn.ModuleList(branches)
+        self.project = nn.Sequential(*conv_bn_relu(len(branches) * out_channels, out_channels, 1), nn.Dropout(0.5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+
+
+class Decoder(nn.Module):
+    """DeepLabV3+'s decoder: the ASPP output upsampled to layer1's size (1/4), concatenated with a 48-channel
+    1x1 projection of layer1, then two 3x3 convolutions of 256 (each with BatchNorm and ReLU)."""
+
+    def __init__(self, low_level_channels: int = 256, aspp_channels: int = ASPP_CHANNELS,
+                 channels: int = ASPP_CHANNELS) -> None:
+        super().__init__()
+        self.low_level = nn.Sequential(*conv_bn_relu(low_level_channels, LOW_LEVEL_CHANNELS, 1))
+        self.fuse = nn.Sequential(*conv_bn_relu(aspp_channels + LOW_LEVEL_CHANNELS, channels, 3),
+                                  *conv_bn_relu(channels, channels, 3))
+
+    def forward(self, layer1: Tensor, aspp: Tensor) -> Tensor:
+        low_level = self.low_level(layer1)
+        return self.fuse(torch.cat([resize(aspp, low_level.shape[-2:]), low_level], dim=1))
+
+
+class EdgeSkip(nn.Module):
+    """dlse-hed's long skip: the decoder's features upsampled to the input size, concatenated with the
+    full-resolution input (R, G, B, edge), then a 3x3 convolution to 64 with BatchNorm and ReLU, so the
+    boundaries are seen again right before the classifier.
+
+    The 256 decoder channels first pass a 1x1 convolution to 32 (`reduce`, linear) at 1/4 resolution:
+    a 1x1 convolution commutes with bilinear upsampling, so this is exactly upsampling the 256 channels
+    and giving the 3x3 convolution a rank-32 factorisation over them, at 1/8 of the full-resolution
+    memory and compute.
+    """
+
+    def __init__(self, in_channels: int, features: int = ASPP_CHANNELS, reduced: int = EDGE_SKIP_REDUCED,
+                 out_channels: int = EDGE_SKIP_CHANNELS) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(features, reduced, 1, bias=False)
+        self.fuse = nn.Sequential(*conv_bn_relu(reduced + in_channels, out_channels, 3))
+
+    def forward(self, features: Tensor, image: Tensor) -> Tensor:
+        return self.fuse(torch.cat([resize(self.reduce(features), image.shape[-2:]), image], dim=1))
+
+
+class DeepLabV3(nn.Module):
+    """One variant of the study (see `VARIANT_SPECS`), randomly initialised; `build_model` also loads the
+    backbone's weights. `forward(x)` takes (N, in_channels, H, W) and returns logits (N, num_classes, H, W).
+
+    Attributes:
+        variant, in_channels: as named.
+        model_args: the keyword arguments of `build_model` besides variant and backbone_weights;
+            `build_model(model.variant, **model.model_args)` rebuilds the same architecture.
+        uncovered_parameters: parameter names the backbone checkpoint did not provide (all of them until
+            `build_model` loads one).
+    """
+
+    def __init__(self, variant: str, num_classes: int = 19, output_stride: int = 16, sf_scale: float = 2.0,
+                 sf_rescale: bool = True) -> None:
+        super().__init__()
+        check_options(variant, output_stride)
+        spec = VARIANT_SPECS[variant]
+        self.variant = variant
+        self.in_channels = spec.in_channels
+        self.model_args = {"num_classes": int(num_classes), "output_stride": int(output_stride),
+                           "sf_scale": float(sf_scale), "sf_rescale": bool(sf_rescale)}
+        self.backbone = ResNet50(spec.in_channels, output_stride, spec.se, sf_scale, sf_rescale)
+        self.aspp = ASPP(2048, ASPP_RATES[output_stride])
+        self.decoder = Decoder()
+        self.edge_skip = EdgeSkip(spec.in_channels) if spec.edge_skip else None
+        self.classifier = nn.Conv2d(EDGE_SKIP_CHANNELS if spec.edge_skip else ASPP_CHANNELS, num_classes, 1)
+        self.uncovered_parameters = [name for name, _ in self.named_parameters()]
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.backbone(x)
+        decoded = self.decoder(features.layer1, self.aspp(features.layer4))
+        if self.edge_skip is None:
+            # The classifier is a 1x1 convolution: applying it before upsampling gives the same logits
+            # as after, with 19 channels to upsample instead of 256.
+            return resize(self.classifier(decoded), x.shape[-2:])
+        return self.classifier(self.edge_skip(decoded, x))
+
+
+def check_options(variant: str, output_stride: int) -> None:
+    """Raise SegnetOptionError, naming the option as the CLI spells it, for an unknown variant or stride."""
+    if variant not in VARIANT_SPECS:
+        raise SegnetOptionError(f"--variant {variant}: unknown variant; choose one of {', '.join(VARIANTS)}")
+    if output_stride not in OUTPUT_STRIDES:
+        raise SegnetOptionError(
+            f"--output-stride {output_stride}: unsupported output stride; choose "
+            f"{' or '.join(map(str, OUTPUT_STRIDES))}")
+
+
+def build_model(variant: str, num_classes: int = 19, output_stride: int = 16,
+                backbone_weights: str | os.PathLike = "none", sf_scale: float = 2.0,
+                sf_rescale: bool = True) -> DeepLabV3:
+    """Build one of `VARIANTS`, its backbone initialised from `backbone_weights`.
+
+    Args:
+        variant: vanilla (no SE), dlse (sigmoid SE), dlse-sf (softmax SE), dlse-hed (sigmoid SE, input
+            R, G, B, edge, and the long edge skip).
+        output_stride: 16 or 8 (ASPP rates 6/12/18 or 12/24/36).
+        backbone_weights: "none" (random, torchvision's initialisation), "imagenet" (torchvision's ResNet-50
+            file in `$TORCH_HOME/hub/checkpoints`, never downloaded) or the path of such a file.
+        sf_scale, sf_rescale: dlse-sf's softmax gates (see `segnet.backbone.SqueezeExcitation`); kept in
+            `model_args` for every variant, used by dlse-sf only.
+
+    Raises:
+        SegnetOptionError: unknown variant or output stride.
+        SegnetError: the backbone checkpoint is missing, unreadable or not a torchvision ResNet-50.
+    """
+    check_options(variant, output_stride)
+    path = resolve_backbone_weights(backbone_weights)
+    model = DeepLabV3(variant, num_classes, output_stride, sf_scale, sf_rescale)
+    if path is not None:
+        backbone_uncovered = load_torchvision_weights(model.backbone, path)
+        model.uncovered_parameters = [f"backbone.{name}" for name in backbone_uncovered] + [
+            name for name, _ in model.named_parameters() if not name.startswith("backbone.")]
+    return model

@@ -1,0 +1,120 @@
+"""segnet.deeplab: the four variants (forward and backward at odd sizes, where the SE blocks and the long
+edge skip sit, rebuilding from model_args), torchvision's ASPP against the goldens, backbone weights
+through build_model, and option errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from segnet.backbone import SqueezeExcitation
+from segnet.deeplab import ASPP, ASPP_RATES, VARIANTS, build_model
+from segnet.errors import SegnetError, SegnetOptionError
+from tests.conftest import GOLDEN
+from tests.golden.make_segnet_golden import WIDE_FEATURES, seeded_state_dict, seeded_tensor, tensors_sha256
+
+GOLDEN_ATOL = 1e-5  # as in test_backbone.py
+RECORD = json.loads((GOLDEN / "segnet_golden.json").read_text())
+ASPP_KEYS = {key: tuple(shape) for key, shape in RECORD["aspp_keys"].items()}
+# SE blocks per layer (layer1..layer4) and their gate
+SE_PLACEMENT = {
+    "vanilla": ((0, 0, 0, 0), None),
+    "dlse": ((3, 4, 6, 0), "sigmoid"),
+    "dlse-sf": ((3, 4, 6, 0), "softmax"),
+    "dlse-hed": ((3, 4, 6, 0), "sigmoid"),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_trains_at_odd_sizes(variant):
+    torch.manual_seed(0)
+    model = build_model(variant)
+    assert model.variant == variant
+    assert model.in_channels == (4 if variant == "dlse-hed" else 3)
+    counts, gate = SE_PLACEMENT[variant]
+    blocks = [[m for m in getattr(model.backbone, f"layer{i}").modules() if isinstance(m, SqueezeExcitation)]
+              for i in range(1, 5)]
+    assert tuple(map(len, blocks)) == counts
+    assert {se.gate for layer in blocks for se in layer} == ({gate} if gate else set())
+
+    classifier_inputs = []
+    model.classifier.register_forward_hook(lambda module, args, out: classifier_inputs.append(args[0].shape))
+    x = torch.randn(2, model.in_channels, 65, 97)
+    logits = model.train()(x)
+    assert logits.shape == (2, 19, 65, 97)
+    logits.logsumexp(dim=1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # dlse-hed's long skip sits before the classifier, at full resolution; the others classify at 1/4
+    assert classifier_inputs == [(2, 64, 65, 97) if variant == "dlse-hed" else (2, 256, 17, 25)]
+
+    rebuilt = build_model(model.variant, **model.model_args)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert model.uncovered_parameters == [name for name, _ in model.named_parameters()]  # random init
+
+
+def test_model_args_and_output_stride_8():
+    model = build_model("dlse-sf", num_classes=5, output_stride=8, sf_scale=1.5, sf_rescale=False).eval()
+    assert model.model_args == {"num_classes": 5, "output_stride": 8, "sf_scale": 1.5, "sf_rescale": False}
+    se = model.backbone.layer1[0].se
+    assert (se.gate, se.sf_scale, se.sf_rescale) == ("softmax", 1.5, False)
+    assert [branch[0].dilation for branch in model.aspp.convs[1:4]] == [(12, 12), (24, 24), (36, 36)]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 33, 47)).shape == (1, 5, 33, 47)
+
+
+def test_aspp_keys_and_shapes_are_torchvisions():
+    for output_stride in (16, 8):
+        aspp = build_model("vanilla", output_stride=output_stride).aspp
+        assert [(k, tuple(v.shape)) for k, v in aspp.state_dict().items()] == list(ASPP_KEYS.items())
+
+
+@pytest.mark.parametrize("output_stride, input_name, output_name", [
+    (16, "layer4_os16", "aspp_os16"),
+    (16, WIDE_FEATURES[0], "aspp_os16_wide"),
+    (8, "layer4_os8", "aspp_os8"),
+])
+def test_aspp_matches_torchvision(output_stride, input_name, output_name):
+    state = seeded_state_dict(ASPP_KEYS)
+    assert tensors_sha256(state) == RECORD["state_sha256"][f"aspp_os{output_stride}"]
+    aspp = ASPP(2048, ASPP_RATES[output_stride])
+    aspp.load_state_dict(state, strict=True)
+    with np.load(GOLDEN / "segnet_golden.npz") as golden:
+        expected = torch.from_numpy(golden[output_name])
+        x = seeded_tensor(*WIDE_FEATURES) if input_name == WIDE_FEATURES[0] else torch.from_numpy(golden[input_name])
+    with torch.no_grad():
+        torch.testing.assert_close(aspp.eval()(x), expected, rtol=0, atol=GOLDEN_ATOL)
+
+
+def test_backbone_weights_from_a_torchvision_file(tmp_path):
+    shapes = {k: v for k, v in RECORD["resnet50_keys"].items()}  # fc.* included, as in torchvision's files
+    state = seeded_state_dict(shapes)
+    path = tmp_path / "resnet50-seeded.pth"
+    torch.save(state, path)
+    model = build_model("dlse-hed", backbone_weights=str(path))
+    conv1 = model.backbone.conv1.weight.detach()
+    assert torch.equal(conv1[:, :3], state["conv1.weight"])
+    torch.testing.assert_close(conv1[:, 3], state["conv1.weight"].mean(dim=1))
+    assert torch.equal(model.backbone.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
+
+    uncovered = model.uncovered_parameters
+    assert uncovered[0] == "backbone.conv1.weight[:, 3]"
+    names = [name for name, _ in model.named_parameters()]
+    expected = [n for n in names if ".se." in n or not n.startswith("backbone.")]
+    assert uncovered[1:] == expected
+    assert {n.split(".")[0] for n in expected} == {"backbone", "aspp", "decoder", "edge_skip", "classifier"}
+
+
+def test_option_errors(tmp_path, monkeypatch):
+    for kwargs, start in (({"variant": "foo"}, "--variant foo: "),
+                          ({"variant": "dlse", "output_stride": 32}, "--output-stride 32: ")):
+        with pytest.raises(SegnetOptionError) as error:
+            build_model(**kwargs)
+        assert str(error.value).startswith(start) and "\n" not in str(error.value)
+        assert error.value.exit_code == 2
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(SegnetError) as error:
+        build_model("vanilla", backbone_weights="imagenet")
+    assert "resnet50-0676ba61.pth" in str(error.value) and error.value.exit_code == 1
