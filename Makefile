@@ -45,7 +45,12 @@ demo: venv
 	$(BIN)/hedprep build --root out/fixture --split train --out out/shards --frames-per-shard 4
 	$(BIN)/hedprep build --root out/fixture --split val --out out/shards --frames-per-shard 4
 	$(BIN)/hedprep verify out/shards
-	@echo "demo: edge maps in out/edges, shards in out/shards"
+	rm -rf out/runs out/predictions
+	$(BIN)/segnet train --variant dlse-hed --shards out/shards --out out/runs/dlse-hed --schedule 64x128:4:2,128x256:4:1 \
+	  --backbone-weights none --lr 1e-3
+	$(BIN)/segnet evaluate --checkpoint out/runs/dlse-hed/best.pt --shards out/shards \
+	  --save-predictions out/predictions --json out/runs/dlse-hed/val.json
+	@echo "demo: edge maps in out/edges, shards in out/shards, a dlse-hed run in out/runs/dlse-hed"
 
 bench: venv
 	$(BIN)/python benchmarks/hed_throughput.py

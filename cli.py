@@ -431,5 +431,175 @@ def segnet() -> None:
     """Train and evaluate DeepLabV3 variants (vanilla, DLSE, DLSE-SF, DLSE-HED) from hedprep shards."""
 
 
+SCHEDULE_HELP = (
+    "Progressive sizes as HxW:BATCH[:EPOCHS] entries, e.g. 128x224:16:10,256x448:8:10,512x912:4:10 "
+    "(frames are resized to HxW; EPOCHS defaults to --epochs-per-stage)."
+)
+
+
+def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
+    """'512x912' -> (512, 912) for segnet's size options; None stays None."""
+    if text is None:
+        return None
+    from segnet.errors import SegnetOptionError
+
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 16 for p in parts):
+        raise SegnetOptionError(f"{option} {text}: expected HEIGHTxWIDTH of at least 16x16, e.g. 512x912")
+    return int(parts[0]), int(parts[1])
+
+
+@segnet.command("train")
+@click.option("--variant", required=True, help="vanilla, dlse, dlse-sf or dlse-hed (RGB + HED edge input).")
+@click.option("--shards", required=True, type=click.Path(file_okay=False),
+              help="The output folder of `hedprep build` (holding SPLIT/manifest.json).")
+@click.option("--split", default="train", help="The split to train on.")
+@click.option("--val-split", default="val", help="The split to validate on after every epoch ('none': no validation).")
+@click.option("--schedule", default=None, help=SCHEDULE_HELP + "  [default: 128x224:16,256x448:8,512x912:4]")
+@click.option("--epochs-per-stage", type=click.IntRange(min=1), default=10,
+              help="Epochs of each stage whose --schedule entry gives none.")
+@click.option("--lr", type=float, default=1e-5, help="Adam's learning rate.")
+@click.option("--backbone-weights", default="imagenet",
+              help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
+                   "such a file, or none (random initialisation). Nothing is downloaded.")
+@click.option("--output-stride", type=click.Choice(["16", "8"]), default="16", help="Backbone output stride.")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False),
+              help="Run folder: config.json, log.txt, metrics.jsonl/.csv, last.pt, best.pt.  [default: runs/VARIANT]")
+@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
+@click.option("--amp", is_flag=True, help="bfloat16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX).")
+@click.option("--workers", type=click.IntRange(min=0), default=1, help="DataLoader worker processes per rank.")
+@click.option("--seed", type=int, default=0, help="Seed of initialisation, order, flips and dropout.")
+@click.option("--strict", is_flag=True, help="Refuse shards of an incomplete build instead of warning.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, lr, backbone_weights, output_stride,
+                 out, device, amp, workers, seed, strict, resume) -> None:
+    """Train a DeepLabV3 variant on hedprep shards, progressively at growing sizes.
+
+    Checkpoints: OUT/last.pt after every epoch (and on Ctrl-C), OUT/best.pt by validation mIoU.
+    A run killed at any point continues with --resume and ends with the weights of an uninterrupted
+    run. Under torchrun (`torchrun --nproc-per-node 2 --no-python segnet train ...`) it trains
+    data-parallel; rank 0 writes the run folder.
+    """
+    from segnet.config import DEFAULT_SCHEDULE, TrainConfig, parse_schedule
+    from segnet.train import TrainCallbacks, train
+
+    config = TrainConfig(
+        variant=variant, shards=shards, out=out or f"runs/{variant}", split=split,
+        val_split=None if val_split == "none" else val_split,
+        schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage), lr=lr,
+        backbone_weights=backbone_weights, output_stride=int(output_stride), device=device, amp=amp,
+        workers=workers, seed=seed, strict=strict,
+    )
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+    )
+    state = {"task": None}
+
+    def on_epoch_start(info) -> None:
+        if state["task"] is None:
+            progress.start()
+        else:
+            progress.update(state["task"], visible=False)
+        description = (f"stage {info.stage + 1}/{info.stage_count} {info.size[0]}x{info.size[1]} "
+                       f"epoch {info.epoch + 1}/{info.epochs}")
+        state["task"] = progress.add_task(description, total=info.batches, completed=info.batch, loss="-", rate="")
+
+    def on_step(info) -> None:
+        progress.update(state["task"], completed=info.batch, loss=f"{info.loss:.4f}",
+                        rate=f"{info.images_per_s:.1f} images/s")
+
+    def on_epoch_end(metrics) -> None:
+        val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
+        progress.console.print(
+            f"stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}, "
+            f"{metrics['images_per_s']:.1f} images/s", highlight=False)
+
+    try:
+        result = train(config, resume=resume,
+                       callbacks=TrainCallbacks(on_epoch_start, on_step, on_epoch_end,
+                                                on_log=lambda line: err_console.print(escape(line), highlight=False)))
+    finally:
+        if state["task"] is not None:
+            progress.stop()
+    best = f"; best val mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
+    console.print(f"{result.epochs_run} epoch(s) trained; checkpoints in {escape(str(result.run_dir))}{best}",
+                  highlight=False)
+
+
+@segnet.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint (last.pt, best.pt).")
+@click.option("--shards", required=True, type=click.Path(file_okay=False), help="The output folder of hedprep build.")
+@click.option("--split", default="val", help="The split to evaluate (test: predictions only).")
+@click.option("--eval-size", default=None, help="HxW to run the model at; default: the checkpoint's last stage size.")
+@click.option("--save-predictions", type=click.Path(file_okay=False), default=None,
+              help="Write {frame_id}_pred_labelIds.png (Cityscapes format) and _pred_color.png here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write {miou, iou: {class: value}, pixel_accuracy} (fractions) to this file.")
+@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto.")
+def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json_path, device) -> None:
+    """Cityscapes mIoU of a checkpoint on a split of shards: per-class IoU, mIoU, pixel accuracy.
+
+    The model runs at --eval-size; its logits are upsampled to the labels' full resolution. mIoU
+    averages the classes that occur in the ground truth or the prediction, as Cityscapes' evaluation.
+    """
+    import json
+
+    from segnet.evaluate import evaluate
+
+    size = parse_size_option(eval_size, "--eval-size")
+    progress = progress_bar("frames")
+    state = {"task": None}
+
+    def start(total: int) -> None:
+        state["task"] = progress.add_task(f"evaluate ({split})", total=total)
+        progress.start()
+
+    try:
+        outcome = evaluate(checkpoint, shards, split, size, save_predictions, device,
+                           on_frames=lambda n: progress.advance(state["task"], n), on_start=start)
+    finally:
+        if state["task"] is not None:
+            progress.stop()
+    if outcome.predictions_dir is not None:
+        console.print(f"wrote {outcome.predictions_written} prediction(s) to {escape(str(outcome.predictions_dir))}",
+                      highlight=False)
+    if outcome.result is None:
+        console.print(f"split {escape(split)} has no public labels: predictions only (ready for the Cityscapes "
+                      "benchmark server)", highlight=False)
+        return
+    result = outcome.result
+    table = _table("class", "IoU")
+    for name, value in result.iou.items():
+        table.add_row(escape(name), "-" if value is None else f"{100 * value:.2f}")
+    table.add_section()
+    table.add_row("mIoU", f"{100 * result.miou:.2f}")
+    table.add_row("pixel accuracy", f"{100 * result.pixel_accuracy:.2f}")
+    h, w = outcome.eval_size
+    _print_section(f"{checkpoint} on {split} ({outcome.frames} frames at {h}x{w})", table)
+    if json_path is not None:
+        from segnet.predictions import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(result.to_json(), indent=1) + "\n")
+
+
+@segnet.command("predict")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint (last.pt, best.pt).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
+@click.option("--eval-size", default=None, help="HxW to run the model at; default: the checkpoint's last stage size.")
+@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
+    """Segment IMAGE files (PNG or JPEG, any size): OUT/{stem}_pred_color.png and OUT/{stem}_overlay.png.
+
+    For dlse-hed checkpoints the edge channel is computed by hedprep's HED, as in the shards.
+    """
+    from segnet.predict import predict
+
+    for result in predict(checkpoint, list(images), out_dir, parse_size_option(eval_size, "--eval-size"), device):
+        console.print(f"{escape(str(result.color))} {escape(str(result.overlay))}", highlight=False)
+
+
 if __name__ == "__main__":
     hedprep()

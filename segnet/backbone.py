@@ -12,8 +12,6 @@ dilation 2), 8 also layer3: torchvision's `replace_stride_with_dilation` [F, F, 
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from segnet.checkpoint import load_torch_file
 from segnet.errors import SegnetError
 
 # (planes, blocks) of layer1..layer4; a block outputs 4 x planes channels
@@ -241,12 +240,7 @@ def read_torchvision_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         SegnetError: unreadable file, or not a flat dict of tensors.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    # A truncated or foreign file can make the unpickler raise almost anything.
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
-            AttributeError, KeyError, IndexError, TypeError):
-        raise SegnetError(f"{path}: not a readable torch file (truncated, corrupt or another format)", path) from None
+    state = load_torch_file(path)
     if isinstance(state, Mapping) and state.get("format") == "segnet-checkpoint":
         raise SegnetError(f"{path}: a segnet checkpoint, not a torchvision ResNet-50 state dict", path)
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor)

@@ -50,6 +50,17 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         raise
 
 
+def load_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)` (a file never runs code), with a one-line SegnetError for a
+    truncated, corrupt or foreign file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    # A truncated or foreign file can make the unpickler raise almost anything.
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
+            AttributeError, KeyError, IndexError, TypeError):
+        raise SegnetError(f"{path}: not a readable checkpoint (truncated, corrupt or not a torch file)", path) from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`.
 
@@ -59,12 +70,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise SegnetError(f"{path}: no such checkpoint file", path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    # A truncated or foreign file can make the unpickler raise almost anything.
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
-            AttributeError, KeyError, IndexError, TypeError):
-        raise SegnetError(f"{path}: not a readable checkpoint (truncated, corrupt or not a torch file)", path) from None
+    state = load_torch_file(path, map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise SegnetError(f"{path}: not a segnet checkpoint", path)
     if state.get("format_version") != CHECKPOINT_VERSION:

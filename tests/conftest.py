@@ -97,3 +97,18 @@ def segnet_shards(tmp_path_factory) -> Path:
         build_split(BuildConfig(root=str(base / "cityscapes"), split=split, out=str(base / "shards"),
                                 frames_per_shard=3, device="cpu"))
     return base / "shards"
+
+
+def official_scores(predictions: list[Path], ground_truths: list[Path]) -> dict:
+    """cityscapesscripts' evaluation of labelIds files, quiet, writing nothing, pixel-level only (the
+    instance-weighted scores need instanceIds files and are not segnet's figures)."""
+    import copy
+
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+
+    args = copy.copy(official.args)  # its module-level defaults, left untouched for other callers
+    args.quiet = True
+    args.JSONOutput = False
+    args.evalInstLevelScore = False
+    args.evalPixelAccuracy = False
+    return official.evaluateImgLists([str(p) for p in predictions], [str(p) for p in ground_truths], args)

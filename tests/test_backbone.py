@@ -211,7 +211,7 @@ def test_strict_loading_errors(torchvision_file, tmp_path):
     (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(SegnetError) as error:
         load_torchvision_weights(ResNet50(), tmp_path / "corrupt.pth")
-    assert_one_line(error, "corrupt.pth", "not a readable torch file")
+    assert_one_line(error, "corrupt.pth", "not a readable checkpoint")
 
 
 def test_imagenet_weights_come_from_torchvisions_cache(tmp_path, monkeypatch):

@@ -3,7 +3,6 @@ the same figures as segnet.metrics; colour files and overlays."""
 
 from __future__ import annotations
 
-import copy
 import errno
 import math
 import os
@@ -12,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
 from PIL import Image
 
 from hedprep.cityscapes import labelid_to_trainid
@@ -21,6 +19,7 @@ from hedprep.shards import IGNORE_INDEX, TRAIN_CLASSES, trainid_to_color, traini
 from segnet.errors import SegnetError
 from segnet.metrics import ConfusionMatrix, evaluation_result
 from segnet.predictions import overlay, write_prediction_pngs
+from tests.conftest import official_scores
 
 SKY, TRAIN, MOTORCYCLE = (TRAIN_CLASSES.index(name) for name in ("sky", "train", "motorcycle"))
 EVAL_LABELIDS = trainid_to_labelid(np.arange(len(TRAIN_CLASSES)))  # row/column of each trainId in theirs
@@ -51,17 +50,6 @@ def perturbed(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ignored = label == IGNORE_INDEX
     pred[ignored] = rng.choice([*others, MOTORCYCLE], ignored.sum())
     return pred
-
-
-def official_scores(predictions: list[Path], ground_truths: list[Path]) -> dict:
-    """cityscapesscripts' evaluation of labelIds files, quiet, writing nothing, pixel-level only (the
-    instance-weighted scores need instanceIds files and are not segnet's figures)."""
-    args = copy.copy(official.args)  # its module-level defaults, left untouched for other callers
-    args.quiet = True
-    args.JSONOutput = False
-    args.evalInstLevelScore = False
-    args.evalPixelAccuracy = False
-    return official.evaluateImgLists([str(p) for p in predictions], [str(p) for p in ground_truths], args)
 
 
 def score_both(ground_truth, out_dir: Path, predictions: dict[str, np.ndarray]):

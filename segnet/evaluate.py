@@ -1,0 +1,107 @@
+"""`segnet evaluate`: a checkpoint's Cityscapes mIoU on a split of shards, and its predictions as files.
+
+Frames are resized to the evaluation size (default: the last stage of the checkpoint's schedule), the
+logits upsampled (bilinear) to the labels' full stored resolution, and a 19-class confusion matrix is
+summed over every pixel whose label is not 255. Predictions can be written in Cityscapes' format
+(labelIds PNGs that the official evaluator reads, and colour PNGs). The test split has no public
+labels: there only predictions are written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from segnet.checkpoint import load_checkpoint
+from segnet.config import TrainConfig
+from segnet.data import EpochSampler, ShardDataset
+from segnet.deeplab import build_model
+from segnet.devices import resolve_device
+from segnet.errors import SegnetError
+from segnet.metrics import ConfusionMatrix, EvalResult, evaluation_result
+from segnet.predictions import write_prediction_pngs
+
+UNLABELED_SPLITS = ("test",)  # Cityscapes publishes no test labels
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` did: the scores (None on a split without labels) and the files written."""
+
+    result: EvalResult | None
+    frames: int
+    eval_size: tuple[int, int]
+    predictions_dir: Path | None
+    predictions_written: int
+
+
+def load_model(checkpoint_path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The model a checkpoint holds, in eval mode on `device`, and the checkpoint."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = build_model(checkpoint["variant"], backbone_weights="none", **checkpoint["model_args"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise SegnetError(f"{checkpoint_path}: the weights do not fit a {checkpoint['variant']} model ({first})",
+                          checkpoint_path) from None
+    return model.to(device).eval(), checkpoint
+
+
+def checkpoint_eval_size(checkpoint: dict) -> tuple[int, int]:
+    """The last stage size of the checkpoint's schedule."""
+    return TrainConfig.from_json(checkpoint["config"]).schedule[-1].size
+
+
+def evaluate(
+    checkpoint_path: str | os.PathLike,
+    shards: str | os.PathLike,
+    split: str = "val",
+    eval_size: tuple[int, int] | None = None,
+    save_predictions: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 2,
+    on_frames: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Score a checkpoint on `split` of the shards in `shards` (and/or write its predictions)."""
+    torch_device = resolve_device(device)
+    model, checkpoint = load_model(checkpoint_path, torch_device)
+    size = eval_size or checkpoint_eval_size(checkpoint)
+    dataset = ShardDataset(shards, split, model.in_channels, size, resize_labels=False)
+    labeled = split not in UNLABELED_SPLITS
+    out_dir = Path(save_predictions) if save_predictions is not None else None
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SegnetError(f"{out_dir}: cannot create the predictions folder ({error.strerror or error})",
+                              out_dir) from None
+    matrix = ConfusionMatrix(int(checkpoint["model_args"].get("num_classes", 19)))
+    sampler = EpochSampler(len(dataset), shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler.items())
+    if on_start is not None:
+        on_start(len(dataset))
+    written, index = 0, 0
+    with torch.inference_mode():
+        for images, labels in loader:
+            logits = model(images.to(torch_device))
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            predictions = logits.argmax(1).cpu()
+            if labeled:
+                matrix.update(predictions, labels)
+            for prediction in predictions:
+                if out_dir is not None:
+                    write_prediction_pngs(out_dir, dataset.frame_id(index), prediction.numpy())
+                    written += 1
+                index += 1
+            if on_frames is not None:
+                on_frames(len(predictions))
+    result = evaluation_result(matrix.matrix, len(dataset)) if labeled else None
+    return Evaluation(result, len(dataset), size, out_dir, written)

@@ -1,0 +1,398 @@
+"""`segnet train`: progressive-size training of a DeepLabV3 variant straight from hedprep shards.
+
+A run folder holds `config.json`, `log.txt`, `metrics.jsonl` and `metrics.csv` (one row per epoch),
+and checkpoints written atomically: `last.pt` after every epoch (and on Ctrl-C), `best.pt` whenever
+the validation mIoU improves. `--resume` continues from `last.pt`; a run killed at any point and
+resumed ends with the same weights as an uninterrupted run of the same seed on the same machine:
+every epoch's order, flips and dropout come from states saved in the checkpoint.
+
+Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on CPU, nccl
+on GPU), each rank reads its share of every epoch, validation confusion matrices are summed across
+ranks, and rank 0 alone writes the run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from segnet.checkpoint import load_checkpoint, save_checkpoint
+from segnet.config import Stage, TrainConfig
+from segnet.data import EpochSampler, ShardDataset
+from segnet.deeplab import build_model
+from segnet.devices import amp_dtype, resolve_device
+from segnet.errors import SegnetError
+from segnet.metrics import ConfusionMatrix, mean_iou
+
+IGNORE = 255
+METRIC_FIELDS = ("stage", "epoch", "step", "loss", "val_miou", "images_per_s", "lr", "seconds")
+
+
+@dataclass
+class StepInfo:
+    """What a progress display needs after each training step."""
+
+    stage: int  # 0-based
+    stage_count: int
+    size: tuple[int, int]
+    epoch: int  # 0-based within the stage
+    epochs: int
+    batch: int  # batches done in this epoch
+    batches: int
+    loss: float
+    images_per_s: float
+
+
+@dataclass
+class TrainCallbacks:
+    """Hooks for a display; all optional."""
+
+    on_epoch_start: Callable[[StepInfo], None] | None = None
+    on_step: Callable[[StepInfo], None] | None = None
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None
+    on_log: Callable[[str], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    """Where a run ended."""
+
+    run_dir: Path
+    epochs_run: int
+    best_miou: float | None
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Interrupted(SegnetError):
+    """Ctrl-C during training: the state was saved to `last.pt`."""
+
+    exit_code = 130
+
+
+# ----------------------------------------------------------------------------------------- run folder
+
+
+class RunFolder:
+    """The files of one run; only rank 0 writes them."""
+
+    def __init__(self, path: Path, writer: bool) -> None:
+        self.path = path
+        self.writer = writer
+        self.last = path / "last.pt"
+        self.best = path / "best.pt"
+        self.config = path / "config.json"
+        self.metrics_jsonl = path / "metrics.jsonl"
+        self.metrics_csv = path / "metrics.csv"
+        self.log_file = path / "log.txt"
+
+    def prepare(self, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
+        """Check the folder for a new run or a resume; returns the checkpoint to resume from."""
+        if resume:
+            if not self.last.is_file():
+                raise SegnetError(f"{self.last}: nothing to resume (no last.pt in {self.path})", self.last)
+            checkpoint = load_checkpoint(self.last)
+            if checkpoint["variant"] != config.variant:
+                raise SegnetError(
+                    f"{self.last}: a {checkpoint['variant']} run; --resume needs --variant {checkpoint['variant']}",
+                    self.last,
+                )
+            earlier = TrainConfig.from_json(checkpoint["config"]).comparable()
+            changed = [k for k, v in config.comparable().items() if earlier.get(k) != v]
+            if changed:
+                what = ", ".join(f"{k} {earlier.get(k)!r} -> {config.comparable()[k]!r}" for k in changed)
+                raise SegnetError(f"{self.last}: the run used other options ({what}); resume with the same ones",
+                                  self.last)
+            return checkpoint
+        if self.path.exists() and (self.config.exists() or self.last.exists()):
+            raise SegnetError(
+                f"{self.path}: holds another run; add --resume to continue it, or choose another --out", self.path
+            )
+        if self.writer:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                probe = self.path / f".write-test-{os.getpid()}"
+                probe.touch()
+                probe.unlink()
+            except OSError as error:
+                raise SegnetError(f"{self.path}: run folder is not writable ({error.strerror or error})",
+                                  self.path) from None
+            _write_text(self.config, json.dumps(config.to_json(), indent=1) + "\n")
+        return None
+
+    def log(self, line: str) -> None:
+        if self.writer:
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+    def keep_metrics_until(self, stage: int, epoch: int) -> None:
+        """Drop metric rows written after the checkpoint being resumed (a run killed in between)."""
+        if not self.writer or not self.metrics_jsonl.exists():
+            return
+        rows = [json.loads(line) for line in self.metrics_jsonl.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if (r["stage"] - 1, r["epoch"] - 1) <= (stage, epoch)]  # rows count from 1
+        self._write_metrics(kept)
+
+    def add_metrics(self, row: dict[str, Any]) -> None:
+        if not self.writer:
+            return
+        rows = []
+        if self.metrics_jsonl.exists():
+            rows = [json.loads(line) for line in self.metrics_jsonl.read_text().splitlines() if line.strip()]
+        self._write_metrics(rows + [row])
+
+    def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        _write_text(self.metrics_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_text(self.metrics_csv, table.getvalue())
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise SegnetError(f"{path}: cannot write ({error.strerror or error})", path) from None
+
+
+# --------------------------------------------------------------------------------------- distribution
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """This process's place in a torchrun job (world 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distribution(device: torch.device) -> Distribution:
+    """Join the torchrun process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distribution()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distribution(dist.get_rank(), dist.get_world_size())
+
+
+def _all_reduce(tensor: torch.Tensor, dist_info: Distribution) -> torch.Tensor:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor)
+    return tensor
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+            "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    python = random.getstate()
+    random.setstate((python[0], tuple(state["python"]), None))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _loader(dataset: ShardDataset, sampler: EpochSampler, batch_size: int, workers: int, device: torch.device,
+            skip_items: int = 0, training: bool = False) -> DataLoader:
+    items = sampler.items()
+    if training and len(items) % batch_size == 1 and len(items) > 1:
+        # BatchNorm cannot train on one sample (ASPP's image pooling has one value per channel).
+        items = items[:-1]
+    items = items[skip_items:]
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=items, num_workers=workers, pin_memory=device.type == "cuda",
+        # A loader of its own generator leaves the global RNG (dropout's) untouched by worker seeding.
+        generator=torch.Generator().manual_seed(0), persistent_workers=False,
+    )
+
+
+def validate(model: torch.nn.Module, dataset: ShardDataset, batch_size: int, device: torch.device, workers: int,
+             dist_info: Distribution, amp: torch.dtype | None) -> float:
+    """mIoU on `dataset` at its size (labels resized nearest), summed over ranks."""
+    sampler = EpochSampler(len(dataset), shuffle=False, num_replicas=dist_info.world, rank=dist_info.rank)
+    matrix = ConfusionMatrix(model_num_classes(model))
+    model.eval()
+    with torch.inference_mode(), autocast(device, amp):
+        for images, labels in _loader(dataset, sampler, batch_size, workers, device):
+            logits = model(images.to(device))
+            matrix.update(logits.argmax(1).cpu(), labels)
+    total = _all_reduce(torch.from_numpy(matrix.matrix.copy()), dist_info).numpy()
+    model.train()
+    return float(mean_iou(total))
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision in `dtype`, or nothing."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def model_num_classes(model: torch.nn.Module) -> int:
+    inner = getattr(model, "module", model)
+    return int(inner.model_args["num_classes"])
+
+
+def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """Train (or resume) a run as `config` says; see the module docstring for the run folder."""
+    callbacks = callbacks or TrainCallbacks()
+    # Everything that can be wrong with the options fails here, before the run folder is touched.
+    device = resolve_device(config.device)
+    amp = amp_dtype(device) if config.amp else None
+    seed_everything(config.seed)
+    weights = config.backbone_weights if not (resume and (Path(config.out) / "last.pt").is_file()) else "none"
+    model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights)
+    model_args = dict(model.model_args)
+    channels = model.in_channels
+    train_sets = [ShardDataset(config.shards, config.split, channels, stage.size, config.strict)
+                  for stage in config.schedule]
+    val_sets = ([ShardDataset(config.shards, config.val_split, channels, stage.size, config.strict)
+                 for stage in config.schedule] if config.val_split else None)
+    dist_info = init_distribution(device)
+    run = RunFolder(Path(config.out), writer=dist_info.is_main)
+    checkpoint = run.prepare(config, resume)
+
+    def log(line: str) -> None:
+        run.log(line)
+        if callbacks.on_log is not None and dist_info.is_main:
+            callbacks.on_log(line)
+
+    if checkpoint is None:
+        log(f"{config.variant}: backbone weights {config.backbone_weights}; "
+            f"not from the checkpoint: {', '.join(model.uncovered_parameters) or 'none'}")
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    start_stage, start_epoch, skip_batches, best = 0, 0, 0, None
+    global_step = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_stage, start_epoch = checkpoint["next"]["stage"], checkpoint["next"]["epoch"]
+        skip_batches = checkpoint["next"]["batch"]
+        best = checkpoint.get("best_miou")
+        global_step = checkpoint["step"]
+        _set_rng_state(checkpoint["rng"])
+        run.keep_metrics_until(*checkpoint["done"])
+        log(f"resumed from {run.last} at stage {start_stage + 1}, epoch {start_epoch + 1}, batch {skip_batches}")
+    trained = model
+    if dist_info.world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(model)
+    trained.train()
+
+    def checkpoint_state(next_position: dict[str, int], done: tuple[int, int], metrics: dict[str, Any]) -> dict:
+        return {
+            "variant": config.variant, "model_args": model_args, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "config": config.to_json(), "next": next_position,
+            "done": list(done), "step": global_step, "rng": _rng_state(), "metrics": metrics, "best_miou": best,
+        }
+
+    epochs_run, last_metrics = 0, {}
+    done = tuple(checkpoint["done"]) if checkpoint else (-1, -1)
+    for stage_index in range(start_stage, len(config.schedule)):
+        stage: Stage = config.schedule[stage_index]
+        sampler = EpochSampler(len(train_sets[stage_index]), config.seed, num_replicas=dist_info.world,
+                               rank=dist_info.rank)
+        first_epoch = start_epoch if stage_index == start_stage else 0
+        for epoch in range(first_epoch, stage.epochs):
+            sampler.set_epoch(stage_index * 10_000 + epoch)
+            skip = skip_batches if (stage_index, epoch) == (start_stage, start_epoch) else 0
+            loader = _loader(train_sets[stage_index], sampler, stage.batch_size, config.workers, device,
+                             skip * stage.batch_size, training=True)
+            batches = skip + len(loader)
+            info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, stage.epochs, skip, batches, 0.0, 0.0)
+            if callbacks.on_epoch_start is not None and dist_info.is_main:
+                callbacks.on_epoch_start(info)
+            started, images_seen, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
+            batch = skip
+            try:
+                for images, labels in loader:
+                    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                    with autocast(device, amp):
+                        logits = trained(images)
+                    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    batch += 1
+                    global_step += 1
+                    images_seen += images.shape[0]
+                    loss_sum += float(loss.detach())
+                    loss_count += 1
+                    info.batch, info.loss = batch, loss_sum / loss_count
+                    info.images_per_s = images_seen * dist_info.world / (time.perf_counter() - started)
+                    if callbacks.on_step is not None and dist_info.is_main:
+                        callbacks.on_step(info)
+            except KeyboardInterrupt:
+                if dist_info.is_main:
+                    save_checkpoint(run.last, checkpoint_state(
+                        {"stage": stage_index, "epoch": epoch, "batch": batch}, done, last_metrics))
+                    log(f"interrupted at stage {stage_index + 1}, epoch {epoch + 1}, batch {batch}; saved {run.last}")
+                raise Interrupted(
+                    f"interrupted; saved {run.last}: continue with the same command and --resume", run.last
+                ) from None
+            seconds = time.perf_counter() - started
+            val_miou = None
+            if val_sets is not None:
+                val_miou = validate(trained, val_sets[stage_index], stage.batch_size, device, config.workers,
+                                    dist_info, amp)
+            done = (stage_index, epoch)
+            last_metrics = {
+                "stage": stage_index + 1, "epoch": epoch + 1, "step": global_step,
+                "loss": loss_sum / max(1, loss_count), "val_miou": val_miou,
+                "images_per_s": images_seen * dist_info.world / seconds if seconds > 0 else None,
+                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+            }
+            improved = val_miou is not None and (best is None or val_miou > best)
+            if improved:
+                best = val_miou
+            next_position = ({"stage": stage_index, "epoch": epoch + 1, "batch": 0} if epoch + 1 < stage.epochs
+                             else {"stage": stage_index + 1, "epoch": 0, "batch": 0})
+            if dist_info.is_main:
+                run.add_metrics(last_metrics)
+                state = checkpoint_state(next_position, done, last_metrics)
+                save_checkpoint(run.last, state)
+                if improved:
+                    save_checkpoint(run.best, state)
+                if callbacks.on_epoch_end is not None:
+                    callbacks.on_epoch_end(last_metrics)
+            epochs_run += 1
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainResult(run.path, epochs_run, best, last_metrics)

@@ -1,0 +1,98 @@
+"""segnet evaluate and predict with a checkpoint trained on fixture shards: the scores agree with
+cityscapesscripts' official evaluator on the saved predictions; bad checkpoints are one line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hedprep.shards import TRAIN_CLASSES
+from segnet.config import TrainConfig, parse_schedule
+from segnet.errors import SegnetError
+from segnet.evaluate import evaluate
+from segnet.predict import predict
+from segnet.train import train
+from tests.conftest import GOLDEN, assert_one_line_error, invoke, official_scores
+
+
+def trained(shards: Path, out: Path, variant: str) -> Path:
+    train(TrainConfig(variant=variant, shards=str(shards), out=str(out), schedule=parse_schedule("48x96:4:3"),
+                      backbone_weights="none", device="cpu", workers=0, lr=1e-3))
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def vanilla(segnet_shards, tmp_path_factory) -> Path:
+    return trained(segnet_shards, tmp_path_factory.mktemp("eval") / "vanilla", "vanilla")
+
+
+def test_saved_predictions_score_the_same_in_the_official_evaluator(segnet_shards, vanilla, tmp_path):
+    outcome = evaluate(vanilla, segnet_shards, "val", save_predictions=tmp_path / "pred", device="cpu")
+    assert outcome.frames == 4 and outcome.predictions_written == 4 and outcome.eval_size == (48, 96)
+    predictions = sorted((tmp_path / "pred").glob("*_pred_labelIds.png"))
+    ground_truth = {p.name.replace("_gtFine_labelIds.png", ""): p
+                    for p in (segnet_shards.parent / "cityscapes" / "gtFine" / "val").glob("*/*_labelIds.png")}
+    pairs = [(p, ground_truth[p.name.replace("_pred_labelIds.png", "")]) for p in predictions]
+    label = cv2.imread(str(pairs[0][1]), cv2.IMREAD_UNCHANGED)
+    assert cv2.imread(str(pairs[0][0]), cv2.IMREAD_UNCHANGED).shape == label.shape  # full resolution
+    theirs = official_scores([p for p, _ in pairs], [g for _, g in pairs])
+    ours = outcome.result
+    assert ours.miou == pytest.approx(theirs["averageScoreClasses"], abs=1e-4)
+    for name in TRAIN_CLASSES:
+        if math.isnan(theirs["classScores"][name]):
+            assert ours.iou[name] is None, name
+        else:
+            assert ours.iou[name] == pytest.approx(theirs["classScores"][name], abs=1e-4), name
+    color = tmp_path / "pred" / pairs[0][0].name.replace("_pred_labelIds.png", "_pred_color.png")
+    assert 0 < ours.pixel_accuracy <= 1 and color.exists()
+
+
+def test_evaluate_command_prints_a_table_and_writes_json(segnet_shards, vanilla, tmp_path):
+    result = invoke("segnet", "evaluate", "--checkpoint", str(vanilla), "--shards", str(segnet_shards),
+                    "--eval-size", "64x128", "--json", str(tmp_path / "scores.json"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert set(scores) >= {"miou", "iou", "pixel_accuracy"} and set(scores["iou"]) == set(TRAIN_CLASSES)
+    assert "mIoU" in result.stdout and "64x128" in result.stdout and f"{100 * scores['miou']:.2f}" in result.stdout
+
+
+def test_test_split_gets_predictions_only(segnet_shards, vanilla, tmp_path):
+    result = invoke("segnet", "evaluate", "--checkpoint", str(vanilla), "--shards", str(segnet_shards),
+                    "--split", "test", "--save-predictions", str(tmp_path / "pred"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "no public labels" in result.stdout and len(list((tmp_path / "pred").glob("*_labelIds.png"))) == 2
+
+
+def test_bad_checkpoints_are_one_line(segnet_shards, vanilla, tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(vanilla.read_bytes()[:5000])
+    foreign = tmp_path / "foreign.pt"
+    import torch
+
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    for path, fragment in [(truncated, "not a readable checkpoint"), (foreign, "not a segnet checkpoint"),
+                           (tmp_path / "missing.pt", "no such checkpoint file")]:
+        result = invoke("segnet", "evaluate", "--checkpoint", str(path), "--shards", str(segnet_shards))
+        assert_one_line_error(result, str(path), fragment)
+    with pytest.raises(SegnetError, match="no built split here"):
+        evaluate(vanilla, tmp_path, "val", device="cpu")
+
+
+def test_predict_on_photographs_of_any_size(segnet_shards, tmp_path):
+    checkpoint = trained(segnet_shards, tmp_path / "hed-run", "dlse-hed")
+    photos = [GOLDEN / "chelsea_37x53.png", GOLDEN / "rocket_333x501.png"]
+    results = predict(checkpoint, photos, tmp_path / "pred", device="cpu")
+    for photo, result in zip(photos, results, strict=True):
+        image = cv2.imread(str(photo))
+        for path in (result.color, result.overlay):
+            assert cv2.imread(str(path)).shape == image.shape
+    colors = cv2.imread(str(results[1].color))
+    assert len(np.unique(colors.reshape(-1, 3), axis=0)) >= 1
+    missing = invoke("segnet", "predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+                     str(tmp_path / "nope.png"))
+    assert_one_line_error(missing, "nope.png", "no such file")

@@ -1,0 +1,215 @@
+"""segnet train on real fixture shards: the run folder, resume (interrupted anywhere, killed), errors,
+and a two-process torchrun run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from segnet.checkpoint import load_checkpoint
+from segnet.config import TrainConfig, parse_schedule
+from segnet.errors import SegnetError
+from segnet.train import Interrupted, TrainCallbacks, train
+from tests.conftest import BIN, assert_one_line_error, invoke
+
+TINY = "32x64:4:2"
+
+
+def config(shards: Path, out: Path, variant: str = "vanilla", schedule: str = TINY, **options) -> TrainConfig:
+    return TrainConfig(variant=variant, shards=str(shards), out=str(out), schedule=parse_schedule(schedule),
+                       backbone_weights="none", device="cpu", workers=0, lr=options.pop("lr", 1e-3), **options)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(segnet_shards, tmp_path_factory) -> Path:
+    """A vanilla run of two stages (2 + 1 epochs) that nothing interrupts: the reference for resumes."""
+    run = tmp_path_factory.mktemp("runs") / "reference"
+    train(config(segnet_shards, run, schedule="32x64:4:2,48x96:4:1"))
+    return run
+
+
+def test_run_folder_holds_config_metrics_and_checkpoints(uninterrupted):
+    run = uninterrupted
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["variant"] == "vanilla" and saved["schedule"] == ["32x64:4:2", "48x96:4:1"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (1, 2), (2, 1)]
+    assert all(0 <= r["val_miou"] <= 1 and r["images_per_s"] > 0 and r["loss"] > 0 for r in rows)
+    assert rows[-1]["step"] == 2 + 2 + 2  # 8 frames in batches of 4, 3 epochs
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert header == "stage,epoch,step,loss,val_miou,images_per_s,lr,seconds"
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["variant"] == "vanilla" and checkpoint["next"] == {"stage": 2, "epoch": 0, "batch": 0}
+    assert {"model", "optimizer", "config", "rng", "metrics", "model_args"} <= set(checkpoint)
+    assert (run / "best.pt").is_file() and "not from the checkpoint" in (run / "log.txt").read_text()
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_training_lowers_the_loss(segnet_shards, tmp_path):
+    train(config(segnet_shards, tmp_path / "run", schedule="32x64:4:4", val_split=None))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+class StopAt:
+    """Ctrl-C at a chosen point of training, as a callback."""
+
+    def __init__(self, epoch_end: int | None = None, step: int | None = None) -> None:
+        self.epoch_end, self.step, self.steps, self.epochs = epoch_end, step, 0, 0
+
+    def on_step(self, info) -> None:
+        self.steps += 1
+        if self.steps == self.step:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, metrics) -> None:
+        self.epochs += 1
+        if self.epochs == self.epoch_end:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop", [StopAt(step=1), StopAt(step=5), StopAt(epoch_end=2)],
+                         ids=["first-batch", "second-stage", "stage-boundary"])
+def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_weights(segnet_shards, uninterrupted, tmp_path, stop):
+    run_config = config(segnet_shards, tmp_path / "run", schedule="32x64:4:2,48x96:4:1")
+    with pytest.raises((Interrupted, KeyboardInterrupt)):
+        train(run_config, callbacks=TrainCallbacks(on_step=stop.on_step, on_epoch_end=stop.on_epoch_end))
+    result = train(run_config, resume=True)
+    assert result.epochs_run >= 1
+    assert same_weights(tmp_path / "run" / "last.pt", uninterrupted / "last.pt")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (1, 2), (2, 1)]  # no row twice
+
+
+@pytest.mark.parametrize("variant", ["dlse", "dlse-sf", "dlse-hed"])
+def test_every_variant_trains_and_resumes(segnet_shards, tmp_path, variant):
+    run_config = config(segnet_shards, tmp_path / "run", variant, schedule="32x64:4:1,40x80:4:1")
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config, callbacks=TrainCallbacks(on_epoch_end=StopAt(epoch_end=1).on_epoch_end))
+    train(run_config, resume=True)
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["variant"] == variant and checkpoint["next"]["stage"] == 2
+    assert checkpoint["metrics"]["val_miou"] is not None
+
+
+def test_run_folder_errors(segnet_shards, uninterrupted, tmp_path):
+    with pytest.raises(SegnetError, match="holds another run; add --resume"):
+        train(config(segnet_shards, uninterrupted))
+    with pytest.raises(SegnetError, match="nothing to resume"):
+        train(config(segnet_shards, tmp_path / "empty"), resume=True)
+    with pytest.raises(SegnetError, match="a vanilla run; --resume needs --variant vanilla"):
+        train(config(segnet_shards, uninterrupted, variant="dlse"), resume=True)
+    with pytest.raises(SegnetError, match=r"other options \(lr"):
+        train(config(segnet_shards, uninterrupted, schedule="32x64:4:2,48x96:4:1", lr=0.5), resume=True)
+
+
+@pytest.mark.parametrize("args, fragments, status", [
+    (["--variant", "dlse-xx"], ["--variant dlse-xx"], 2),
+    (["--variant", "vanilla", "--schedule", "32x64"], ["--schedule 32x64", "HxW:BATCH[:EPOCHS]"], 2),
+    (["--variant", "vanilla", "--device", "cuda"], ["--device cuda", "no CUDA GPU"], 1),
+    (["--variant", "vanilla", "--split", "nosuch", "--backbone-weights", "none"], ["nosuch", "no built split here"], 1),
+    (["--variant", "vanilla", "--backbone-weights", "imagenet"], ["--backbone-weights none"], 1),
+])
+def test_bad_train_options_are_one_line(segnet_shards, tmp_path, args, fragments, status):
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    env_home = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(tmp_path / "torch-home")  # no ImageNet checkpoint there
+    try:
+        result = invoke("segnet", "train", "--shards", str(segnet_shards), "--out", str(tmp_path / "run"),
+                        "--device", "cpu", *args)
+    finally:
+        if env_home is None:
+            os.environ.pop("TORCH_HOME")
+        else:
+            os.environ["TORCH_HOME"] = env_home
+    assert_one_line_error(result, *fragments, status=status)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_unwritable_out(segnet_shards, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SegnetError, match="not writable"):
+        train(config(segnet_shards, blocker / "run"))
+
+
+def test_vanilla_learns_the_fixture_well_above_chance(segnet_shards, tmp_path):
+    """A bounded run (60 steps of 4 frames at the stored 64x128) from random weights."""
+    result = train(config(segnet_shards, tmp_path / "run", schedule="64x128:4:30", lr=1e-3))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    print("fixture val mIoU per epoch:", [round(r["val_miou"], 3) for r in rows])
+    assert result.best_miou > 0.2  # chance (uniform guesses over 19 classes) is about 0.02
+
+
+# ------------------------------------------------------------------------------------- subprocesses
+
+
+def start_train(shards: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [str(BIN / "segnet"), "train", "--variant", "vanilla", "--shards", str(shards), "--out", str(out),
+               "--schedule", "32x64:4:3,48x96:4:2", "--backbone-weights", "none", "--device", "cpu",
+               "--workers", "0", "--lr", "1e-3", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_resume_equals_an_uninterrupted_run(segnet_shards, tmp_path):
+    reference = start_train(segnet_shards, tmp_path / "reference")
+    killed = start_train(segnet_shards, tmp_path / "killed")
+    _, stderr = reference.communicate(timeout=600)
+    assert reference.returncode == 0, stderr
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline and killed.poll() is None, "training made no progress"
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+    resumed = start_train(segnet_shards, tmp_path / "killed", "--resume")
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr
+    assert same_weights(tmp_path / "killed" / "last.pt", tmp_path / "reference" / "last.pt")
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits_130(segnet_shards, tmp_path):
+    process = start_train(segnet_shards, tmp_path / "run")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not metrics.exists():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--resume" in errors[0] and "Traceback" not in stderr
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["variant"] == "vanilla"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_and_checkpoint(segnet_shards, tmp_path):
+    command = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", "0",
+               "--no-python", str(BIN / "segnet"), "train", "--variant", "vanilla", "--shards", str(segnet_shards),
+               "--out", str(tmp_path / "run"), "--schedule", "32x64:2:2", "--backbone-weights", "none",
+               "--device", "cpu", "--workers", "0", "--lr", "1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[-1]["step"] == 4  # 8 frames, 2 ranks x batch 2: 2 steps per epoch
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert not any(k.startswith("module.") for k in checkpoint["model"])  # the bare model, loadable anywhere
