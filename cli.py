@@ -463,6 +463,9 @@ def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
               help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
                    "such a file, or none (random initialisation). Nothing is downloaded.")
 @click.option("--output-stride", type=click.Choice(["16", "8"]), default="16", help="Backbone output stride.")
+@click.option("--sf-scale", type=float, default=2.0, help="dlse-sf: factor of the channel with the highest gate.")
+@click.option("--sf-rescale/--no-sf-rescale", default=True,
+              help="dlse-sf: multiply the softmax gates by the channel count, so they average 1 (docs/segnet.md).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False),
               help="Run folder: config.json, log.txt, metrics.jsonl/.csv, last.pt, best.pt.  [default: runs/VARIANT]")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
@@ -472,7 +475,7 @@ def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
 @click.option("--strict", is_flag=True, help="Refuse shards of an incomplete build instead of warning.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, lr, backbone_weights, output_stride,
-                 out, device, amp, workers, seed, strict, resume) -> None:
+                 sf_scale, sf_rescale, out, device, amp, workers, seed, strict, resume) -> None:
     """Train a DeepLabV3 variant on hedprep shards, progressively at growing sizes.
 
     Checkpoints: OUT/last.pt after every epoch (and on Ctrl-C), OUT/best.pt by validation mIoU.
@@ -483,13 +486,18 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
     from segnet.config import DEFAULT_SCHEDULE, TrainConfig, parse_schedule
     from segnet.train import TrainCallbacks, train
 
+    state_obj = click.get_current_context().obj
+
     config = TrainConfig(
         variant=variant, shards=shards, out=out or f"runs/{variant}", split=split,
         val_split=None if val_split == "none" else val_split,
         schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage), lr=lr,
-        backbone_weights=backbone_weights, output_stride=int(output_stride), device=device, amp=amp,
+        backbone_weights=backbone_weights, output_stride=int(output_stride), sf_scale=sf_scale,
+        sf_rescale=sf_rescale, device=device, amp=amp,
         workers=workers, seed=seed, strict=strict,
     )
+    state_obj["interrupted"] = (f"interrupted; {config.out}/last.pt holds the last finished epoch: continue with "
+                                "the same command and --resume")
     progress = Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
@@ -523,6 +531,8 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
     finally:
         if state["task"] is not None:
             progress.stop()
+    if not result.is_main:
+        return
     best = f"; best val mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
     console.print(f"{result.epochs_run} epoch(s) trained; checkpoints in {escape(str(result.run_dir))}{best}",
                   highlight=False)

@@ -67,6 +67,8 @@ class TrainConfig:
     lr: float = 1e-5
     backbone_weights: str = "imagenet"
     output_stride: int = 16
+    sf_scale: float = 2.0  # dlse-sf: factor of the channel with the highest softmax gate
+    sf_rescale: bool = True  # dlse-sf: softmax gates times C, so they average 1 (docs/segnet.md)
     device: str = "auto"
     amp: bool = False
     workers: int = 1

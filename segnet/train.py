@@ -69,12 +69,13 @@ class TrainCallbacks:
 
 @dataclass
 class TrainResult:
-    """Where a run ended."""
+    """Where a run ended; `is_main` is False on torchrun ranks other than 0."""
 
     run_dir: Path
     epochs_run: int
     best_miou: float | None
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True
 
 
 class Interrupted(SegnetError):
@@ -117,20 +118,21 @@ class RunFolder:
                 raise SegnetError(f"{self.last}: the run used other options ({what}); resume with the same ones",
                                   self.last)
             return checkpoint
+        if not self.writer:  # rank 0 decides, and may have written config.json already
+            return None
         if self.path.exists() and (self.config.exists() or self.last.exists()):
             raise SegnetError(
                 f"{self.path}: holds another run; add --resume to continue it, or choose another --out", self.path
             )
-        if self.writer:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-                probe = self.path / f".write-test-{os.getpid()}"
-                probe.touch()
-                probe.unlink()
-            except OSError as error:
-                raise SegnetError(f"{self.path}: run folder is not writable ({error.strerror or error})",
-                                  self.path) from None
-            _write_text(self.config, json.dumps(config.to_json(), indent=1) + "\n")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise SegnetError(f"{self.path}: run folder is not writable ({error.strerror or error})",
+                              self.path) from None
+        _write_text(self.config, json.dumps(config.to_json(), indent=1) + "\n")
         return None
 
     def log(self, line: str) -> None:
@@ -276,7 +278,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
     amp = amp_dtype(device) if config.amp else None
     seed_everything(config.seed)
     weights = config.backbone_weights if not (resume and (Path(config.out) / "last.pt").is_file()) else "none"
-    model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights)
+    model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
+                        sf_scale=config.sf_scale, sf_rescale=config.sf_rescale)
     model_args = dict(model.model_args)
     channels = model.in_channels
     train_sets = [ShardDataset(config.shards, config.split, channels, stage.size, config.strict)
@@ -292,18 +295,25 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         if callbacks.on_log is not None and dist_info.is_main:
             callbacks.on_log(line)
 
-    if checkpoint is None:
-        log(f"{config.variant}: backbone weights {config.backbone_weights}; "
-            f"not from the checkpoint: {', '.join(model.uncovered_parameters) or 'none'}")
+    if checkpoint is None and config.backbone_weights == "none":
+        log(f"{config.variant}: random initialisation (--backbone-weights none)")
+    elif checkpoint is None:
+        uncovered = model.uncovered_parameters
+        run.log(f"{config.variant}: backbone weights {config.backbone_weights}; not from the checkpoint: "
+                f"{', '.join(uncovered) or 'none'}")
+        if callbacks.on_log is not None and dist_info.is_main:
+            callbacks.on_log(f"{config.variant}: backbone weights {config.backbone_weights}; {len(uncovered)} "
+                             f"parameter tensors not from the checkpoint (listed in {run.log_file})")
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start_stage, start_epoch, skip_batches, best = 0, 0, 0, None
+    start_stage, start_epoch, skip_batches, best, resumed_stats = 0, 0, 0, None, None
     global_step = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_stage, start_epoch = checkpoint["next"]["stage"], checkpoint["next"]["epoch"]
         skip_batches = checkpoint["next"]["batch"]
+        resumed_stats = checkpoint.get("epoch_stats")
         best = checkpoint.get("best_miou")
         global_step = checkpoint["step"]
         _set_rng_state(checkpoint["rng"])
@@ -314,85 +324,107 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         trained = torch.nn.parallel.DistributedDataParallel(model)
     trained.train()
 
-    def checkpoint_state(next_position: dict[str, int], done: tuple[int, int], metrics: dict[str, Any]) -> dict:
+    def checkpoint_state(next_position: dict[str, int], done: tuple[int, int], metrics: dict[str, Any],
+                         epoch_stats: dict[str, Any] | None = None, **overrides: Any) -> dict:
         return {
             "variant": config.variant, "model_args": model_args, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "config": config.to_json(), "next": next_position,
-            "done": list(done), "step": global_step, "rng": _rng_state(), "metrics": metrics, "best_miou": best,
+            "done": list(done), "step": global_step, "rng": _rng_state(), "metrics": metrics,
+            "best_miou": overrides.get("best", best), "epoch_stats": epoch_stats,
         }
+
+    def run_epoch(stage_index: int, epoch: int, skip: int, stats: dict, position: dict) -> tuple[dict, bool]:
+        """Train one epoch (from batch `skip`), validate, write its metrics row; `stats` and `position`
+        are kept current, so that an interrupt can save exactly where it stands."""
+        nonlocal global_step
+        stage: Stage = config.schedule[stage_index]
+        sampler = EpochSampler(len(train_sets[stage_index]), config.seed, num_replicas=dist_info.world,
+                               rank=dist_info.rank)
+        sampler.set_epoch(stage_index * 10_000 + epoch)
+        loader = _loader(train_sets[stage_index], sampler, stage.batch_size, config.workers, device,
+                         skip * stage.batch_size, training=True)
+        info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, stage.epochs, skip, skip + len(loader),
+                        0.0, 0.0)
+        if callbacks.on_epoch_start is not None and dist_info.is_main:
+            callbacks.on_epoch_start(info)
+        started = time.perf_counter() - stats["seconds"]
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device, amp):
+                logits = trained(images)
+            loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            global_step += 1
+            position["batch"] += 1
+            stats["images"] += images.shape[0]
+            stats["loss_sum"] += float(loss.detach())
+            stats["loss_count"] += 1
+            stats["seconds"] = time.perf_counter() - started
+            info.batch, info.loss = position["batch"], stats["loss_sum"] / stats["loss_count"]
+            info.images_per_s = stats["images"] * dist_info.world / stats["seconds"]
+            if callbacks.on_step is not None and dist_info.is_main:
+                callbacks.on_step(info)
+        seconds = stats["seconds"]
+        val_miou = None
+        if val_sets is not None:
+            val_miou = validate(trained, val_sets[stage_index], stage.batch_size, device, config.workers,
+                                dist_info, amp)
+        metrics = {
+            "stage": stage_index + 1, "epoch": epoch + 1, "step": global_step,
+            "loss": stats["loss_sum"] / max(1, stats["loss_count"]), "val_miou": val_miou,
+            "images_per_s": stats["images"] * dist_info.world / seconds if seconds > 0 else None,
+            "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+        }
+        position["next"] = ({"stage": stage_index, "epoch": epoch + 1, "batch": 0} if epoch + 1 < stage.epochs
+                            else {"stage": stage_index + 1, "epoch": 0, "batch": 0})
+        if dist_info.is_main:
+            run.add_metrics(metrics)
+        return metrics, val_miou is not None and (best is None or val_miou > best)
 
     epochs_run, last_metrics = 0, {}
     done = tuple(checkpoint["done"]) if checkpoint else (-1, -1)
     for stage_index in range(start_stage, len(config.schedule)):
         stage: Stage = config.schedule[stage_index]
-        sampler = EpochSampler(len(train_sets[stage_index]), config.seed, num_replicas=dist_info.world,
-                               rank=dist_info.rank)
         first_epoch = start_epoch if stage_index == start_stage else 0
         for epoch in range(first_epoch, stage.epochs):
-            sampler.set_epoch(stage_index * 10_000 + epoch)
-            skip = skip_batches if (stage_index, epoch) == (start_stage, start_epoch) else 0
-            loader = _loader(train_sets[stage_index], sampler, stage.batch_size, config.workers, device,
-                             skip * stage.batch_size, training=True)
-            batches = skip + len(loader)
-            info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, stage.epochs, skip, batches, 0.0, 0.0)
-            if callbacks.on_epoch_start is not None and dist_info.is_main:
-                callbacks.on_epoch_start(info)
-            started, images_seen, loss_sum, loss_count = time.perf_counter(), 0, 0.0, 0
-            batch = skip
+            resuming_here = (stage_index, epoch) == (start_stage, start_epoch)
+            skip = skip_batches if resuming_here else 0
+            # This epoch's figures so far: restored when resuming inside it, so its metrics row is whole.
+            stats = dict(resumed_stats) if resuming_here and resumed_stats else {
+                "images": 0, "loss_sum": 0.0, "loss_count": 0, "seconds": 0.0}
+            position = {"stage": stage_index, "epoch": epoch, "batch": skip, "saved": False}
             try:
-                for images, labels in loader:
-                    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                    with autocast(device, amp):
-                        logits = trained(images)
-                    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    batch += 1
-                    global_step += 1
-                    images_seen += images.shape[0]
-                    loss_sum += float(loss.detach())
-                    loss_count += 1
-                    info.batch, info.loss = batch, loss_sum / loss_count
-                    info.images_per_s = images_seen * dist_info.world / (time.perf_counter() - started)
-                    if callbacks.on_step is not None and dist_info.is_main:
-                        callbacks.on_step(info)
-            except KeyboardInterrupt:
+                metrics, improved = run_epoch(stage_index, epoch, skip, stats, position)
                 if dist_info.is_main:
-                    save_checkpoint(run.last, checkpoint_state(
-                        {"stage": stage_index, "epoch": epoch, "batch": batch}, done, last_metrics))
-                    log(f"interrupted at stage {stage_index + 1}, epoch {epoch + 1}, batch {batch}; saved {run.last}")
+                    best_after = metrics["val_miou"] if improved else best
+                    state = checkpoint_state(position["next"], (stage_index, epoch), metrics, best=best_after)
+                    save_checkpoint(run.last, state)
+                    position["saved"] = True
+                    if improved:
+                        save_checkpoint(run.best, state)
+            except KeyboardInterrupt:
+                if dist_info.is_main and not position["saved"]:
+                    next_position = {k: position[k] for k in ("stage", "epoch", "batch")}
+                    save_checkpoint(run.last, checkpoint_state(next_position, done, last_metrics, stats))
+                    log(f"interrupted at stage {stage_index + 1}, epoch {epoch + 1}, batch {position['batch']}; "
+                        f"saved {run.last}")
                 raise Interrupted(
                     f"interrupted; saved {run.last}: continue with the same command and --resume", run.last
                 ) from None
-            seconds = time.perf_counter() - started
-            val_miou = None
-            if val_sets is not None:
-                val_miou = validate(trained, val_sets[stage_index], stage.batch_size, device, config.workers,
-                                    dist_info, amp)
-            done = (stage_index, epoch)
-            last_metrics = {
-                "stage": stage_index + 1, "epoch": epoch + 1, "step": global_step,
-                "loss": loss_sum / max(1, loss_count), "val_miou": val_miou,
-                "images_per_s": images_seen * dist_info.world / seconds if seconds > 0 else None,
-                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-            }
-            improved = val_miou is not None and (best is None or val_miou > best)
+            done, last_metrics = (stage_index, epoch), metrics
             if improved:
-                best = val_miou
-            next_position = ({"stage": stage_index, "epoch": epoch + 1, "batch": 0} if epoch + 1 < stage.epochs
-                             else {"stage": stage_index + 1, "epoch": 0, "batch": 0})
-            if dist_info.is_main:
-                run.add_metrics(last_metrics)
-                state = checkpoint_state(next_position, done, last_metrics)
-                save_checkpoint(run.last, state)
-                if improved:
-                    save_checkpoint(run.best, state)
-                if callbacks.on_epoch_end is not None:
+                best = metrics["val_miou"]
+            if callbacks.on_epoch_end is not None and dist_info.is_main:
+                try:
                     callbacks.on_epoch_end(last_metrics)
+                except KeyboardInterrupt:
+                    raise Interrupted(f"interrupted; saved {run.last}: continue with the same command and --resume",
+                                      run.last) from None
             epochs_run += 1
     if dist_info.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return TrainResult(run.path, epochs_run, best, last_metrics)
+    return TrainResult(run.path, epochs_run, best, last_metrics, dist_info.is_main)

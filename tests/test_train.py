@@ -53,7 +53,7 @@ def test_run_folder_holds_config_metrics_and_checkpoints(uninterrupted):
     checkpoint = load_checkpoint(run / "last.pt")
     assert checkpoint["variant"] == "vanilla" and checkpoint["next"] == {"stage": 2, "epoch": 0, "batch": 0}
     assert {"model", "optimizer", "config", "rng", "metrics", "model_args"} <= set(checkpoint)
-    assert (run / "best.pt").is_file() and "not from the checkpoint" in (run / "log.txt").read_text()
+    assert (run / "best.pt").is_file() and "random initialisation" in (run / "log.txt").read_text()
     assert not list(run.glob(".*.tmp"))
 
 
@@ -84,7 +84,7 @@ class StopAt:
                          ids=["first-batch", "second-stage", "stage-boundary"])
 def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_weights(segnet_shards, uninterrupted, tmp_path, stop):
     run_config = config(segnet_shards, tmp_path / "run", schedule="32x64:4:2,48x96:4:1")
-    with pytest.raises((Interrupted, KeyboardInterrupt)):
+    with pytest.raises(Interrupted):
         train(run_config, callbacks=TrainCallbacks(on_step=stop.on_step, on_epoch_end=stop.on_epoch_end))
     result = train(run_config, resume=True)
     assert result.epochs_run >= 1
@@ -96,7 +96,7 @@ def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_weights(segnet_s
 @pytest.mark.parametrize("variant", ["dlse", "dlse-sf", "dlse-hed"])
 def test_every_variant_trains_and_resumes(segnet_shards, tmp_path, variant):
     run_config = config(segnet_shards, tmp_path / "run", variant, schedule="32x64:4:1,40x80:4:1")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         train(run_config, callbacks=TrainCallbacks(on_epoch_end=StopAt(epoch_end=1).on_epoch_end))
     train(run_config, resume=True)
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -202,7 +202,12 @@ def test_ctrl_c_saves_and_exits_130(segnet_shards, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_train_and_checkpoint(segnet_shards, tmp_path):
-    command = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", "0",
+    import socket
+
+    with socket.socket() as probe:  # a free loopback port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    command = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", port,
                "--no-python", str(BIN / "segnet"), "train", "--variant", "vanilla", "--shards", str(segnet_shards),
                "--out", str(tmp_path / "run"), "--schedule", "32x64:2:2", "--backbone-weights", "none",
                "--device", "cpu", "--workers", "0", "--lr", "1e-3"]
