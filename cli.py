@@ -470,7 +470,9 @@ def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
               help="Run folder: config.json, log.txt, metrics.jsonl/.csv, last.pt, best.pt.  [default: runs/VARIANT]")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
 @click.option("--amp", is_flag=True, help="bfloat16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX).")
-@click.option("--workers", type=click.IntRange(min=0), default=1, help="DataLoader worker processes per rank.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes per rank. Default: 0 on a CPU (the model's threads use every core), "
+                   "one per core (at most 4) with a GPU.")
 @click.option("--seed", type=int, default=0, help="Seed of initialisation, order, flips and dropout.")
 @click.option("--strict", is_flag=True, help="Refuse shards of an incomplete build instead of warning.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")

@@ -33,6 +33,17 @@ class Stage:
         return f"{self.height}x{self.width}:{self.batch_size}:{self.epochs}"
 
 
+def default_workers(device_type: str, cpus: int) -> int:
+    """DataLoader worker processes when --workers is not given.
+
+    On a CPU the model's threads already use every core, and a loader process beside them slows the
+    step more than loading in line costs (2-core machine, 128x224 batch 16 from 1024x2048 shards:
+    3.97 images/s with no worker, 2.25 with one; docs/performance.md): 0. On a GPU the cores are free
+    for loading: one per core, at most 4.
+    """
+    return 0 if device_type == "cpu" else max(1, min(4, cpus))
+
+
 def parse_schedule(text: str, epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE) -> list[Stage]:
     """'128x224:16:10,256x448:8' -> stages; `epochs_per_stage` where an entry gives no epochs."""
     if epochs_per_stage < 1:
@@ -71,7 +82,7 @@ class TrainConfig:
     sf_rescale: bool = True  # dlse-sf: softmax gates times C, so they average 1 (docs/segnet.md)
     device: str = "auto"
     amp: bool = False
-    workers: int = 1
+    workers: int | None = None  # DataLoader workers per rank; None: `default_workers`
     seed: int = 0
     strict: bool = False
 

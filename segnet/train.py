@@ -20,6 +20,7 @@ import json
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from segnet.checkpoint import load_checkpoint, save_checkpoint
-from segnet.config import Stage, TrainConfig
+from segnet.config import Stage, TrainConfig, default_workers
 from segnet.data import EpochSampler, ShardDataset
 from segnet.deeplab import build_model
 from segnet.devices import amp_dtype, resolve_device
@@ -276,6 +277,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
     # Everything that can be wrong with the options fails here, before the run folder is touched.
     device = resolve_device(config.device)
     amp = amp_dtype(device) if config.amp else None
+    workers = config.workers if config.workers is not None else default_workers(device.type, os.cpu_count() or 1)
     seed_everything(config.seed)
     weights = config.backbone_weights if not (resume and (Path(config.out) / "last.pt").is_file()) else "none"
     model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
@@ -286,6 +288,10 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
                   for stage in config.schedule]
     val_sets = ([ShardDataset(config.shards, config.val_split, channels, stage.size, config.strict)
                  for stage in config.schedule] if config.val_split else None)
+    if val_sets is not None and val_sets[0].frame_size != train_sets[0].frame_size:
+        (th, tw), (vh, vw) = train_sets[0].frame_size, val_sets[0].frame_size
+        warnings.warn(f"{config.shards}: {config.split} frames are {th}x{tw} but {config.val_split} frames are "
+                      f"{vh}x{vw}; both are resized to each stage size", UserWarning, stacklevel=2)
     dist_info = init_distribution(device)
     run = RunFolder(Path(config.out), writer=dist_info.is_main)
     checkpoint = run.prepare(config, resume)
@@ -341,7 +347,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         sampler = EpochSampler(len(train_sets[stage_index]), config.seed, num_replicas=dist_info.world,
                                rank=dist_info.rank)
         sampler.set_epoch(stage_index * 10_000 + epoch)
-        loader = _loader(train_sets[stage_index], sampler, stage.batch_size, config.workers, device,
+        loader = _loader(train_sets[stage_index], sampler, stage.batch_size, workers, device,
                          skip * stage.batch_size, training=True)
         info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, stage.epochs, skip, skip + len(loader),
                         0.0, 0.0)
@@ -369,7 +375,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         seconds = stats["seconds"]
         val_miou = None
         if val_sets is not None:
-            val_miou = validate(trained, val_sets[stage_index], stage.batch_size, device, config.workers,
+            val_miou = validate(trained, val_sets[stage_index], stage.batch_size, device, workers,
                                 dist_info, amp)
         metrics = {
             "stage": stage_index + 1, "epoch": epoch + 1, "step": global_step,

@@ -1,0 +1,142 @@
+"""segnet training speed on CPU: images/s per variant and stage size, the training loop's overhead, and
+peak memory at the largest stage.
+
+    python benchmarks/segnet_train.py                          # all sections (about 20 minutes on 2 cores)
+    python benchmarks/segnet_train.py --only speed --steps 2
+    python benchmarks/segnet_train.py --only overhead memory
+
+Sections (each prints a Markdown table for docs/performance.md):
+- speed: forward + backward + Adam step on a batch already in memory, per variant and stage size
+  (the schedule's batch sizes), fp32, and bf16 autocast where the CPU has native bf16.
+- overhead: `segnet.train.train` images/s (the second of two epochs per stage, reading 1024x2048 gzip shards with one
+  DataLoader worker, validation off) over the same model's in-memory step rate, per stage; goal >= 0.9.
+- memory: peak RSS (VmHWM) of a fresh process training vanilla at 512x912, batch 4, for 2 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hedprep.process_tuning import tune_process_for_hed  # noqa: E402
+from segnet.config import DEFAULT_SCHEDULE, TrainConfig, parse_schedule  # noqa: E402
+from segnet.deeplab import VARIANTS, build_model  # noqa: E402
+from segnet.devices import native_bf16  # noqa: E402
+
+
+def step_rate(variant: str, size: tuple[int, int], batch: int, steps: int, dtype: torch.dtype | None) -> float:
+    """Images/s of forward + backward + Adam on one in-memory batch (best of `steps` after a warm-up)."""
+    torch.manual_seed(0)
+    model = build_model(variant).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    images = torch.randn(batch, model.in_channels, *size)
+    labels = torch.randint(0, 19, (batch, *size))
+    best = float("inf")
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=255)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return batch / best
+
+
+def speed(args) -> None:
+    precisions = [("fp32", None)] + ([("bf16", torch.bfloat16)] if native_bf16(torch.device("cpu")) else [])
+    print(f"\n### Training step rate (images/s), in-memory batches, best of {args.steps} steps\n")
+    print("| variant | " + " | ".join(f"{s.height}x{s.width} b{s.batch_size} {p}" for s in args.stages
+                                     for p, _ in precisions) + " |")
+    print("|---|" + "---|" * (len(args.stages) * len(precisions)))
+    for variant in VARIANTS:
+        cells = [f"{step_rate(variant, s.size, s.batch_size, args.steps, dtype):.2f}"
+                 for s in args.stages for _, dtype in precisions]
+        print(f"| {variant} | " + " | ".join(cells) + " |", flush=True)
+
+
+def shards_for_overhead(work: Path, frames: int) -> Path:
+    from hedprep.build_plan import BuildConfig
+    from hedprep.fixture import make_fixture
+    from pipelines.build import build_split
+
+    shards = work / "shards"
+    if not (shards / "train" / "manifest.json").exists():
+        make_fixture(work / "cityscapes", {"train": frames, "val": 0, "test": 0}, size=(1024, 2048), seed=4)
+        build_split(BuildConfig(root=str(work / "cityscapes"), split="train", out=str(shards),
+                                frames_per_shard=frames))
+    return shards
+
+
+def overhead(args) -> None:
+    from segnet.train import train
+
+    shards = shards_for_overhead(Path(args.work), args.frames)
+    print(f"\n### Training loop overhead: vanilla, {args.frames} frames of 1024x2048 (gzip shards), "
+          "1 DataLoader worker, validation off\n")
+    print("| stage | in-memory step (images/s) | segnet train (images/s) | train / in-memory |\n|---|---|---|---|")
+    for stage in args.stages:
+        memory = step_rate("vanilla", stage.size, stage.batch_size, args.steps, None)
+        out = Path(tempfile.mkdtemp(prefix="overhead-", dir=args.work)) / "run"
+        schedule = parse_schedule(f"{stage.height}x{stage.width}:{stage.batch_size}:2")
+        train(TrainConfig(variant="vanilla", shards=str(shards), out=str(out), schedule=schedule,
+                          val_split=None, backbone_weights="none", device="cpu", workers=1, seed=0))
+        row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        loop = row["images_per_s"]  # the second epoch's: the process and the page cache are warm
+        print(f"| {stage.height}x{stage.width} b{stage.batch_size} | {memory:.2f} | {loop:.2f} | "
+              f"**{loop / memory:.3f}** |", flush=True)
+
+
+MEMORY_SCRIPT = r"""
+import sys, torch, torch.nn.functional as F
+sys.path.insert(0, sys.argv[1])
+from segnet.deeplab import build_model
+model = build_model("vanilla").train()
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+images, labels = torch.randn(4, 3, 512, 912), torch.randint(0, 19, (4, 512, 912))
+for _ in range(2):
+    loss = F.cross_entropy(model(images), labels, ignore_index=255)
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+status = open("/proc/self/status").read()
+print(int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1]) // 1024)
+"""
+
+
+def memory(args) -> None:
+    peaks = [int(subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(ROOT)], capture_output=True, text=True,
+                                check=True).stdout.strip()) for _ in range(2)]
+    print(f"\n### Peak RSS, vanilla at 512x912, batch 4, 2 training steps, fp32: {peaks[0]} and {peaks[1]} MiB "
+          "(two fresh processes)\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=("speed", "overhead", "memory"),
+                        default=["speed", "overhead", "memory"])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=32, help="frames of the overhead section's shards")
+    parser.add_argument("--work", default=None, help="folder for the overhead section's data (default: temporary)")
+    args = parser.parse_args()
+    args.stages = parse_schedule(DEFAULT_SCHEDULE)
+    args.work = args.work or tempfile.mkdtemp(prefix="segnet-bench-")
+    tuning = tune_process_for_hed()
+    print(f"torch {torch.__version__}, {tuning.threads} threads, native bf16: {native_bf16(torch.device('cpu'))}")
+    for section in args.only:
+        {"speed": speed, "overhead": overhead, "memory": memory}[section](args)
+
+
+if __name__ == "__main__":
+    main()
