@@ -464,8 +464,9 @@ def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
                    "such a file, or none (random initialisation). Nothing is downloaded.")
 @click.option("--output-stride", type=click.Choice(["16", "8"]), default="16", help="Backbone output stride.")
 @click.option("--sf-scale", type=float, default=2.0, help="dlse-sf: factor of the channel with the highest gate.")
-@click.option("--sf-rescale/--no-sf-rescale", default=True,
-              help="dlse-sf: multiply the softmax gates by the channel count, so they average 1 (docs/segnet.md).")
+@click.option("--sf-rescale/--no-sf-rescale", default=False,
+              help="dlse-sf: multiply the softmax gates by the channel count, so they average 1 (off by default: "
+                   "measured, docs/segnet.md).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False),
               help="Run folder: config.json, log.txt, metrics.jsonl/.csv, last.pt, best.pt.  [default: runs/VARIANT]")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")

@@ -53,7 +53,7 @@ class SqueezeExcitation(nn.Module):
     """
 
     def __init__(self, channels: int, reduction: int = SE_REDUCTION, gate: str = "sigmoid",
-                 sf_scale: float = 2.0, sf_rescale: bool = True) -> None:
+                 sf_scale: float = 2.0, sf_rescale: bool = False) -> None:
         super().__init__()
         if gate not in SE_GATES:
             raise ValueError(f"gate must be one of {', '.join(SE_GATES)}, not {gate!r}")
@@ -134,7 +134,7 @@ class ResNet50(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, output_stride: int = 16, se: str | None = None,
-                 sf_scale: float = 2.0, sf_rescale: bool = True) -> None:
+                 sf_scale: float = 2.0, sf_rescale: bool = False) -> None:
         super().__init__()
         if in_channels not in (3, 4):
             raise ValueError(f"in_channels must be 3 or 4, not {in_channels!r}")

@@ -79,7 +79,7 @@ class TrainConfig:
     backbone_weights: str = "imagenet"
     output_stride: int = 16
     sf_scale: float = 2.0  # dlse-sf: factor of the channel with the highest softmax gate
-    sf_rescale: bool = True  # dlse-sf: softmax gates times C, so they average 1 (docs/segnet.md)
+    sf_rescale: bool = False  # dlse-sf: softmax gates times C, so they average 1 (off: measured, docs/segnet.md)
     device: str = "auto"
     amp: bool = False
     workers: int | None = None  # DataLoader workers per rank; None: `default_workers`

@@ -152,7 +152,7 @@ class DeepLabV3(nn.Module):
     """
 
     def __init__(self, variant: str, num_classes: int = 19, output_stride: int = 16, sf_scale: float = 2.0,
-                 sf_rescale: bool = True) -> None:
+                 sf_rescale: bool = False) -> None:
         super().__init__()
         check_options(variant, output_stride)
         spec = VARIANT_SPECS[variant]
@@ -189,7 +189,7 @@ def check_options(variant: str, output_stride: int) -> None:
 
 def build_model(variant: str, num_classes: int = 19, output_stride: int = 16,
                 backbone_weights: str | os.PathLike = "none", sf_scale: float = 2.0,
-                sf_rescale: bool = True) -> DeepLabV3:
+                sf_rescale: bool = False) -> DeepLabV3:
     """Build one of `VARIANTS`, its backbone initialised from `backbone_weights`.
 
     Args:
