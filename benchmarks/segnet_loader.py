@@ -8,7 +8,7 @@ Paths compared, with the same resize -> flip -> normalise steps after the read:
 - shards (gzip, the default) through `segnet.data.ShardDataset`, RGB (3 channels) and RGB+edge (4);
 - shards rewritten with lz4 (the fastest-reading codec), RGB+edge;
 - Cityscapes PNGs: decode image and labelIds (OpenCV), labelId -> trainId, then the same steps.
-Also the time of each step of the shard path (read, select, resize, flip, normalise).
+Also the time of each step of the shard path (read, resize, select, flip, normalise).
 Prints Markdown tables (docs/performance.md).
 """
 
@@ -119,18 +119,18 @@ def main() -> None:
               flush=True)
 
     print("\nSteps of the shard path (gzip, RGB+edge), ms per sample, at each stage size:\n")
-    print("| stage size | read | select | resize | flip | normalise |\n|---|---|---|---|---|---|")
+    print("| stage size | read | resize | select | flip | normalise |\n|---|---|---|---|---|---|")
     reader = open_split(shards, "train")
     for stage in parse_schedule(DEFAULT_SCHEDULE):
-        totals = dict.fromkeys(("read", "select", "resize", "flip", "normalise"), 0.0)
+        totals = dict.fromkeys(("read", "resize", "select", "flip", "normalise"), 0.0)
         for _ in range(args.repeats):
             for i in order:
                 t0 = time.perf_counter()
                 sample = reader[i]
                 t1 = time.perf_counter()
-                image = select_channels(sample.frame, 4)
+                image, label = resize(sample.frame, sample.label, stage.size)
                 t2 = time.perf_counter()
-                image, label = resize(image, sample.label, stage.size)
+                image = select_channels(image, 4)
                 t3 = time.perf_counter()
                 image, label = flip(image, label)
                 t4 = time.perf_counter()
