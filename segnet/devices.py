@@ -1,4 +1,8 @@
-"""Where segnet runs: the device (`--device`) and the mixed precision it may use (`--amp`)."""
+"""Where segnet runs: the device (`--device`) and the mixed precision it may use (`--amp`).
+
+Device names and feature detection are hedprep.hed's (`resolve_device`, `bf16_supported`), so that
+`--device` and bf16 mean the same for HED and for the segmentation models.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,10 @@ import warnings
 
 import torch
 
-from segnet.errors import SegnetError, SegnetOptionError
+from hedprep.hed import bf16_supported as native_bf16
+from hedprep.hed import resolve_device
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is a one-line error."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SegnetError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise SegnetOptionError(f"--device {name}: unknown device; choose one of {', '.join(DEVICES)}")
-    return torch.device(name)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """True where bfloat16 runs natively: bf16-capable GPUs, CPUs with AVX512-BF16 or AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+__all__ = ["amp_dtype", "native_bf16", "resolve_device"]
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
