@@ -55,6 +55,8 @@ demo: venv
 bench: venv
 	$(BIN)/python benchmarks/hed_throughput.py
 	$(BIN)/python benchmarks/build_throughput.py
+	$(BIN)/python benchmarks/segnet_loader.py
+	$(BIN)/python benchmarks/segnet_train.py
 
 lint: venv
 	$(BIN)/ruff check .
