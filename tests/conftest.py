@@ -112,3 +112,11 @@ def official_scores(predictions: list[Path], ground_truths: list[Path]) -> dict:
     args.evalInstLevelScore = False
     args.evalPixelAccuracy = False
     return official.evaluateImgLists([str(p) for p in predictions], [str(p) for p in ground_truths], args)
+
+
+def default_sigint() -> None:
+    """Popen preexec_fn for processes a test interrupts: a shell's background job (`cmd &`, as CI may run
+    the suite) starts with SIGINT ignored, and a child would inherit that and never see Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -21,7 +21,7 @@ import pytest
 
 from hedprep.fixture import make_fixture
 from hedprep.shards import read_attrs, read_manifest
-from tests.conftest import BIN, assert_one_line_error, invoke, run
+from tests.conftest import BIN, assert_one_line_error, default_sigint, invoke, run
 
 FRAMES_PER_SHARD = 2
 VOLATILE_ATTRS = {"created"}  # the only attribute that differs between two builds of the same frames
@@ -584,7 +584,8 @@ def interrupt(process: subprocess.Popen) -> tuple[str, str]:
 def test_ctrl_c_records_every_finished_shard_and_the_rerun_resumes(slow_dataset, slow_clean_build, tmp_path, extra):
     command = [str(BIN / "hedprep"), *build_args(slow_dataset, tmp_path, *extra, frames_per_shard=1)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+                               start_new_session=True, env={**os.environ, "COLUMNS": "200"},
+                               preexec_fn=default_sigint)
     wait_for_shards(tmp_path / "train", process, 1)
     _, stderr = interrupt(process)
     assert process.returncode == 130, stderr

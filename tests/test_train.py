@@ -17,7 +17,7 @@ from segnet.checkpoint import load_checkpoint
 from segnet.config import TrainConfig, parse_schedule
 from segnet.errors import SegnetError
 from segnet.train import Interrupted, TrainCallbacks, train
-from tests.conftest import BIN, assert_one_line_error, invoke
+from tests.conftest import BIN, assert_one_line_error, default_sigint, invoke
 
 TINY = "32x64:4:2"
 
@@ -162,7 +162,7 @@ def start_train(shards: Path, out: Path, *extra: str) -> subprocess.Popen:
                "--schedule", "32x64:4:3,48x96:4:2", "--backbone-weights", "none", "--device", "cpu",
                "--workers", "0", "--lr", "1e-3", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
 
 
 @pytest.mark.slow
