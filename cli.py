@@ -326,7 +326,7 @@ def _table(*columns: str) -> Table:
     """A compact table: numbers right-aligned and never wrapped, long text folded rather than cut off."""
     table = Table(box=box.SIMPLE_HEAD, highlight=False, padding=0, show_edge=False)
     for name in columns:
-        numeric = name in ("frames", "stored", "size", "ratio")
+        numeric = name in ("frames", "stored", "size", "ratio", "IoU")
         table.add_column(name, justify="right" if numeric else "left", overflow="fold",
                          no_wrap=numeric or name == "file")
     return table
