@@ -25,7 +25,7 @@ from segnet.deeplab import build_model
 from segnet.devices import resolve_device
 from segnet.errors import SegnetError
 from segnet.metrics import ConfusionMatrix, EvalResult, evaluation_result
-from segnet.predictions import write_prediction_pngs
+from segnet.predictions import prepare_folder, write_prediction_pngs
 
 UNLABELED_SPLITS = ("test",)  # Cityscapes publishes no test labels
 
@@ -76,13 +76,7 @@ def evaluate(
     size = eval_size or checkpoint_eval_size(checkpoint)
     dataset = ShardDataset(shards, split, model.in_channels, size, resize_labels=False)
     labeled = split not in UNLABELED_SPLITS
-    out_dir = Path(save_predictions) if save_predictions is not None else None
-    if out_dir is not None:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise SegnetError(f"{out_dir}: cannot create the predictions folder ({error.strerror or error})",
-                              out_dir) from None
+    out_dir = prepare_folder(save_predictions) if save_predictions is not None else None
     matrix = ConfusionMatrix(int(checkpoint["model_args"].get("num_classes", 19)))
     sampler = EpochSampler(len(dataset), shuffle=False)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler.items())

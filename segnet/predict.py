@@ -22,7 +22,7 @@ from segnet.data import normalise, resize, select_channels
 from segnet.devices import resolve_device
 from segnet.errors import SegnetError
 from segnet.evaluate import checkpoint_eval_size, load_model
-from segnet.predictions import overlay, write_png
+from segnet.predictions import overlay, prepare_folder, write_png
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,7 @@ def predict(
     model, checkpoint = load_model(checkpoint_path, torch_device)
     size = eval_size or checkpoint_eval_size(checkpoint)
     hed = _edge_detector(torch_device) if model.in_channels == 4 else None
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SegnetError(f"{out_dir}: cannot create the output folder ({error.strerror or error})", out_dir) from None
+    out_dir = prepare_folder(out_dir)
     done = []
     for path in map(Path, images):
         rgb = read_image(path)

@@ -61,13 +61,16 @@ def _png(image: np.ndarray, path: Path) -> bytes:
     return data.tobytes()
 
 
-def _prepare_folder(out_dir: Path) -> None:
+def prepare_folder(out_dir: str | os.PathLike) -> Path:
+    """Create an output folder (one-line SegnetError if it is a file or cannot be made); returns it."""
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SegnetError(f"{out_dir}: exists and is not a folder", out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SegnetError(f"{out_dir}: cannot create the folder ({error.strerror or error})", out_dir) from None
+    return out_dir
 
 
 def write_prediction_pngs(out_dir: str | os.PathLike, frame_id: str, pred_trainids: np.ndarray) -> list[Path]:
@@ -85,7 +88,7 @@ def write_prediction_pngs(out_dir: str | os.PathLike, frame_id: str, pred_traini
     if not frame_id or frame_id != Path(frame_id).name:
         raise ValueError(f"frame id {frame_id!r} is not a plain file-name stem")
     out_dir = Path(out_dir)
-    _prepare_folder(out_dir)
+    prepare_folder(out_dir)
     # OpenCV encodes colour images in BGR order.
     images = {
         LABELIDS_SUFFIX: trainid_to_labelid(pred),

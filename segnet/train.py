@@ -38,6 +38,7 @@ from segnet.deeplab import build_model
 from segnet.devices import amp_dtype, resolve_device
 from segnet.errors import SegnetError
 from segnet.metrics import ConfusionMatrix, mean_iou
+from segnet.predictions import write_text_atomic
 
 IGNORE = 255
 METRIC_FIELDS = ("stage", "epoch", "step", "loss", "val_miou", "images_per_s", "lr", "seconds")
@@ -133,7 +134,7 @@ class RunFolder:
         except OSError as error:
             raise SegnetError(f"{self.path}: run folder is not writable ({error.strerror or error})",
                               self.path) from None
-        _write_text(self.config, json.dumps(config.to_json(), indent=1) + "\n")
+        write_text_atomic(self.config, json.dumps(config.to_json(), indent=1) + "\n")
         return None
 
     def log(self, line: str) -> None:
@@ -158,22 +159,12 @@ class RunFolder:
         self._write_metrics(rows + [row])
 
     def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        _write_text(self.metrics_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(self.metrics_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
         table = io.StringIO()
         writer = csv.DictWriter(table, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _write_text(self.metrics_csv, table.getvalue())
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise SegnetError(f"{path}: cannot write ({error.strerror or error})", path) from None
+        write_text_atomic(self.metrics_csv, table.getvalue())
 
 
 # --------------------------------------------------------------------------------------- distribution
