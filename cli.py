@@ -228,15 +228,21 @@ INTERRUPTED_BUILD = "interrupted; every finished shard is recorded: rerun the sa
               help="Only the first N frames of the split (in frame-id order).")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               help="fail: stop at the first unusable frame; skip: leave it out, record why in the manifest.")
+@click.option("--levels", type=click.IntRange(min=0, max=8), default=3, show_default=True,
+              help="Also store each frame at 1/2, 1/4, ... 1/2^LEVELS of its size, so training at small sizes "
+                   "decompresses only the pixels it needs; 0 stores none. On an existing build this adds, "
+                   "changes or removes levels from the stored frames, without running HED again.")
 @click.option("--force", is_flag=True, help="Rebuild even if OUT holds a build made with other parameters.")
 @click.pass_obj
 def build(state, root, split, out, labels, weights, frames_per_shard, batch_size, precision, device, compression,
-          scheduler, workers, limit, on_error, force) -> None:
+          scheduler, workers, limit, on_error, levels, force) -> None:
     """Run HED over every frame of a Cityscapes split and write RGB+edge+label HDF5 shards.
 
-    Rerunning the same command resumes: shards that are complete (sha256 and frame ids as in the
-    manifest) are kept, missing or damaged ones rebuilt. A killed build never leaves a half-written
-    shard under its final name; Ctrl-C stops it with every finished shard recorded.
+    Each frame is also stored at --levels smaller sizes (1/2, 1/4, 1/8 by default). Rerunning the
+    same command resumes: shards that are complete (sha256 and frame ids as in the manifest) are
+    kept, missing or damaged ones rebuilt, and kept shards with other levels rewritten from their
+    stored frames without HED. A killed build never leaves a half-written shard under its final name;
+    Ctrl-C stops it with every finished shard recorded.
     """
     from hedprep.build_plan import BuildConfig
     from pipelines.build import build_split
@@ -245,6 +251,7 @@ def build(state, root, split, out, labels, weights, frames_per_shard, batch_size
         root=root, split=split, out=out, weights=weights, frames_per_shard=frames_per_shard,
         batch_size=batch_size, precision=precision, device=device, compression=compression,
         scheduler=scheduler, workers=workers, limit=limit, on_error=on_error, force=force, labels=labels,
+        levels=levels,
     )
     state["interrupted"] = INTERRUPTED_BUILD
     progress = progress_bar("frames")
@@ -252,7 +259,7 @@ def build(state, root, split, out, labels, weights, frames_per_shard, batch_size
 
     def start(todo: int, done: int) -> None:
         nonlocal task
-        task = progress.add_task(f"HED shards ({split})", total=todo + done, completed=done)
+        task = progress.add_task(f"shards ({split})", total=todo + done, completed=done)
         progress.start()
 
     try:
@@ -261,9 +268,11 @@ def build(state, root, split, out, labels, weights, frames_per_shard, batch_size
         if task is not None:  # a build that failed its checks drew no bar
             progress.stop()
     skipped = f", {len(result.skipped)} frame(s) skipped (reasons in the manifest)" if result.skipped else ""
+    relevelled = (f", {result.relevelled} rewritten with {levels} resolution level(s) from their stored frames "
+                  "(no HED)" if result.relevelled else "")
     console.print(
         f"{result.frames} frames in {len(result.manifest.shards)} shard(s) in {escape(str(result.split_dir))}: "
-        f"{result.built} built, {result.kept} kept{skipped}",
+        f"{result.built} built, {result.kept} kept{relevelled}{skipped}",
         highlight=False,
     )
     for entry in result.skipped:
@@ -276,15 +285,21 @@ def inspect_shards(path) -> None:
     """Show how the shards at PATH are stored: a shard file, a split folder or an output folder.
 
     Per split: a table with a row per shard (frames, frame size HxW, dtype, chunk shape and filter
-    of `frames`, stored = compressed bytes of frames and labels, file size, and ratio = uncompressed
-    frames and labels / file size), the shards' root attributes (those equal in every shard once) and
-    the frames the build skipped. For a single shard file also its datasets. No pixel is decoded.
+    of `frames`, stored = compressed bytes of frames and labels at every level, file size, and
+    ratio = uncompressed frames and labels / file size), the resolution levels (size, stored bytes
+    and their share of level 0's, beside their share of its pixels), the shards' root attributes
+    (those equal in every shard once) and the frames the build skipped. For a single shard file also
+    its datasets. No pixel is decoded.
     """
     from hedprep.shard_report import ShardSummary, summarize
 
     result = summarize(path)
     if isinstance(result, ShardSummary):
         _print_section(str(result.path), _shard_table([result]))
+        if result.levels:
+            from hedprep.shard_report import level_storage
+
+            _print_section("resolution levels", _levels_table(level_storage([result])))
         _print_section("root attributes", _attrs_table([result]))
         _print_section("datasets", _datasets_table(result))
         return
@@ -292,6 +307,8 @@ def inspect_shards(path) -> None:
         incomplete = "" if split.manifest.complete else " (build incomplete: the manifest lists the shards done so far)"
         _print_section(f"{split.split_dir}: {split.frames} frames in {len(split.shards)} shard(s){incomplete}",
                        _shard_table(split.shards))
+        if split.shards and split.shards[0].levels:
+            _print_section("resolution levels (all shards)", _levels_table(split.level_storage()))
         if split.shards:
             _print_section("root attributes", _attrs_table(split.shards))
         if split.manifest.skipped:
@@ -326,7 +343,7 @@ def _table(*columns: str) -> Table:
     """A compact table: numbers right-aligned and never wrapped, long text folded rather than cut off."""
     table = Table(box=box.SIMPLE_HEAD, highlight=False, padding=0, show_edge=False)
     for name in columns:
-        numeric = name in ("frames", "stored", "size", "ratio", "IoU")
+        numeric = name in ("frames", "stored", "size", "ratio", "IoU", "level", "of level 0", "pixels")
         table.add_column(name, justify="right" if numeric else "left", overflow="fold",
                          no_wrap=numeric or name == "file")
     return table
@@ -334,6 +351,21 @@ def _table(*columns: str) -> Table:
 
 def _chunks(chunks: tuple[int, ...] | None) -> str:
     return "x".join(map(str, chunks)) if chunks else "-"
+
+
+def _levels_table(levels) -> Table:
+    table = _table("level", "HxW", "stored", "of level 0", "pixels")
+    for entry in levels:
+        h, w = entry.shape
+        table.add_row(str(entry.level), f"{h}x{w}", filesize.decimal(entry.stored_bytes),
+                      f"{100 * entry.share_of_level0:.1f}%", f"{100 * entry.pixel_share:.1f}%")
+    if len(levels) > 1:
+        extra = sum(e.stored_bytes for e in levels[1:])
+        table.add_section()
+        table.add_row("1-" + str(levels[-1].level), "", filesize.decimal(extra),
+                      f"{100 * sum(e.share_of_level0 for e in levels[1:]):.1f}%",
+                      f"{100 * sum(e.pixel_share for e in levels[1:]):.1f}%")
+    return table
 
 
 def _attrs_table(shards) -> Table:

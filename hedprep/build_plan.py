@@ -16,7 +16,7 @@ from hedprep.errors import OptionError
 from hedprep.hed import PRECISIONS, read_weights, resolve_device
 from hedprep.options import parse_compression
 from hedprep.shard_builder import EngineSpec, ShardSpec, first_frame_size
-from hedprep.shards import ShardInfo, shard_name
+from hedprep.shards import DEFAULT_LEVELS, MAX_LEVELS, ShardInfo, max_levels, shard_name
 
 ON_ERROR = ("fail", "skip")
 
@@ -40,6 +40,7 @@ class BuildConfig:
     on_error: str = "fail"
     force: bool = False
     labels: str = "fine"
+    levels: int = DEFAULT_LEVELS
 
 
 @dataclass
@@ -62,6 +63,8 @@ def check_config(config: BuildConfig) -> None:
                           ("--limit", config.limit), ("--workers", config.workers)):
         if value is not None and value < 1:
             raise OptionError(f"{option} {value}: must be at least 1")
+    if not 0 <= config.levels <= MAX_LEVELS:
+        raise OptionError(f"--levels {config.levels}: choose 0 to {MAX_LEVELS}")
     if config.precision not in PRECISIONS:
         raise OptionError(f"--precision {config.precision}: choose one of {', '.join(PRECISIONS)}")
     if config.on_error not in ON_ERROR:
@@ -85,6 +88,11 @@ def plan_build(config: BuildConfig) -> BuildPlan:
     resolve_device(config.device)
     weights = read_weights(config.weights).info
     height, width = first_frame_size(frames, config.on_error)
+    if config.levels > max_levels(height, width):
+        raise OptionError(
+            f"--levels {config.levels}: frames of {height}x{width} take at most {max_levels(height, width)} "
+            f"(level k is 1/2^k of the frame, and 2^k may not exceed its smaller side)"
+        )
     info = ShardInfo(
         split=config.split,
         dataset_root=str(root),
@@ -94,6 +102,7 @@ def plan_build(config: BuildConfig) -> BuildPlan:
         compression=str(compression),
         frame_height=height,
         frame_width=width,
+        levels=config.levels,
     )
     params = {
         **asdict(info),

@@ -23,14 +23,17 @@ from hedprep.errors import HedprepError, one_line
 from hedprep.images import encode_png
 from hedprep.shards import (
     IMAGES_GROUP,
+    LEVELS_GROUP,
     Manifest,
     ShardError,
+    level_dataset,
     open_shard,
     read_attrs,
     read_manifest,
     read_shard_frame,
     shard_path,
     split_dirs,
+    stored_levels,
 )
 
 # HDF5 filter ids (https://github.com/HDFGroup/hdf5_plugins/blob/master/docs/RegisteredFilterPlugins.md).
@@ -79,11 +82,18 @@ class ShardSummary:
     labels_dtype: str
     frames_chunks: tuple[int, ...] | None
     compression: str  # the filters of `frames` (and of `labels`, if they differ: "a / b")
-    stored_bytes: int  # frames + labels as stored in the file (compressed)
-    raw_bytes: int  # frames + labels uncompressed
+    stored_bytes: int  # frames + labels of every level as stored in the file (compressed)
+    raw_bytes: int  # frames + labels of every level uncompressed
     file_bytes: int
     attrs: dict[str, Any]
     datasets: tuple[DatasetSummary, ...]
+    level_stored_bytes: tuple[int, ...] = ()  # frames + labels as stored, per level (0 first)
+    level_shapes: tuple[tuple[int, int], ...] = ()  # (height, width) per level (0 first)
+
+    @property
+    def levels(self) -> int:
+        """Resolution levels besides level 0."""
+        return max(0, len(self.level_stored_bytes) - 1)
 
     @property
     def ratio(self) -> float:
@@ -118,8 +128,14 @@ def _dataset_summary(name: str, dataset: h5py.Dataset, count: int = 1) -> Datase
 
 
 def _dataset_summaries(f: h5py.File) -> tuple[DatasetSummary, ...]:
-    """Root datasets one by one; the per-frame views as one row per view name (rgb, edge, label)."""
+    """Root and level datasets one by one; the per-frame views as one row per view name (rgb, edge, label)."""
     rows = [_dataset_summary(name, obj) for name, obj in f.items() if isinstance(obj, h5py.Dataset)]
+    levels = f.get(LEVELS_GROUP)
+    if isinstance(levels, h5py.Group):
+        for level_name, group in levels.items():
+            if isinstance(group, h5py.Group):
+                rows += [_dataset_summary(f"{LEVELS_GROUP}/{level_name}/{name}", obj) for name, obj in group.items()
+                         if isinstance(obj, h5py.Dataset)]
     views: dict[str, list[h5py.Dataset]] = {}
     images = f.get(IMAGES_GROUP)
     if isinstance(images, h5py.Group):
@@ -138,6 +154,10 @@ def summarize_shard(path: str | os.PathLike) -> ShardSummary:
     with open_shard(path) as f:
         try:
             frames, labels = f["frames"], f["labels"]
+            attrs = read_attrs(f)
+            pairs = [(f[level_dataset(k, "frames")], f[level_dataset(k, "labels")])
+                     for k in range(stored_levels(attrs) + 1)]
+            level_stored = tuple(a.id.get_storage_size() + b.id.get_storage_size() for a, b in pairs)
             frames_filters, labels_filters = describe_filters(frames), describe_filters(labels)
             compression = frames_filters if frames_filters == labels_filters else f"{frames_filters} / {labels_filters}"
             return ShardSummary(
@@ -148,11 +168,13 @@ def summarize_shard(path: str | os.PathLike) -> ShardSummary:
                 labels_dtype=_dtype_name(labels.dtype),
                 frames_chunks=frames.chunks,
                 compression=compression,
-                stored_bytes=frames.id.get_storage_size() + labels.id.get_storage_size(),
-                raw_bytes=frames.nbytes + labels.nbytes,
+                stored_bytes=sum(level_stored),
+                raw_bytes=sum(a.nbytes + b.nbytes for a, b in pairs),
                 file_bytes=path.stat().st_size,
-                attrs=read_attrs(f),
+                attrs=attrs,
                 datasets=_dataset_summaries(f),
+                level_stored_bytes=level_stored,
+                level_shapes=tuple(tuple(a.shape[1:3]) for a, _ in pairs),
             )
         except H5PY_DAMAGE_ERRORS as error:
             raise ShardError(path, f"damaged shard ({one_line(error)})") from None
@@ -178,6 +200,36 @@ class SplitSummary:
     def ratio(self) -> float:
         """Uncompressed frames + labels bytes per byte of shard files."""
         return sum(s.raw_bytes for s in self.shards) / self.file_bytes if self.file_bytes else 0.0
+
+    def level_storage(self) -> list[LevelStorage]:
+        """Stored bytes per resolution level over the split's shards (the levels all shards hold)."""
+        return level_storage(self.shards)
+
+
+@dataclass(frozen=True)
+class LevelStorage:
+    """What one resolution level costs: its size, stored bytes, and their share of level 0's."""
+
+    level: int
+    shape: tuple[int, int]
+    stored_bytes: int
+    share_of_level0: float  # stored bytes / level 0's stored bytes
+    pixel_share: float  # pixels / level 0's pixels: what the share would be if compression were even
+
+
+def level_storage(shards: Sequence[ShardSummary]) -> list[LevelStorage]:
+    """Per level, the stored bytes of `shards` (levels all of them hold) and their share of level 0's."""
+    if not shards:
+        return []
+    count = min(s.levels for s in shards) + 1
+    totals = [sum(s.level_stored_bytes[k] for s in shards) for k in range(count)]
+    shapes = shards[0].level_shapes
+    pixels0 = shapes[0][0] * shapes[0][1]
+    return [
+        LevelStorage(k, shapes[k], totals[k], totals[k] / totals[0] if totals[0] else 0.0,
+                     shapes[k][0] * shapes[k][1] / pixels0)
+        for k in range(count)
+    ]
 
 
 def summarize_split(split_dir: str | os.PathLike) -> SplitSummary:

@@ -2,7 +2,9 @@
 
 `build_split(config)` plans the shards of a split (`hedprep.build_plan`), keeps the complete shards
 of an earlier build (`hedprep.shards`' resume rules), runs one `build_shard` task per shard still to
-do, and rewrites the manifest atomically each time a shard finishes.
+do and one `relevel_shard` task per kept shard whose resolution levels differ from `--levels` (no
+HED: the levels come from the stored frames), and rewrites the manifest atomically each time a
+shard finishes.
 
 Schedulers:
 - default: Dask's local scheduler in this process (one task at a time; HED uses every core).
@@ -29,6 +31,7 @@ from hedprep.build_plan import BuildConfig, plan_build
 from hedprep.errors import HedprepError, OptionError
 from hedprep.process_tuning import available_cpus, tune_process_for_hed
 from hedprep.shard_builder import ShardSpec, build_shard
+from hedprep.shard_relevel import RelevelSpec, relevel_shard
 from hedprep.shards import (
     Manifest,
     ManifestKeeper,
@@ -52,9 +55,20 @@ class BuildResult:
     split_dir: Path
     manifest: Manifest
     built: int  # shards written by this run
-    kept: int  # shards found complete and kept
+    kept: int  # shards found complete and kept as they were
     frames: int
     skipped: list[SkippedFrame]
+    relevelled: int = 0  # shards kept but rewritten with other resolution levels (no HED)
+
+
+Task = ShardSpec | RelevelSpec
+
+
+def run_task(spec: Task, on_frames: Callable[[int], None] | None = None) -> ShardRecord:
+    """Do one task of the graph: build a shard with HED, or rewrite one with other levels."""
+    if isinstance(spec, RelevelSpec):
+        return relevel_shard(spec, on_frames=on_frames)
+    return build_shard(spec, on_frames=on_frames)
 
 
 def build_split(
@@ -71,7 +85,8 @@ def build_split(
     Args:
         config: the build's options.
         on_frames: called with a count as frames are done, for progress bars.
-        on_start: called once before the work starts with (frames to build, frames kept from before).
+        on_start: called once before the work starts with (frames to build or relevel, frames kept
+            from before as they are).
     """
     if config.scheduler:
         check_scheduler_address(config.scheduler)
@@ -80,9 +95,14 @@ def build_split(
     with build_lock(split_dir):
         kept = kept_shards(split_dir, plan.planned, earlier_manifest(split_dir, plan.params, config.force))
         remove_leftovers(split_dir, plan.planned, kept)
-        todo = [s for s in plan.specs if s.index not in kept]
+        relevel: list[Task] = [
+            RelevelSpec(i, plan.specs[i].path, record, plan.specs[i].info, plan.specs[i].compression)
+            for i, record in sorted(kept.items()) if record.levels != config.levels
+        ]
+        todo: list[Task] = relevel + [s for s in plan.specs if s.index not in kept]
         if on_start is not None:
-            on_start(sum(len(s.frames) for s in todo), sum(len(plan.specs[i].frames) for i in kept))
+            untouched = [i for i in kept if kept[i].levels == config.levels]
+            on_start(sum(len(s.frame_ids) for s in todo), sum(len(plan.specs[i].frames) for i in untouched))
         keeper = ManifestKeeper(split_dir, plan.params, kept)
         keeper.write(complete=False)
         if todo and (config.scheduler or config.workers):
@@ -90,7 +110,9 @@ def build_split(
         elif todo:
             _run_local(todo, keeper, on_frames)
         manifest = keeper.write(complete=True)
-    return BuildResult(split_dir, manifest, keeper.built, len(kept), manifest.num_frames, manifest.skipped)
+    built = keeper.built - len(relevel)
+    return BuildResult(split_dir, manifest, built, len(kept) - len(relevel), manifest.num_frames, manifest.skipped,
+                       relevelled=len(relevel))
 
 
 def check_scheduler_address(address: str) -> None:
@@ -118,9 +140,9 @@ def check_scheduler_address(address: str) -> None:
 # ------------------------------------------------------------------------------------ local scheduler
 
 
-def _run_local(specs: list[ShardSpec], keeper: ManifestKeeper, on_frames: Callable[[int], None] | None) -> None:
-    def build_and_record(spec: ShardSpec) -> None:
-        keeper.add(spec.index, build_shard(spec, on_frames=on_frames))
+def _run_local(specs: list[Task], keeper: ManifestKeeper, on_frames: Callable[[int], None] | None) -> None:
+    def build_and_record(spec: Task) -> None:
+        keeper.add(spec.index, run_task(spec, on_frames=on_frames))
 
     # One task at a time, in this thread: HED already uses every core (two tasks would double the
     # memory), and the main thread's heap is the one that keeps HED's buffers warm.
@@ -132,7 +154,7 @@ def _run_local(specs: list[ShardSpec], keeper: ManifestKeeper, on_frames: Callab
 # ------------------------------------------------------------------------------ distributed scheduler
 
 
-def shard_graph(specs: list[ShardSpec], threads: dict[str, int]) -> list:
+def shard_graph(specs: list[Task], threads: dict[str, int]) -> list:
     """The distributed build graph: one delayed `run_shard_task` per shard, keyed `shard-00042`."""
     return [
         dask.delayed(run_shard_task, pure=False)(spec, threads, dask_key_name=Path(spec.path).stem)
@@ -140,14 +162,14 @@ def shard_graph(specs: list[ShardSpec], threads: dict[str, int]) -> list:
     ]
 
 
-def run_shard_task(spec: ShardSpec, threads: dict[str, int]) -> tuple[int, ShardRecord]:
-    """A task on a dask.distributed worker: build one shard with this worker's share of the cores,
-    reporting frames done to the client as events."""
+def run_shard_task(spec: Task, threads: dict[str, int]) -> tuple[int, ShardRecord]:
+    """A task on a dask.distributed worker: build (or relevel) one shard with this worker's share of
+    the cores, reporting frames done to the client as events."""
     from distributed import get_worker
 
     worker = get_worker()
     tune_process_for_hed(threads.get(worker.address))  # the task is the build's entry point in the worker
-    record = build_shard(spec, on_frames=lambda n: worker.log_event(PROGRESS_TOPIC, {"frames": n}))
+    record = run_task(spec, on_frames=lambda n: worker.log_event(PROGRESS_TOPIC, {"frames": n}))
     return spec.index, record
 
 
@@ -196,7 +218,7 @@ def _client(config: BuildConfig):
         yield client
 
 
-def _run_distributed(specs: list[ShardSpec], config: BuildConfig, keeper: ManifestKeeper,
+def _run_distributed(specs: list[Task], config: BuildConfig, keeper: ManifestKeeper,
                      on_frames: Callable[[int], None] | None) -> None:
     from distributed import as_completed
 

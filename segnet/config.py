@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,15 +34,32 @@ class Stage:
         return f"{self.height}x{self.width}:{self.batch_size}:{self.epochs}"
 
 
-def default_workers(device_type: str, cpus: int) -> int:
-    """DataLoader worker processes when --workers is not given.
+def default_workers(device_type: str, cpus: int, local_ranks: int = 1) -> int:
+    """DataLoader worker processes per rank when --workers is not given.
 
     On a CPU the model's threads already use every core, and a loader process beside them slows the
     step more than loading in line costs (2-core machine, 128x224 batch 16 from 1024x2048 shards:
-    3.97 images/s with no worker, 2.25 with one; docs/performance.md): 0. On a GPU the cores are free
-    for loading: one per core, at most 4.
+    3.97 images/s with no worker, 2.25 with one; docs/performance.md): 0. On a GPU the cores are the
+    loader's: this rank's share of them (`cpus` / `local_ranks`), less one for the process that
+    drives the GPU, at least 1. Loading scales with worker processes (docs/performance.md), and a GPU
+    can consume far more samples per second than one core prepares.
     """
-    return 0 if device_type == "cpu" else max(1, min(4, cpus))
+    if device_type == "cpu":
+        return 0
+    return max(1, cpus // max(1, local_ranks) - 1)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def local_ranks() -> int:
+    """Processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def parse_schedule(text: str, epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE) -> list[Stage]:

@@ -2,12 +2,15 @@
 
 Loading is a pipeline of small named steps, each measurable on its own (benchmarks/segnet_loader.py):
 
-    read (shard -> uint8 RGB+edge, trainIds) -> resize -> select channels -> flip -> normalise
+    read at the stage size (shard -> uint8 RGB+edge, trainIds) -> select channels -> flip -> normalise
 
-- `read`: `hedprep.shards.open_split` (lazy HDF5 handles, reopened in each DataLoader worker).
-- `resize`: to the stage size, bilinear for image and edge (OpenCV `INTER_LINEAR`), nearest for labels.
-  All four channels are resized: the stored frame is contiguous, while its RGB part alone would first
-  be copied (measured: the RGB variants' loading was then 17% slower than dlse-hed's at 128x224).
+- `read`: `SplitReader.read(index, size)` of `hedprep.shards` (lazy HDF5 handles, reopened in each
+  DataLoader worker). It decodes the smallest resolution level the shards store at least as large as
+  the stage size and resizes it the rest of the way (area averaging for image and edge, nearest pixel
+  for labels), so a 128x224 sample decodes a 128x256 level, not a 1024x2048 frame. Shards without
+  levels (format v1, or `--levels 0`) are read at full size and resized the same way. All four
+  channels are resized: the stored frame is contiguous, while its RGB part alone would first be
+  copied (measured: the RGB variants' loading was then 17% slower than dlse-hed's at 128x224).
 - `select_channels`: R, G, B for vanilla, dlse and dlse-sf; R, G, B, edge for dlse-hed. The RGB
   variants pay for the edge channel its share of decompression (it sits in the same chunks as RGB)
   and of a small resize.
@@ -26,10 +29,9 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hedprep.shards import SplitReader, open_split
 from segnet.errors import SegnetError
@@ -49,16 +51,6 @@ class Example:
 def select_channels(frame: np.ndarray, channels: int) -> np.ndarray:
     """(H, W, 4) RGB+edge -> its first `channels` channels (3: RGB, 4: RGB+edge)."""
     return frame[..., :channels]
-
-
-def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Image (bilinear) and label (nearest) to `size` = (height, width); None keeps them."""
-    if size is None or image.shape[:2] == tuple(size):
-        return image, label
-    h, w = size
-    image = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_LINEAR)
-    label = cv2.resize(np.ascontiguousarray(label), (w, h), interpolation=cv2.INTER_NEAREST)
-    return image, label
 
 
 def flip(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +79,7 @@ class ShardDataset(Dataset):
         shards: the output folder of `hedprep build` (holding `SPLIT/manifest.json`).
         split: train, val, ...
         channels: 3 (RGB) or 4 (RGB + edge, for dlse-hed).
-        size: (height, width) to resize to; None keeps the stored size.
+        size: (height, width) to read the frames at; None keeps the stored size.
         strict: refuse an incomplete build instead of warning.
         resize_labels: resize labels with the image (training); False keeps them at the stored size
             (evaluation, where predictions are upsampled to the labels).
@@ -108,16 +100,12 @@ class ShardDataset(Dataset):
     @property
     def frame_size(self) -> tuple[int, int]:
         """(height, width) of the stored frames."""
-        params = self.reader.manifest.params
-        return int(params["frame_height"]), int(params["frame_width"])
+        return self.reader.frame_size
 
     def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor]:
         index, mirrored = item if isinstance(item, tuple) else (item, False)
-        sample = self.reader[index]
-        image, label = resize(sample.frame, sample.label, self.size)
-        image = select_channels(image, self.channels)
-        if not self.resize_labels:
-            label = sample.label
+        sample = self.reader.read(index, self.size, full_size_labels=not self.resize_labels)
+        image, label = select_channels(sample.frame, self.channels), sample.label
         if mirrored:
             image, label = flip(image, label)
         example = normalise(image, label)
@@ -189,3 +177,58 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         return -(-self.size // self.num_replicas)
 
+
+
+class EpochItems(Sampler):
+    """The `(index, flip)` items a DataLoader serves, replaced before each epoch.
+
+    One DataLoader per stage can then serve every epoch of it, so its worker processes (with their
+    open shard handles) persist instead of being started again each epoch.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, bool]] = []
+
+    def set_items(self, items: list[tuple[int, bool]]) -> None:
+        self.items = list(items)
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How batches are loaded: worker processes, batches each worker prepares ahead, pinned memory.
+
+    `loader_settings` chooses them; see `segnet.config.default_workers` for the measurements.
+    """
+
+    workers: int = 0
+    prefetch_factor: int = 4
+    pin_memory: bool = False
+
+
+def loader_settings(device_type: str, workers: int) -> LoaderSettings:
+    """The DataLoader settings for `workers` processes on a device of `device_type` (pinned memory on CUDA)."""
+    return LoaderSettings(workers=workers, pin_memory=device_type == "cuda")
+
+
+def make_loader(dataset: Dataset, batch_size: int, settings: LoaderSettings) -> tuple[DataLoader, EpochItems]:
+    """A DataLoader over `dataset` and the `EpochItems` to set before each epoch.
+
+    With workers, they persist across epochs and each keeps `prefetch_factor` batches ready.
+    """
+    items = EpochItems()
+    extra = {}
+    if settings.workers > 0:
+        extra = {"persistent_workers": True, "prefetch_factor": settings.prefetch_factor}
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=items, num_workers=settings.workers,
+        pin_memory=settings.pin_memory,
+        # A loader of its own generator leaves the global RNG (dropout's) untouched by worker seeding.
+        generator=torch.Generator().manual_seed(0), **extra,
+    )
+    return loader, items

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hedprep.shards import trainid_to_color
-from segnet.data import normalise, resize, select_channels
+from hedprep.shards import resize_frame, trainid_to_color
+from segnet.data import normalise, select_channels
 from segnet.devices import resolve_device
 from segnet.errors import SegnetError
 from segnet.evaluate import checkpoint_eval_size, load_model
@@ -67,7 +67,7 @@ def predict(
     for path in map(Path, images):
         rgb = read_image(path)
         frame = rgb if hed is None else np.concatenate([rgb, hed(rgb)[..., None]], axis=2)
-        pixels, _ = resize(select_channels(frame, model.in_channels), np.zeros(rgb.shape[:2], np.uint8), size)
+        pixels = resize_frame(select_channels(frame, model.in_channels), size)  # as the shards' levels are
         example = normalise(pixels, np.zeros(pixels.shape[:2], np.uint8))
         with torch.inference_mode():
             logits = model(example.image[None].to(torch_device))

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from segnet.checkpoint import load_checkpoint, save_checkpoint
-from segnet.config import Stage, TrainConfig, default_workers
-from segnet.data import EpochSampler, ShardDataset
+from segnet.config import Stage, TrainConfig, available_cpus, default_workers, local_ranks
+from segnet.data import EpochItems, EpochSampler, ShardDataset, loader_settings, make_loader
 from segnet.deeplab import build_model
 from segnet.devices import amp_dtype, resolve_device
 from segnet.errors import SegnetError
@@ -223,28 +223,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _loader(dataset: ShardDataset, sampler: EpochSampler, batch_size: int, workers: int, device: torch.device,
-            skip_items: int = 0, training: bool = False) -> DataLoader:
+def training_items(sampler: EpochSampler, batch_size: int, skip_items: int = 0) -> list[tuple[int, bool]]:
+    """This epoch's items for training, from item `skip_items` on (a resumed epoch)."""
     items = sampler.items()
-    if training and len(items) % batch_size == 1 and len(items) > 1:
+    if len(items) % batch_size == 1 and len(items) > 1:
         # BatchNorm cannot train on one sample (ASPP's image pooling has one value per channel).
         items = items[:-1]
-    items = items[skip_items:]
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=items, num_workers=workers, pin_memory=device.type == "cuda",
-        # A loader of its own generator leaves the global RNG (dropout's) untouched by worker seeding.
-        generator=torch.Generator().manual_seed(0), persistent_workers=False,
-    )
+    return items[skip_items:]
 
 
-def validate(model: torch.nn.Module, dataset: ShardDataset, batch_size: int, device: torch.device, workers: int,
+def validate(model: torch.nn.Module, loader: DataLoader, items: EpochItems, device: torch.device,
              dist_info: Distribution, amp: torch.dtype | None) -> float:
-    """mIoU on `dataset` at its size (labels resized nearest), summed over ranks."""
-    sampler = EpochSampler(len(dataset), shuffle=False, num_replicas=dist_info.world, rank=dist_info.rank)
+    """mIoU on the loader's dataset at its size (labels resized to it), summed over ranks."""
+    sampler = EpochSampler(len(loader.dataset), shuffle=False, num_replicas=dist_info.world, rank=dist_info.rank)
+    items.set_items(sampler.items())
     matrix = ConfusionMatrix(model_num_classes(model))
     model.eval()
     with torch.inference_mode(), autocast(device, amp):
-        for images, labels in _loader(dataset, sampler, batch_size, workers, device):
+        for images, labels in loader:
             logits = model(images.to(device))
             matrix.update(logits.argmax(1).cpu(), labels)
     total = _all_reduce(torch.from_numpy(matrix.matrix.copy()), dist_info).numpy()
@@ -268,7 +264,9 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
     # Everything that can be wrong with the options fails here, before the run folder is touched.
     device = resolve_device(config.device)
     amp = amp_dtype(device) if config.amp else None
-    workers = config.workers if config.workers is not None else default_workers(device.type, os.cpu_count() or 1)
+    workers = config.workers if config.workers is not None else default_workers(device.type, available_cpus(),
+                                                                                  local_ranks())
+    settings = loader_settings(device.type, workers)
     seed_everything(config.seed)
     weights = config.backbone_weights if not (resume and (Path(config.out) / "last.pt").is_file()) else "none"
     model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
@@ -279,6 +277,17 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
                   for stage in config.schedule]
     val_sets = ([ShardDataset(config.shards, config.val_split, channels, stage.size, config.strict)
                  for stage in config.schedule] if config.val_split else None)
+    # One loader per stage and split, made when first used: its workers (if any) persist across epochs.
+    train_loaders: dict[int, tuple[DataLoader, EpochItems]] = {}
+    val_loaders: dict[int, tuple[DataLoader, EpochItems]] = {}
+
+    def stage_loader(loaders: dict, datasets: list[ShardDataset], stage_index: int) -> tuple[DataLoader, EpochItems]:
+        if stage_index not in loaders:
+            loaders.clear()  # the previous stage's workers end
+            loaders[stage_index] = make_loader(datasets[stage_index], config.schedule[stage_index].batch_size,
+                                               settings)
+        return loaders[stage_index]
+
     if val_sets is not None and val_sets[0].frame_size != train_sets[0].frame_size:
         (th, tw), (vh, vw) = train_sets[0].frame_size, val_sets[0].frame_size
         warnings.warn(f"{config.shards}: {config.split} frames are {th}x{tw} but {config.val_split} frames are "
@@ -338,8 +347,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         sampler = EpochSampler(len(train_sets[stage_index]), config.seed, num_replicas=dist_info.world,
                                rank=dist_info.rank)
         sampler.set_epoch(stage_index * 10_000 + epoch)
-        loader = _loader(train_sets[stage_index], sampler, stage.batch_size, workers, device,
-                         skip * stage.batch_size, training=True)
+        loader, items = stage_loader(train_loaders, train_sets, stage_index)
+        items.set_items(training_items(sampler, stage.batch_size, skip * stage.batch_size))
         info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, stage.epochs, skip, skip + len(loader),
                         0.0, 0.0)
         if callbacks.on_epoch_start is not None and dist_info.is_main:
@@ -366,8 +375,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         seconds = stats["seconds"]
         val_miou = None
         if val_sets is not None:
-            val_miou = validate(trained, val_sets[stage_index], stage.batch_size, device, workers,
-                                dist_info, amp)
+            val_miou = validate(trained, *stage_loader(val_loaders, val_sets, stage_index), device, dist_info, amp)
         metrics = {
             "stage": stage_index + 1, "epoch": epoch + 1, "step": global_step,
             "loss": stats["loss_sum"] / max(1, stats["loss_count"]), "val_miou": val_miou,

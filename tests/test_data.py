@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hedprep.shards import open_split
-from segnet.data import EpochSampler, ShardDataset, flip, normalise, resize, select_channels
+from segnet.data import EpochSampler, ShardDataset, flip, normalise
 from segnet.errors import SegnetError
 
 
@@ -27,13 +27,15 @@ def test_rgb_and_rgbe_samples_are_normalised_frames(segnet_shards):
     assert np.array_equal(label3.numpy(), label) and (label3 != 255).any()
 
 
-def test_resize_is_bilinear_for_images_and_nearest_for_labels(segnet_shards):
-    frame, label, _ = open_split(segnet_shards, "train")[0]
-    image, small = resize(select_channels(frame, 4), label, (32, 48))
-    assert image.shape == (32, 48, 4) and small.shape == (32, 48)
-    assert set(np.unique(small)) <= set(np.unique(label))  # nearest: no invented classes
-    sample_image, sample_label = ShardDataset(segnet_shards, "train", 3, size=(32, 48))[0]
-    assert sample_image.shape == (3, 32, 48) and np.array_equal(sample_label.numpy(), small)
+def test_samples_are_read_at_the_stage_size_through_the_levels(segnet_shards):
+    reader = open_split(segnet_shards, "train")
+    assert reader.levels == 3  # the build's default: 32x64, 16x32, 8x16 besides 64x128
+    frame, label, _ = reader.read(0, (32, 48))  # from level 1 (32x64), the smallest at least 32x48
+    image, sample_label = ShardDataset(segnet_shards, "train", 3, size=(32, 48))[0]
+    assert image.shape == (3, 32, 48) and np.array_equal(sample_label.numpy(), label)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(image.numpy().transpose(1, 2, 0), (frame[..., :3] / 255.0 - mean) / std, atol=1e-5)
+    assert set(np.unique(label)) <= set(np.unique(reader[0].label))  # no invented classes
 
 
 def test_flip_mirrors_image_and_label_together(segnet_shards):

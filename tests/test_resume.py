@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
+import h5py
 import numpy as np
 import pytest
 
@@ -63,6 +64,24 @@ def test_damaged_or_foreign_shards_are_not_kept(interrupted):
     write_shard(split_dir, 1, PLANNED[1], replace(INFO, precision="bf16"))  # unlisted, other parameters
     kept = kept_shards(split_dir, PLANNED, earlier_manifest(split_dir, PARAMS, force=False))
     assert kept == {}
+
+
+def test_listed_shard_rewritten_with_other_levels_is_adopted(interrupted):
+    """A rewrite with other resolution levels stopped between its rename and the manifest's rewrite."""
+    split_dir, records = interrupted
+    rewritten = write_shard(split_dir, 0, PLANNED[0], replace(INFO, levels=2))
+    kept = kept_shards(split_dir, PLANNED, earlier_manifest(split_dir, {**PARAMS, "levels": 2}, force=False))
+    assert sorted(kept) == [0, 1] and kept[0] == rewritten and kept[0].levels == 2 and records[0].levels == 0
+    # the same file with a damaged byte in the last frame's level-1 pixels is not adopted: every chunk
+    # of an adopted file is decoded (zlib checksums), not only the first and last frame's level 0
+    path = split_dir / shard_name(0)
+    with h5py.File(path, "r") as f:
+        chunks = f["levels/1/frames"].id
+        chunk = chunks.get_chunk_info(chunks.get_num_chunks() - 1)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + chunk.size // 2] ^= 1
+    path.write_bytes(bytes(data))
+    assert sorted(kept_shards(split_dir, PLANNED, read_manifest(split_dir))) == [1]
 
 
 def test_unlisted_shard_with_other_frames_is_not_adopted(interrupted):

@@ -100,19 +100,27 @@ def incomplete(out: Path) -> None:
 # --------------------------------------------------------------------------------------------- inspect
 
 
+# Pixels of levels 0-3 of a 64x128 frame (the build's default 3 levels): 64x128, 32x64, 16x32, 8x16.
+LEVEL_PIXELS = sum((SIZE[0] >> k) * (SIZE[1] >> k) for k in range(4))
+
+
 def test_summarize_shard(built):
     s = summarize_shard(shard(built))
     h, w = SIZE
     assert (s.frames, s.frame_shape, s.frames_dtype, s.labels_dtype) == (PER_SHARD, SIZE, "uint8", "uint8")
     assert s.frames_chunks == (1, min(h, 256), min(w, 256), 4) and s.compression == "gzip:1"
-    assert s.raw_bytes == PER_SHARD * h * w * 5
+    assert s.raw_bytes == PER_SHARD * LEVEL_PIXELS * 5
     assert s.file_bytes == shard(built).stat().st_size
     assert 0 < s.stored_bytes < s.file_bytes
-    assert s.ratio == pytest.approx(PER_SHARD * h * w * 5 / shard(built).stat().st_size) and s.ratio > 1
-    assert s.attrs["format"] == "hedseg-shards" and s.attrs["format_version"] == 1
+    assert s.ratio == pytest.approx(PER_SHARD * LEVEL_PIXELS * 5 / shard(built).stat().st_size) and s.ratio > 1
+    assert s.attrs["format"] == "hedseg-shards" and s.attrs["format_version"] == 2 and s.attrs["levels"] == 3
+    assert s.levels == 3 and s.level_shapes == ((64, 128), (32, 64), (16, 32), (8, 16))
+    assert sum(s.level_stored_bytes) == s.stored_bytes and s.level_stored_bytes[0] > s.level_stored_bytes[1] > 0
     rows = {d.name: d for d in s.datasets}
+    levels = {f"levels/{k}/{name}" for k in (1, 2, 3) for name in ("frames", "labels")}
     assert set(rows) == {"frames", "labels", "frame_ids", "palette", "images/*/rgb", "images/*/edge",
-                         "images/*/label"}
+                         "images/*/label"} | levels
+    assert rows["levels/3/frames"].shape == (PER_SHARD, 8, 16, 4) and rows["levels/3/labels"].chunks == (1, 8, 16)
     assert rows["labels"].chunks == (1, min(h, 256), min(w, 256)) and rows["palette"].shape == (256, 3)
     assert rows["images/*/rgb"].shape == (h, w, 3) and rows["images/*/rgb"].filters == "virtual"
     assert rows["images/*/edge"].count == PER_SHARD
@@ -122,7 +130,11 @@ def test_summarize_split_and_output(built):
     split = summarize_split(built / "train")
     assert split.frames == FRAMES and [s.path.name for s in split.shards] == ["shard-00000.h5", "shard-00001.h5"]
     on_disk = sum(p.stat().st_size for p in (built / "train").glob("shard-*.h5"))
-    assert split.file_bytes == on_disk and split.ratio == pytest.approx(FRAMES * SIZE[0] * SIZE[1] * 5 / on_disk)
+    assert split.file_bytes == on_disk and split.ratio == pytest.approx(FRAMES * LEVEL_PIXELS * 5 / on_disk)
+    levels = split.level_storage()
+    assert [e.level for e in levels] == [0, 1, 2, 3] and levels[0].share_of_level0 == 1.0
+    assert [e.pixel_share for e in levels] == [1.0, 0.25, 0.0625, 0.015625]
+    assert sum(e.stored_bytes for e in levels) == sum(s.stored_bytes for s in split.shards)
     shared, differing = common_attrs(split.shards)
     assert shared["split"] == "train" and shared["frame_height"] == SIZE[0]
     assert set(differing) <= {"created"}
@@ -166,7 +178,7 @@ def test_inspect_refuses_other_files(tmp_path):
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["frames"] = np.zeros((1, 2, 2, 4), np.uint8)
-    assert_one_line_error(invoke("hedprep", "inspect", str(other)), str(other), "not a hedseg-shards v1 shard")
+    assert_one_line_error(invoke("hedprep", "inspect", str(other)), str(other), "not a hedseg-shards v1 or v2 shard")
     with pytest.raises(HedprepError, match="no such file or folder"):
         summarize(tmp_path / "missing")
 
@@ -318,6 +330,23 @@ def test_h5dump_reads_a_shard(built):
     values = [int(v) for line in data.splitlines() if "):" in line for v in re.findall(r"\d+", line.split("):")[1])]
     expected = edges[i, r0:r0 + 3, c0:c0 + 5]
     assert expected.std() > 0
+    assert values == expected.ravel().tolist()
+
+
+def test_h5dump_reads_the_levels(built):
+    path = shard(built)
+    header = h5dump("-H", str(path))
+    levels = header.stdout.split('GROUP "levels"', 1)[1]
+    for k in (1, 2, 3):
+        group = levels.split(f'GROUP "{k}"', 1)[1]
+        assert 'DATASET "frames"' in group and 'DATASET "labels"' in group
+    dump = h5dump("-d", "/levels/3/labels", str(path))  # the whole 8x16 label maps of both frames
+    assert dump.returncode == 0, dump.stderr
+    data = dump.stdout.split("DATA {", 1)[1].split("}", 1)[0]
+    values = [int(v) for line in data.splitlines() if "):" in line for v in re.findall(r"\d+", line.split("):")[1])]
+    with h5py.File(path, "r") as f:
+        expected = f["levels/3/labels"][()]
+    assert expected.shape == (PER_SHARD, 8, 16) and len(set(expected.ravel().tolist())) > 2
     assert values == expected.ravel().tolist()
 
 

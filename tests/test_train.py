@@ -24,7 +24,8 @@ TINY = "32x64:4:2"
 
 def config(shards: Path, out: Path, variant: str = "vanilla", schedule: str = TINY, **options) -> TrainConfig:
     return TrainConfig(variant=variant, shards=str(shards), out=str(out), schedule=parse_schedule(schedule),
-                       backbone_weights="none", device="cpu", workers=0, lr=options.pop("lr", 1e-3), **options)
+                       backbone_weights="none", device="cpu", workers=options.pop("workers", 0),
+                       lr=options.pop("lr", 1e-3), **options)
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -55,6 +56,21 @@ def test_run_folder_holds_config_metrics_and_checkpoints(uninterrupted):
     assert {"model", "optimizer", "config", "rng", "metrics", "model_args"} <= set(checkpoint)
     assert (run / "best.pt").is_file() and "random initialisation" in (run / "log.txt").read_text()
     assert not list(run.glob(".*.tmp"))
+
+
+def test_loader_workers_serve_every_epoch_as_loading_in_line_does(segnet_shards, uninterrupted, tmp_path):
+    """One persistent DataLoader per stage, its items replaced each epoch: with a worker process the
+    run sees the same batches in the same order, so it ends with the same weights."""
+    run = tmp_path / "workers"
+    train(config(segnet_shards, run, schedule="32x64:4:2,48x96:4:1", workers=1))
+    assert same_weights(run / "last.pt", uninterrupted / "last.pt")
+
+
+def test_shards_of_format_v1_still_train(tmp_path):
+    """Shards written by the v1 writer (no resolution levels; tests/data/v1-shards): read at full size."""
+    v1 = Path(__file__).parent / "data" / "v1-shards"
+    result = train(config(v1, tmp_path / "run", variant="dlse-hed", schedule="32x64:2:1"))
+    assert result.epochs_run == 1 and result.best_miou is not None and (tmp_path / "run" / "best.pt").is_file()
 
 
 def test_training_lowers_the_loss(segnet_shards, tmp_path):

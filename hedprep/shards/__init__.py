@@ -1,10 +1,11 @@
-"""The shard file format, v1: the one owner of how frames, edges and labels sit in HDF5 files.
+"""The shard file format, v2 (v1 still read): the one owner of how frames, edges and labels sit in HDF5 files.
 
 A split is a folder `OUT/{split}/` of `shard-00000.h5`, `shard-00001.h5`, ... and a `manifest.json`;
 `docs/shard-format.md` specifies every dataset and attribute. The package's files follow its jobs:
 
 - `format`: names, layout constants, root attributes (`ShardInfo`).
 - `compression`: the HDF5 filters a shard may use.
+- `levels`: the resolution levels (1/2, 1/4, ... of the frame) and reading a frame at any size.
 - `writer`: `ShardWriter`, one shard written atomically.
 - `manifest`: `manifest.json` (`Manifest`, `ShardRecord`, `SkippedFrame`).
 - `reader`: `open_shard` for one file, `open_split` / `SplitReader` for a split.
@@ -29,10 +30,25 @@ from hedprep.shards.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     IMAGES_GROUP,
+    LEVELS_GROUP,
     MANIFEST_NAME,
+    READABLE_VERSIONS,
     ShardInfo,
+    level_dataset,
     read_attrs,
     shard_name,
+    stored_levels,
+)
+from hedprep.shards.levels import (
+    DEFAULT_LEVELS,
+    MAX_LEVELS,
+    choose_level,
+    downsample_frame,
+    downsample_labels,
+    level_size,
+    max_levels,
+    resize_frame,
+    resize_labels,
 )
 from hedprep.shards.manifest import Manifest, ShardRecord, SkippedFrame, read_manifest, shard_path, write_manifest
 from hedprep.shards.reader import Sample, ShardError, SplitReader, open_shard, open_split, read_shard_frame
@@ -69,13 +85,27 @@ __all__ = [
     # the format
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "CHANNELS",
     "IMAGES_GROUP",
+    "LEVELS_GROUP",
+    "level_dataset",
+    "stored_levels",
     "MANIFEST_NAME",
     "CODECS",
     "Compression",
     "ShardInfo",
     "shard_name",
+    # resolution levels
+    "DEFAULT_LEVELS",
+    "MAX_LEVELS",
+    "max_levels",
+    "level_size",
+    "choose_level",
+    "downsample_frame",
+    "downsample_labels",
+    "resize_frame",
+    "resize_labels",
     # what the labels mean: Cityscapes trainIds 0-18, 255 = ignore
     "NUM_CLASSES",
     "IGNORE_INDEX",

@@ -1,4 +1,4 @@
-"""Shard format v1: names, layout constants, root attributes (`docs/shard-format.md` specifies them)."""
+"""Shard format v2 (v1 still read): names, layout constants, root attributes (`docs/shard-format.md` specifies them)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import h5py
 import numpy as np
 
 FORMAT_NAME = "hedseg-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # v1: no resolution levels
 CHANNELS = ("R", "G", "B", "edge")
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-*.h5"
 IMAGES_GROUP = "images"
+LEVELS_GROUP = "levels"
 REQUIRED_DATASETS = ("frames", "labels", "frame_ids")
 
 # Chunks are 256x256 tiles of one frame: a random 512x512 crop (the usual training input) then
@@ -26,6 +28,12 @@ TILE = 256
 def tile_shape(height: int, width: int) -> tuple[int, int]:
     """The (rows, cols) of a chunk for frames of this size: 256x256, or the frame if it is smaller."""
     return min(height, TILE), min(width, TILE)
+
+
+def level_dataset(level: int, name: str) -> str:
+    """The path of a dataset (`frames` or `labels`) at `level`: `frames` itself at level 0, else
+    `levels/{level}/frames`."""
+    return name if level == 0 else f"{LEVELS_GROUP}/{level}/{name}"
 
 
 def shard_name(index: int) -> str:
@@ -64,8 +72,13 @@ def read_attrs(obj: h5py.HLObject) -> dict[str, Any]:
 
 
 def is_shard_attrs(attrs: dict[str, Any]) -> bool:
-    """True if root attributes name this format and version."""
-    return attrs.get("format") == FORMAT_NAME and attrs.get("format_version") == FORMAT_VERSION
+    """True if root attributes name this format and a version this package reads (1 or 2)."""
+    return attrs.get("format") == FORMAT_NAME and attrs.get("format_version") in READABLE_VERSIONS
+
+
+def stored_levels(attrs: dict[str, Any]) -> int:
+    """The resolution levels a shard holds besides level 0 (v1 shards: none)."""
+    return int(attrs.get("levels", 0))
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class ShardInfo:
     compression: str
     frame_height: int
     frame_width: int
+    levels: int = 0  # resolution levels besides level 0 (format v2; v1 shards have none)
     package_version: str = ""
 
     def __post_init__(self) -> None:

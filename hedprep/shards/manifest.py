@@ -10,7 +10,7 @@ from typing import Any
 
 from hedprep.atomic import write_bytes_atomic
 from hedprep.errors import HedprepError
-from hedprep.shards.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, is_plain_file_name
+from hedprep.shards.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, READABLE_VERSIONS, is_plain_file_name
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,14 @@ class SkippedFrame:
 
 @dataclass
 class ShardRecord:
-    """A finished shard as the manifest lists it."""
+    """A finished shard as the manifest lists it; `levels`: the resolution levels it holds (0 in v1)."""
 
     file: str
     sha256: str
     frame_ids: list[str]
     bytes: int
     skipped: list[SkippedFrame] = field(default_factory=list)
+    levels: int = 0
 
     def __post_init__(self) -> None:
         self.skipped = [s if isinstance(s, SkippedFrame) else SkippedFrame(**s) for s in self.skipped]
@@ -51,14 +52,18 @@ class ShardRecord:
 
 @dataclass
 class Manifest:
-    """A split's manifest: build parameters, the shards done so far in index order, completeness."""
+    """A split's manifest: build parameters, the shards done so far in index order, completeness.
+
+    Read from a v1 or v2 file; always written as the current version (v1 differs only in lacking
+    `params.levels` and the shards' `levels`, which mean 0 there).
+    """
 
     split: str
     params: dict[str, Any]
     shards: list[ShardRecord] = field(default_factory=list)
     complete: bool = False
     format: str = FORMAT_NAME
-    format_version: int = FORMAT_VERSION
+    format_version: int = FORMAT_VERSION  # as read; to_json writes the current version
 
     @property
     def num_frames(self) -> int:
@@ -71,7 +76,7 @@ class Manifest:
     def to_json(self) -> str:
         data = {
             "format": self.format,
-            "format_version": self.format_version,
+            "format_version": FORMAT_VERSION,
             "split": self.split,
             "complete": self.complete,
             "num_frames": self.num_frames,
@@ -105,13 +110,15 @@ def read_manifest(split_dir: str | os.PathLike) -> Manifest:
         raise HedprepError(f"{path}: not a readable manifest ({error})", path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise HedprepError(f"{path}: not a {FORMAT_NAME} manifest", path)
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
+        versions = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise HedprepError(
-            f"{path}: format version {data.get('format_version')}, this hedprep reads version {FORMAT_VERSION}", path
+            f"{path}: format version {data.get('format_version')}, this hedprep reads versions {versions}", path
         )
     try:
         shards = [ShardRecord(**s) for s in data["shards"]]
-        return Manifest(data["split"], data["params"], shards, bool(data.get("complete")))
+        return Manifest(data["split"], data["params"], shards, bool(data.get("complete")),
+                        format_version=data["format_version"])
     except (KeyError, TypeError) as error:
         raise HedprepError(f"{path}: malformed manifest ({error})", path) from None
 

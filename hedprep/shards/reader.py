@@ -15,12 +15,15 @@ from hedprep.errors import HedprepError, one_line
 from hedprep.shards.compression import load_filter_plugins
 from hedprep.shards.format import (
     FORMAT_NAME,
-    FORMAT_VERSION,
     MANIFEST_NAME,
+    READABLE_VERSIONS,
     REQUIRED_DATASETS,
     is_shard_attrs,
+    level_dataset,
     read_attrs,
+    stored_levels,
 )
+from hedprep.shards.levels import choose_level, resize_frame, resize_labels
 from hedprep.shards.manifest import read_manifest, shard_path
 
 # What h5py raises besides OSError when a file's metadata is damaged (a flipped byte in an object header).
@@ -36,7 +39,8 @@ class ShardError(HedprepError):
 
 
 def open_shard(path: str | os.PathLike) -> h5py.File:
-    """Open a shard read-only, with the filter plugins loaded, after checking it is a v1 shard.
+    """Open a shard read-only, with the filter plugins loaded, after checking it is a v1 or v2 shard
+    with every dataset its version and levels call for.
 
     Raises:
         ShardError: no such file, not HDF5, not this format or version, a dataset missing, or
@@ -51,10 +55,15 @@ def open_shard(path: str | os.PathLike) -> h5py.File:
     except OSError as error:
         raise ShardError(path, f"not a readable HDF5 file ({one_line(error)})") from None
     try:
-        if not is_shard_attrs(read_attrs(f)):
-            raise ShardError(path, f"not a {FORMAT_NAME} v{FORMAT_VERSION} shard")
+        attrs = read_attrs(f)
+        if not is_shard_attrs(attrs):
+            versions = " or ".join(f"v{v}" for v in READABLE_VERSIONS)
+            raise ShardError(path, f"not a {FORMAT_NAME} {versions} shard")
+        required = [*REQUIRED_DATASETS] + [
+            level_dataset(k, name) for k in range(1, stored_levels(attrs) + 1) for name in ("frames", "labels")
+        ]
         # f[name], not f.get(name): get() hides the KeyError of a damaged object header as "missing".
-        missing = [name for name in REQUIRED_DATASETS if name not in f or not isinstance(f[name], h5py.Dataset)]
+        missing = [name for name in required if name not in f or not isinstance(f[name], h5py.Dataset)]
         if missing:
             raise ShardError(path, f"not a complete shard (no dataset {', '.join(missing)})")
     except ShardError:
@@ -91,7 +100,7 @@ def read_shard_frame(path: str | os.PathLike, index: int) -> Sample:
 
 
 class SplitReader:
-    """Random access to the frames of a built split, by its manifest.
+    """Random access to the frames of a built split, by its manifest, at full size or any smaller one.
 
     HDF5 files are opened lazily and reopened after a fork (each DataLoader worker gets its own
     handles); pickling drops the handles, so a reader can be sent to spawned workers.
@@ -110,42 +119,65 @@ class SplitReader:
             )
         self.shards = [s for s in self.manifest.shards if s.frame_ids]
         self.frame_ids = [i for s in self.shards for i in s.frame_ids]
+        self.frame_size = (int(self.manifest.params["frame_height"]), int(self.manifest.params["frame_width"]))
         self._starts = np.cumsum([0] + [len(s.frame_ids) for s in self.shards])
-        self._handles: dict[int, h5py.File] = {}
+        self._handles: dict[int, _OpenShard] = {}
         self._pid = os.getpid()
+
+    @property
+    def levels(self) -> int:
+        """The resolution levels every shard of the split holds (0 for v1 shards)."""
+        return min((s.levels for s in self.shards), default=0)
 
     def __len__(self) -> int:
         return len(self.frame_ids)
 
     def __getitem__(self, index: int) -> Sample:
+        return self.read(index)
+
+    def read(self, index: int, size: tuple[int, int] | None = None, full_size_labels: bool = False) -> Sample:
+        """Frame `index` at `size` = (height, width), or at full size (None).
+
+        The frame comes from the smallest stored level at least `size` in both dimensions, resized the
+        rest of the way (area averaging; labels: nearest pixel), so only the pixels needed are
+        decompressed (`hedprep.shards.levels`). `full_size_labels` returns the labels at the stored
+        frame size whatever `size` (evaluation scores predictions there).
+        """
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"frame {index} out of range for {len(self)} frames")
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         local = index - int(self._starts[shard])
-        f = self._handle(shard)
-        return Sample(f["frames"][local], f["labels"][local], self.frame_ids[index])
+        opened = self._handle(shard)
+        level = choose_level(*self.frame_size, opened.levels, size) if size is not None else 0
+        frame = opened.frames[level][local]
+        label = opened.labels[0 if full_size_labels else level][local]
+        if size is not None:
+            frame = resize_frame(frame, size)
+            if not full_size_labels:
+                label = resize_labels(label, size)
+        return Sample(frame, label, self.frame_ids[index])
 
     def __iter__(self) -> Iterator[Sample]:
         for i in range(len(self)):
             yield self[i]
 
-    def _handle(self, shard: int) -> h5py.File:
+    def _handle(self, shard: int) -> _OpenShard:
         if self._pid != os.getpid():  # forked: the parent's handles are not ours to use
             self._handles = {}
             self._pid = os.getpid()
-        f = self._handles.get(shard)
-        if f is None:
-            f = open_shard(shard_path(self.split_dir, self.shards[shard].file))
-            self._handles[shard] = f
-        return f
+        opened = self._handles.get(shard)
+        if opened is None:
+            opened = _OpenShard(open_shard(shard_path(self.split_dir, self.shards[shard].file)))
+            self._handles[shard] = opened
+        return opened
 
     def close(self) -> None:
         """Close the open HDF5 files (they reopen on the next access)."""
         if self._pid == os.getpid():
-            for f in self._handles.values():
-                f.close()
+            for opened in self._handles.values():
+                opened.file.close()
         self._handles = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -158,6 +190,16 @@ class SplitReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _OpenShard:
+    """An open shard with its datasets looked up once (a lookup by path costs as much as a small read)."""
+
+    def __init__(self, f: h5py.File) -> None:
+        self.file = f
+        self.levels = stored_levels(read_attrs(f))
+        self.frames = [f[level_dataset(k, "frames")] for k in range(self.levels + 1)]
+        self.labels = [f[level_dataset(k, "labels")] for k in range(self.levels + 1)]
 
 
 def open_split(out: str | os.PathLike, split: str | None = None) -> SplitReader:

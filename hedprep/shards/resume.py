@@ -14,7 +14,7 @@ from typing import Any
 
 from hedprep.digests import file_sha256
 from hedprep.errors import HedprepError
-from hedprep.shards.format import MANIFEST_NAME, SHARD_PATTERN, ShardInfo, read_attrs, shard_name
+from hedprep.shards.format import MANIFEST_NAME, SHARD_PATTERN, ShardInfo, read_attrs, shard_name, stored_levels
 from hedprep.shards.manifest import Manifest, ShardRecord, read_manifest, write_manifest
 from hedprep.shards.reader import open_shard
 from hedprep.shards.verify import check_shard, shard_is_complete
@@ -68,13 +68,17 @@ def earlier_manifest(split_dir: Path, params: Mapping[str, Any], force: bool) ->
 def kept_shards(
     split_dir: Path, planned: Mapping[int, Sequence[str]], earlier: Manifest | None
 ) -> dict[int, ShardRecord]:
-    """The shards of an earlier build of the same parameters that are complete and stay.
+    """The shards of an earlier build of the same parameters that are complete and stay, whatever
+    resolution levels they hold (the caller rewrites those with other levels, without HED).
 
     A shard the manifest lists stays if its size, sha256 and planned frames match. A shard file the
     manifest does not list (the build was stopped between the shard's rename and the manifest's
     rewrite, or a worker finished it while the build was being interrupted) is adopted if it is a
     sound shard of the same parameters holding exactly the planned frames: a file under its final
-    name is always whole, because shards are renamed into place only once written and synced.
+    name is always whole, because shards are renamed into place only once written and synced. So is
+    a listed shard whose file holds other resolution levels than its entry says (a rewrite with
+    other levels stopped before the manifest's rewrite); a listed file that differs from its entry
+    in any other way is damaged, and rebuilt.
 
     Args:
         planned: shard index -> the frame ids planned for it.
@@ -90,27 +94,35 @@ def kept_shards(
         record = records.get(path.name)
         if shard_is_complete(path, record, frame_ids):
             kept[index] = record
-        elif record is None and path.is_file():
-            adopted = _adopt(path, info, frame_ids)
+        elif path.is_file():
+            adopted = _adopt(path, info, frame_ids, record)
             if adopted is not None:
                 kept[index] = adopted
     return kept
 
 
-def _adopt(path: Path, info: ShardInfo, frame_ids: Sequence[str]) -> ShardRecord | None:
-    """The record of an unlisted shard file, if it is sound, of `info`'s parameters, and holds `frame_ids`."""
-    if check_shard(path, info=info):
+def _adopt(path: Path, info: ShardInfo, frame_ids: Sequence[str], record: ShardRecord | None) -> ShardRecord | None:
+    """The record of a shard file the manifest does not describe, if it is sound, of `info`'s
+    parameters (its levels may differ), and holds `frame_ids`. For a listed file (`record`), only if
+    its levels differ from the record's; the frames the record says were skipped stay recorded."""
+    if check_shard(path, info=info, every_frame=True):
         return None
     with open_shard(path) as f:
         attrs = read_attrs(f)
         stored_ids = [i.decode("ascii") for i in f["frame_ids"][()]]
-    if stored_ids != list(frame_ids):
+    if record is not None and stored_levels(attrs) == record.levels:
+        return None  # not a rewrite with other levels: a damaged file
+    skipped = record.skipped if record is not None else []
+    skipped_ids = {s.frame_id for s in skipped}
+    if stored_ids != [i for i in frame_ids if i not in skipped_ids]:
         return None
     wanted = asdict(info)
-    wanted.pop("package_version")
+    for free in ("package_version", "levels"):
+        wanted.pop(free)
     if any(attrs.get(name) != value for name, value in wanted.items()):
         return None
-    return ShardRecord(path.name, file_sha256(path), stored_ids, path.stat().st_size)
+    return ShardRecord(path.name, file_sha256(path), stored_ids, path.stat().st_size, list(skipped),
+                       stored_levels(attrs))
 
 
 def remove_leftovers(split_dir: Path, planned: Iterable[int], kept: Iterable[int]) -> None:

@@ -21,15 +21,22 @@ from hedprep.shards.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     IMAGES_GROUP,
+    LEVELS_GROUP,
     ShardInfo,
+    level_dataset,
     set_string_attr,
     tile_shape,
 )
+from hedprep.shards.levels import IMAGE_FILTER, LABEL_RULE, downsample_frame, downsample_labels, level_size
 from hedprep.shards.manifest import ShardRecord, SkippedFrame
 
 
 class ShardWriter:
     """Write one shard frame by frame; `close()` puts it on disk under a temporary name, then renames it.
+
+    Each frame is stored at level 0 (`frames`, `labels`) and at the `info.levels` resolution levels
+    below it (`levels/{k}/frames`, `levels/{k}/labels`), computed here from level 0
+    (`hedprep.shards.levels`).
 
     The HDF5 file is built in memory (HDF5's core driver; compressed, so about the shard's final
     size) and written to disk in one piece by `close()`. A full disk then fails a plain file write,
@@ -54,14 +61,23 @@ class ShardWriter:
             str(self.path), "w", driver="core", backing_store=False, block_size=self.MEMORY_BLOCK,
             libver=("v110", "v110"), track_order=True,  # a fixed on-disk format, read by HDF5 >= 1.10
         )
-        self.frames = self.file.create_dataset(
-            "frames", shape=(capacity, h, w, 4), maxshape=(capacity, h, w, 4), dtype=np.uint8,
-            chunks=(1, *tile_shape(h, w), 4), **options,
-        )
-        self.labels = self.file.create_dataset(
-            "labels", shape=(capacity, h, w), maxshape=(capacity, h, w), dtype=np.uint8,
-            chunks=(1, *tile_shape(h, w)), fillvalue=IGNORE_INDEX, **options,
-        )
+        self.frames: list[h5py.Dataset] = []  # per level, 0 first
+        self.labels: list[h5py.Dataset] = []
+        for level in range(info.levels + 1):
+            lh, lw = level_size(h, w, level)
+            if level:
+                group = self.file.require_group(LEVELS_GROUP).create_group(str(level))
+                group.attrs["downsample_factor"] = 1 << level
+                set_string_attr(group, "image_filter", IMAGE_FILTER)
+                set_string_attr(group, "label_rule", LABEL_RULE)
+            self.frames.append(self.file.create_dataset(
+                level_dataset(level, "frames"), shape=(capacity, lh, lw, 4), maxshape=(capacity, lh, lw, 4),
+                dtype=np.uint8, chunks=(1, *tile_shape(lh, lw), 4), **options,
+            ))
+            self.labels.append(self.file.create_dataset(
+                level_dataset(level, "labels"), shape=(capacity, lh, lw), maxshape=(capacity, lh, lw),
+                dtype=np.uint8, chunks=(1, *tile_shape(lh, lw)), fillvalue=IGNORE_INDEX, **options,
+            ))
         self._deflate = fast_deflate(compression)
 
     def __enter__(self) -> ShardWriter:
@@ -74,20 +90,22 @@ class ShardWriter:
     def append(self, frame_id: str, rgbe: np.ndarray, label: np.ndarray | None) -> None:
         """Add a frame: (H, W, 4) uint8 RGB+edge and (H, W) uint8 trainIds (None: all ignore)."""
         i = len(self.frame_ids)
-        expected = self.frames.shape[1:]
+        expected = self.frames[0].shape[1:]
         if rgbe.shape != expected or rgbe.dtype != np.uint8:
             raise HedprepError(
                 f"{frame_id}: frame is {rgbe.dtype} {rgbe.shape}, shard {self.path.name} takes uint8 {expected}"
             )
-        if self._deflate is not None:
-            _write_deflated_tiles(self.frames, i, rgbe, self._deflate, fill=0)
+        for level, (frames, labels) in enumerate(zip(self.frames, self.labels, strict=True)):
+            self._write(frames, i, downsample_frame(rgbe, level), fill=0)
             if label is not None:
-                _write_deflated_tiles(self.labels, i, label, self._deflate, fill=IGNORE_INDEX)
-        else:
-            self.frames[i] = rgbe
-            if label is not None:
-                self.labels[i] = label
+                self._write(labels, i, downsample_labels(label, level), fill=IGNORE_INDEX)
         self.frame_ids.append(frame_id)
+
+    def _write(self, dataset: h5py.Dataset, index: int, image: np.ndarray, fill: int) -> None:
+        if self._deflate is not None:
+            _write_deflated_tiles(dataset, index, image, self._deflate, fill)
+        else:
+            dataset[index] = image
 
     def skip(self, frame: SkippedFrame) -> None:
         """Record a frame left out (`--on-error skip`)."""
@@ -109,18 +127,20 @@ class ShardWriter:
                 self.path,
             ) from None
         sha256 = hashlib.sha256(image).hexdigest()
-        return ShardRecord(self.path.name, sha256, list(self.frame_ids), len(image), list(self.skipped))
+        return ShardRecord(self.path.name, sha256, list(self.frame_ids), len(image), list(self.skipped),
+                           self.info.levels)
 
     def _finish(self) -> None:
         n = len(self.frame_ids)
         f = self.file
-        self.frames.resize(n, axis=0)
-        self.labels.resize(n, axis=0)
+        for dataset in (*self.frames, *self.labels):
+            dataset.resize(n, axis=0)
         width = max((len(i) for i in self.frame_ids), default=1)
         f.create_dataset("frame_ids", data=np.array(self.frame_ids, dtype=f"S{width}"), dtype=f"S{width}")
-        set_string_attr(self.frames, "CHANNELS", ",".join(CHANNELS))
-        self.frames.attrs["channel_names"] = np.array(CHANNELS, dtype="S4")
-        set_string_attr(self.labels, "LABELS", "Cityscapes trainIds 0-18, 255 = ignore")
+        for frames, labels in zip(self.frames, self.labels, strict=True):
+            set_string_attr(frames, "CHANNELS", ",".join(CHANNELS))
+            frames.attrs["channel_names"] = np.array(CHANNELS, dtype="S4")
+            set_string_attr(labels, "LABELS", "Cityscapes trainIds 0-18, 255 = ignore")
         palette = _write_palette(f)
         self._write_views(palette)
         for name, value in asdict(self.info).items():
