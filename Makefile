@@ -45,17 +45,21 @@ demo: venv
 	$(BIN)/hedprep build --root out/fixture --split train --out out/shards --frames-per-shard 4
 	$(BIN)/hedprep build --root out/fixture --split val --out out/shards --frames-per-shard 4
 	$(BIN)/hedprep verify out/shards
+	$(BIN)/hedprep inspect out/shards/train
 	rm -rf out/runs out/predictions
 	$(BIN)/segnet train --variant dlse-hed --shards out/shards --out out/runs/dlse-hed --schedule 64x128:4:2,128x256:4:1 \
 	  --backbone-weights none --lr 1e-3
 	$(BIN)/segnet evaluate --checkpoint out/runs/dlse-hed/best.pt --shards out/shards \
 	  --save-predictions out/predictions --json out/runs/dlse-hed/val.json
-	@echo "demo: edge maps in out/edges, shards in out/shards, a dlse-hed run in out/runs/dlse-hed"
+	@echo "demo: edge maps in out/edges, shards (3 resolution levels) in out/shards, a dlse-hed run in out/runs/dlse-hed"
 
 bench: venv
 	$(BIN)/python benchmarks/hed_throughput.py
 	$(BIN)/python benchmarks/build_throughput.py
 	$(BIN)/python benchmarks/segnet_loader.py
+	$(BIN)/python benchmarks/label_downsampling.py
+	$(BIN)/python benchmarks/loader_workers.py
+	$(BIN)/python benchmarks/training_flops.py
 	$(BIN)/python benchmarks/segnet_train.py
 
 lint: venv

@@ -68,13 +68,13 @@ def hed_alone_fps(images: np.ndarray, precision: str) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def build_fps(root: Path, out: Path, frames: int, precision: str, frames_per_shard: int) -> float:
+def build_fps(root: Path, out: Path, frames: int, precision: str, frames_per_shard: int, levels: int = 3) -> float:
     from hedprep.build_plan import BuildConfig
     from pipelines.build import build_split
 
     def config(limit: int, target: Path) -> BuildConfig:
         return BuildConfig(root=str(root), split="train", out=str(target), precision=precision,
-                           frames_per_shard=frames_per_shard, limit=limit)
+                           frames_per_shard=frames_per_shard, limit=limit, levels=levels)
 
     build_split(config(1, out / "warmup"))  # loads the model in this process, warms the kernels
     start = time.perf_counter()
@@ -86,22 +86,26 @@ def build_fps(root: Path, out: Path, frames: int, precision: str, frames_per_sha
 
 def section_ratio(args, work: Path) -> None:
     print("\n### Build against HED alone (local scheduler, 1 task at a time, HED on both cores)\n")
-    print("| size | precision | frames | HED alone (frames/s) | build (frames/s) | build / HED |")
-    print("|---|---|---|---|---|---|")
+    print("| size | precision | --levels | frames | HED alone (frames/s) | build (frames/s) | build / HED |")
+    print("|---|---|---|---|---|---|---|")
     for size_text in args.sizes:
         size = parse_size(size_text)
         root = make_dataset(work / f"data-{size_text}", args.frames + 1, size)
         images = decoded_frames(root, args.frames)
         for precision in args.precisions:
             # Interleave, best of `repeats`: the machine is shared and noisy.
-            hed, built = [], []
+            hed, built = [], {levels: [] for levels in args.levels}
             for r in range(args.repeats):
                 hed.append(hed_alone_fps(images, precision))
-                out = work / f"out-{size_text}-{precision}-{r}"
-                built.append(build_fps(root, out, args.frames, precision, args.frames_per_shard))
-                shutil.rmtree(out)
-            h, b = max(hed), max(built)
-            print(f"| {size_text} | {precision} | {args.frames} | {h:.3f} | {b:.3f} | **{b / h:.3f}** |", flush=True)
+                for levels in args.levels:
+                    out = work / f"out-{size_text}-{precision}-{levels}-{r}"
+                    built[levels].append(build_fps(root, out, args.frames, precision, args.frames_per_shard, levels))
+                    shutil.rmtree(out)
+            h = max(hed)
+            for levels, rates in built.items():
+                b = max(rates)
+                print(f"| {size_text} | {precision} | {levels} | {args.frames} | {h:.3f} | {b:.3f} | **{b / h:.3f}** |",
+                      flush=True)
 
 
 # -------------------------------------------------------------------------------------------- memory
@@ -239,6 +243,7 @@ def main() -> None:
                         help="run only these sections (repeatable); default: all")
     parser.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"], help="frame sizes for the ratio")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"))
+    parser.add_argument("--levels", nargs="+", type=int, default=[0, 3], help="--levels of the builds compared")
     parser.add_argument("--frames", type=int, default=8, help="timed frames per ratio run")
     parser.add_argument("--frames-per-shard", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best is reported")

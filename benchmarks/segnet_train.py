@@ -8,8 +8,9 @@ peak memory at the largest stage.
 Sections (each prints a Markdown table for docs/performance.md):
 - speed: forward + backward + Adam step on a batch already in memory, per variant and stage size
   (the schedule's batch sizes), fp32, and bf16 autocast where the CPU has native bf16.
-- overhead: `segnet.train.train` images/s (the second of two epochs per stage, reading 1024x2048 gzip shards with one
-  DataLoader worker, validation off) over the same model's in-memory step rate, per stage; goal >= 0.9.
+- overhead: `segnet.train.train` images/s (the second of two epochs per stage, reading 1024x2048 gzip shards with
+  `--levels` resolution levels (default 3) and the default DataLoader workers (0 on a CPU), validation off)
+  over the same model's in-memory step rate, per stage; goal >= 0.9.
 - memory: peak RSS (VmHWM) of a fresh process training vanilla at 512x912, batch 4, for 2 steps.
 """
 
@@ -68,32 +69,33 @@ def speed(args) -> None:
         print(f"| {variant} | " + " | ".join(cells) + " |", flush=True)
 
 
-def shards_for_overhead(work: Path, frames: int) -> Path:
+def shards_for_overhead(work: Path, frames: int, levels: int) -> Path:
     from hedprep.build_plan import BuildConfig
     from hedprep.fixture import make_fixture
     from pipelines.build import build_split
 
     shards = work / "shards"
-    if not (shards / "train" / "manifest.json").exists():
+    if not (work / "cityscapes").is_dir():
         make_fixture(work / "cityscapes", {"train": frames, "val": 0, "test": 0}, size=(1024, 2048), seed=4)
-        build_split(BuildConfig(root=str(work / "cityscapes"), split="train", out=str(shards),
-                                frames_per_shard=frames))
+    # HED runs once; another --levels rewrites the levels only
+    build_split(BuildConfig(root=str(work / "cityscapes"), split="train", out=str(shards),
+                            frames_per_shard=frames, levels=levels))
     return shards
 
 
 def overhead(args) -> None:
     from segnet.train import train
 
-    shards = shards_for_overhead(Path(args.work), args.frames)
-    print(f"\n### Training loop overhead: vanilla, {args.frames} frames of 1024x2048 (gzip shards), "
-          "1 DataLoader worker, validation off\n")
+    shards = shards_for_overhead(Path(args.work), args.frames, args.levels)
+    print(f"\n### Training loop overhead: vanilla, {args.frames} frames of 1024x2048 (gzip shards, "
+          f"--levels {args.levels}), default DataLoader workers, validation off\n")
     print("| stage | in-memory step (images/s) | segnet train (images/s) | train / in-memory |\n|---|---|---|---|")
     for stage in args.stages:
         memory = step_rate("vanilla", stage.size, stage.batch_size, args.steps, None)
         out = Path(tempfile.mkdtemp(prefix="overhead-", dir=args.work)) / "run"
         schedule = parse_schedule(f"{stage.height}x{stage.width}:{stage.batch_size}:2")
         train(TrainConfig(variant="vanilla", shards=str(shards), out=str(out), schedule=schedule,
-                          val_split=None, backbone_weights="none", device="cpu", workers=1, seed=0))
+                          val_split=None, backbone_weights="none", device="cpu", seed=0))
         row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
         loop = row["images_per_s"]  # the second epoch's: the process and the page cache are warm
         print(f"| {stage.height}x{stage.width} b{stage.batch_size} | {memory:.2f} | {loop:.2f} | "
@@ -128,6 +130,7 @@ def main() -> None:
                         default=["speed", "overhead", "memory"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--frames", type=int, default=32, help="frames of the overhead section's shards")
+    parser.add_argument("--levels", type=int, default=3, help="resolution levels of the overhead section's shards")
     parser.add_argument("--work", default=None, help="folder for the overhead section's data (default: temporary)")
     args = parser.parse_args()
     args.stages = parse_schedule(DEFAULT_SCHEDULE)

@@ -2,7 +2,8 @@
 
 Loading is a pipeline of small named steps, each measurable on its own (benchmarks/segnet_loader.py):
 
-    read at the stage size (shard -> uint8 RGB+edge, trainIds) -> select channels -> flip -> normalise
+    read at the stage size (shard -> uint8 RGB+edge, trainIds) -> select channels -> flip -> to tensors
+    ... batched, moved to the device -> normalise
 
 - `read`: `SplitReader.read(index, size)` of `hedprep.shards` (lazy HDF5 handles, reopened in each
   DataLoader worker). It decodes the smallest resolution level the shards store at least as large as
@@ -15,7 +16,11 @@ Loading is a pipeline of small named steps, each measurable on its own (benchmar
   variants pay for the edge channel its share of decompression (it sits in the same chunks as RGB)
   and of a small resize.
 - `flip`: horizontal, when the sampler says so (training only).
-- `normalise`: ImageNet mean/std for RGB, edge / 255 for the edge channel; float32 (C, H, W).
+- `to_tensors`: uint8 (C, H, W) image and uint8 (H, W) labels: a DataLoader worker sends 5x fewer
+  bytes than float32 and int64 would.
+- `normalise`: on the device, per batch: ImageNet mean/std for RGB, edge / 255; float32. At 512x912
+  it took as long as the rest of loading when done per sample on the loader's core
+  (docs/performance.md).
 
 Randomness lives in the sampler, not in the workers: `EpochSampler` yields `(index, flip)` pairs drawn
 from a generator seeded by (seed, epoch), so an epoch's order and flips are the same whatever the
@@ -42,7 +47,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Example:
-    """One prepared sample: a float32 (C, H, W) image and int64 (H, W) trainIds (255 = ignore)."""
+    """One prepared sample: a uint8 (C, H, W) image and uint8 (H, W) trainIds (255 = ignore)."""
 
     image: torch.Tensor
     label: torch.Tensor
@@ -58,18 +63,28 @@ def flip(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return image[:, ::-1], label[:, ::-1]
 
 
-_SCALE = np.array([1 / (255 * s) for s in IMAGENET_STD] + [1 / 255], np.float32)
-_OFFSET = np.array([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)] + [0.0], np.float32)
-
-
-def normalise(image: np.ndarray, label: np.ndarray) -> Example:
-    """uint8 (H, W, C) -> float32 (C, H, W): ImageNet mean/std for RGB, edge / 255; labels to int64."""
-    c = image.shape[2]
-    values = image.astype(np.float32) * _SCALE[:c] + _OFFSET[:c]
+def to_tensors(image: np.ndarray, label: np.ndarray) -> Example:
+    """uint8 (H, W, C) image and (H, W) trainIds -> uint8 tensors (C, H, W) and (H, W)."""
     return Example(
-        torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1))),
-        torch.from_numpy(label.astype(np.int64)),
+        torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        torch.from_numpy(np.ascontiguousarray(label)),
     )
+
+
+_SCALE = (*(1 / (255 * s) for s in IMAGENET_STD), 1 / 255)
+_OFFSET = (*(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)), 0.0)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., C, H, W) -> float32 on the same device: ImageNet mean/std for RGB, edge / 255.
+
+    Runs on the device, after the batch is there: a loader sends uint8 (4x fewer bytes than float32
+    through its worker queue and to the GPU), and the arithmetic runs once per batch.
+    """
+    c = images.shape[-3]
+    scale = torch.tensor(_SCALE[:c], dtype=torch.float32, device=images.device).view(c, 1, 1)
+    offset = torch.tensor(_OFFSET[:c], dtype=torch.float32, device=images.device).view(c, 1, 1)
+    return images.float().mul_(scale).add_(offset)
 
 
 class ShardDataset(Dataset):
@@ -108,7 +123,7 @@ class ShardDataset(Dataset):
         image, label = select_channels(sample.frame, self.channels), sample.label
         if mirrored:
             image, label = flip(image, label)
-        example = normalise(image, label)
+        example = to_tensors(image, label)
         return example.image, example.label
 
     def frame_id(self, index: int) -> str:
@@ -207,7 +222,7 @@ class LoaderSettings:
     """
 
     workers: int = 0
-    prefetch_factor: int = 4
+    prefetch_factor: int = 2  # 4 made no consistent difference (docs/performance.md)
     pin_memory: bool = False
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from segnet.checkpoint import load_checkpoint
 from segnet.config import TrainConfig
-from segnet.data import EpochSampler, ShardDataset
+from segnet.data import EpochSampler, ShardDataset, normalise
 from segnet.deeplab import build_model
 from segnet.devices import resolve_device
 from segnet.errors import SegnetError
@@ -85,7 +85,7 @@ def evaluate(
     written, index = 0, 0
     with torch.inference_mode():
         for images, labels in loader:
-            logits = model(images.to(torch_device))
+            logits = model(normalise(images.to(torch_device)))
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
             predictions = logits.argmax(1).cpu()
             if labeled:

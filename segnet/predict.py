@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from hedprep.shards import resize_frame, trainid_to_color
-from segnet.data import normalise, select_channels
+from segnet.data import normalise, select_channels, to_tensors
 from segnet.devices import resolve_device
 from segnet.errors import SegnetError
 from segnet.evaluate import checkpoint_eval_size, load_model
@@ -68,9 +68,9 @@ def predict(
         rgb = read_image(path)
         frame = rgb if hed is None else np.concatenate([rgb, hed(rgb)[..., None]], axis=2)
         pixels = resize_frame(select_channels(frame, model.in_channels), size)  # as the shards' levels are
-        example = normalise(pixels, np.zeros(pixels.shape[:2], np.uint8))
+        example = to_tensors(pixels, np.zeros(pixels.shape[:2], np.uint8))
         with torch.inference_mode():
-            logits = model(example.image[None].to(torch_device))
+            logits = model(normalise(example.image[None].to(torch_device)))
             logits = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
         prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         color = out_dir / f"{path.stem}_pred_color.png"

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from segnet.checkpoint import load_checkpoint, save_checkpoint
 from segnet.config import Stage, TrainConfig, available_cpus, default_workers, local_ranks
-from segnet.data import EpochItems, EpochSampler, ShardDataset, loader_settings, make_loader
+from segnet.data import EpochItems, EpochSampler, ShardDataset, loader_settings, make_loader, normalise
 from segnet.deeplab import build_model
 from segnet.devices import amp_dtype, resolve_device
 from segnet.errors import SegnetError
@@ -241,7 +241,7 @@ def validate(model: torch.nn.Module, loader: DataLoader, items: EpochItems, devi
     model.eval()
     with torch.inference_mode(), autocast(device, amp):
         for images, labels in loader:
-            logits = model(images.to(device))
+            logits = model(normalise(images.to(device)))
             matrix.update(logits.argmax(1).cpu(), labels)
     total = _all_reduce(torch.from_numpy(matrix.matrix.copy()), dist_info).numpy()
     model.train()
@@ -355,7 +355,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
             callbacks.on_epoch_start(info)
         started = time.perf_counter() - stats["seconds"]
         for images, labels in loader:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images = normalise(images.to(device, non_blocking=True))
+            labels = labels.to(device, non_blocking=True).long()
             with autocast(device, amp):
                 logits = trained(images)
             loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)

@@ -348,6 +348,22 @@ def test_distributed_build_equals_local_build(dataset, local_build, cluster, tmp
 
 
 @pytest.mark.slow
+def test_distributed_relevel_equals_local_relevel(dataset, local_build, cluster, tmp_path):
+    """`--levels` over an existing build runs as Dask tasks on a cluster's workers, without HED."""
+    local, distributed = tmp_path / "local", tmp_path / "distributed"
+    for out in (local, distributed):
+        shutil.copytree(local_build, out / "train")
+    result = build(dataset, local, "--levels", "1")
+    assert result.returncode == 0, result.stderr
+    result = build(dataset, distributed, "--levels", "1", "--scheduler", cluster(1).address)
+    assert result.returncode == 0, result.stderr
+    assert "0 built, 0 kept, 3 rewritten with 1 resolution level(s)" in result.stdout
+    assert_same_shards(distributed / "train", local / "train")
+    with h5py.File(distributed / "train" / "shard-00000.h5", "r") as f:
+        assert f.attrs["levels"] == 1 and list(f["levels"]) == ["1"]
+
+
+@pytest.mark.slow
 def test_local_cluster_build_equals_local_build(dataset, local_build, tmp_path):
     result = build_process(dataset, tmp_path, "--workers", "2")
     assert result.returncode == 0, result.stderr

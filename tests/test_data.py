@@ -11,20 +11,24 @@ from segnet.data import EpochSampler, ShardDataset, flip, normalise
 from segnet.errors import SegnetError
 
 
-def test_rgb_and_rgbe_samples_are_normalised_frames(segnet_shards):
+def test_rgb_and_rgbe_samples_are_uint8_frames_normalised_per_batch(segnet_shards):
     reader = open_split(segnet_shards, "train")
     frame, label, _ = reader[2]
     rgb = ShardDataset(segnet_shards, "train", channels=3)
     rgbe = ShardDataset(segnet_shards, "train", channels=4)
     image3, label3 = rgb[2]
     image4, label4 = rgbe[(2, False)]
-    assert image3.shape == (3, 64, 128) and image4.shape == (4, 64, 128) and image3.dtype == torch.float32
-    assert torch.equal(image3, image4[:3]) and torch.equal(label3, label4) and label3.dtype == torch.int64
+    assert image3.shape == (3, 64, 128) and image4.shape == (4, 64, 128) and image3.dtype == torch.uint8
+    assert torch.equal(image3, image4[:3]) and torch.equal(label3, label4) and label3.dtype == torch.uint8
+    assert np.array_equal(image4.numpy().transpose(1, 2, 0), frame) and np.array_equal(label3.numpy(), label)
+    batch = normalise(torch.stack([image4, image4]))
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     expected = (frame[..., :3] / 255.0 - mean) / std
-    np.testing.assert_allclose(image3.numpy().transpose(1, 2, 0), expected, atol=1e-5)
-    np.testing.assert_allclose(image4[3].numpy(), frame[..., 3] / 255.0, atol=1e-6)
-    assert np.array_equal(label3.numpy(), label) and (label3 != 255).any()
+    assert batch.shape == (2, 4, 64, 128) and batch.dtype == torch.float32
+    np.testing.assert_allclose(batch[1, :3].numpy().transpose(1, 2, 0), expected, atol=1e-5)
+    np.testing.assert_allclose(batch[0, 3].numpy(), frame[..., 3] / 255.0, atol=1e-6)
+    np.testing.assert_allclose(normalise(image3).numpy().transpose(1, 2, 0), expected, atol=1e-5)
+    assert (label3 != 255).any()
 
 
 def test_samples_are_read_at_the_stage_size_through_the_levels(segnet_shards):
@@ -33,8 +37,7 @@ def test_samples_are_read_at_the_stage_size_through_the_levels(segnet_shards):
     frame, label, _ = reader.read(0, (32, 48))  # from level 1 (32x64), the smallest at least 32x48
     image, sample_label = ShardDataset(segnet_shards, "train", 3, size=(32, 48))[0]
     assert image.shape == (3, 32, 48) and np.array_equal(sample_label.numpy(), label)
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    np.testing.assert_allclose(image.numpy().transpose(1, 2, 0), (frame[..., :3] / 255.0 - mean) / std, atol=1e-5)
+    assert np.array_equal(image.numpy().transpose(1, 2, 0), frame[..., :3])
     assert set(np.unique(label)) <= set(np.unique(reader[0].label))  # no invented classes
 
 
@@ -53,8 +56,9 @@ def test_evaluation_keeps_labels_at_full_size(segnet_shards):
 
 
 def test_normalise_takes_three_or_four_channels():
-    example = normalise(np.full((2, 2, 4), 255, np.uint8), np.zeros((2, 2), np.uint8))
-    assert example.image.shape == (4, 2, 2) and torch.allclose(example.image[3], torch.ones(2, 2))
+    image = normalise(torch.full((4, 2, 2), 255, dtype=torch.uint8))
+    assert image.shape == (4, 2, 2) and torch.allclose(image[3], torch.ones(2, 2))
+    assert normalise(torch.zeros((1, 3, 2, 2), dtype=torch.uint8))[0, 0, 0, 0] == pytest.approx(-0.485 / 0.229)
 
 
 def test_epoch_sampler_is_a_seeded_reshuffle_with_flips():

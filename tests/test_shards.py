@@ -458,3 +458,26 @@ def test_v1_shards_are_read_verified_and_read_at_any_size():
     for split in ("train", "val"):
         check = verify_split(V1_SHARDS / split)
         assert check.ok and not check.unlisted, check
+
+
+@pytest.mark.parametrize("text", ["gzip", "gzip:6", "lzf", "none"])
+def test_whole_frame_reads_equal_h5py_reads(tmp_path, text):
+    """gzip chunks are inflated by ISA-L from `read_direct_chunk`: tiles cut by the border, chunks never
+    written (the fill value) and every level must read as h5py reads them; other filters go through h5py."""
+    from hedprep.shards.frame_reads import FrameReader
+
+    rng = np.random.default_rng(3)
+    info = replace(INFO, frame_height=300, frame_width=530, levels=2)
+    frames = rng.integers(0, 256, (2, 300, 530, 4), dtype=np.uint8)
+    label = rng.integers(0, 19, (300, 530), dtype=np.uint8)
+    with ShardWriter(tmp_path / "s.h5", 2, info, parse_compression(text)) as writer:
+        writer.append("aachen_000000_000019", frames[0], label)
+        writer.append("aachen_000001_000019", frames[1], None)
+        writer.close()
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        for name in ("frames", "labels", "levels/1/frames", "levels/1/labels", "levels/2/labels"):
+            read = FrameReader(f[name])
+            assert (read._inflate is not None) == text.startswith("gzip"), name
+            for i in (0, 1):
+                assert np.array_equal(read(i), f[name][i]), (name, i)
+        assert np.all(FrameReader(f["labels"])(1) == 255)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from hedprep.errors import OptionError
 
 
@@ -92,4 +94,39 @@ def fast_deflate(compression: Compression) -> Callable[[bytes], bytes] | None:
     except ImportError:
         return None
     level = compression.level
-    return lambda data: isal_zlib.compress(data, level)
+
+    def deflate(data: bytes) -> bytes:
+        compressed = isal_zlib.compress(data, level)
+        clean_vector_state()
+        return compressed
+
+    return deflate
+
+
+def fast_inflate() -> Callable[[bytes], bytes] | None:
+    """ISA-L's inflate, if the `isal` package is installed; else None (HDF5's zlib filter inflates)."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return None
+
+    def inflate(data: bytes) -> bytes:
+        raw = isal_zlib.decompress(data)
+        clean_vector_state()
+        return raw
+
+    return inflate
+
+
+_VECTOR_SCRATCH = np.zeros(256, np.float32)
+
+
+def clean_vector_state() -> None:
+    """Clear the upper halves of this thread's AVX registers after an ISA-L call.
+
+    ISA-L returns with them dirty (no `vzeroupper`), and until AVX code clears them every SSE
+    instruction of the thread pays for it: OpenCV's INTER_AREA resize of a 512x1024x4 frame to
+    512x912 took 7.7 ms after an ISA-L call and 2.1 ms after this (benchmarks/segnet_loader.py,
+    docs/performance.md). numpy's AVX loops end with `vzeroupper`; a small add runs one.
+    """
+    np.add(_VECTOR_SCRATCH, _VECTOR_SCRATCH)

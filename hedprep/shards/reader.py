@@ -23,6 +23,7 @@ from hedprep.shards.format import (
     read_attrs,
     stored_levels,
 )
+from hedprep.shards.frame_reads import FrameReader
 from hedprep.shards.levels import choose_level, resize_frame, resize_labels
 from hedprep.shards.manifest import read_manifest, shard_path
 
@@ -38,9 +39,12 @@ class ShardError(HedprepError):
         self.problem = problem
 
 
-def open_shard(path: str | os.PathLike) -> h5py.File:
+def open_shard(path: str | os.PathLike, chunk_cache_bytes: int | None = None) -> h5py.File:
     """Open a shard read-only, with the filter plugins loaded, after checking it is a v1 or v2 shard
     with every dataset its version and levels call for.
+
+    Args:
+        chunk_cache_bytes: HDF5's cache of decompressed chunks per dataset; None: HDF5's default.
 
     Raises:
         ShardError: no such file, not HDF5, not this format or version, a dataset missing, or
@@ -51,7 +55,7 @@ def open_shard(path: str | os.PathLike) -> h5py.File:
         raise ShardError(path, "no such file")
     load_filter_plugins()
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", rdcc_nbytes=chunk_cache_bytes)
     except OSError as error:
         raise ShardError(path, f"not a readable HDF5 file ({one_line(error)})") from None
     try:
@@ -151,8 +155,8 @@ class SplitReader:
         local = index - int(self._starts[shard])
         opened = self._handle(shard)
         level = choose_level(*self.frame_size, opened.levels, size) if size is not None else 0
-        frame = opened.frames[level][local]
-        label = opened.labels[0 if full_size_labels else level][local]
+        frame = opened.frames[level](local)
+        label = opened.labels[0 if full_size_labels else level](local)
         if size is not None:
             frame = resize_frame(frame, size)
             if not full_size_labels:
@@ -169,7 +173,10 @@ class SplitReader:
             self._pid = os.getpid()
         opened = self._handles.get(shard)
         if opened is None:
-            opened = _OpenShard(open_shard(shard_path(self.split_dir, self.shards[shard].file)))
+            # Frames are read whole and in random order: a cache of decompressed chunks would only
+            # hold memory (HDF5 2.0 keeps up to 8 MiB per dataset, and every shard stays open).
+            path = shard_path(self.split_dir, self.shards[shard].file)
+            opened = _OpenShard(open_shard(path, chunk_cache_bytes=0))
             self._handles[shard] = opened
         return opened
 
@@ -198,8 +205,8 @@ class _OpenShard:
     def __init__(self, f: h5py.File) -> None:
         self.file = f
         self.levels = stored_levels(read_attrs(f))
-        self.frames = [f[level_dataset(k, "frames")] for k in range(self.levels + 1)]
-        self.labels = [f[level_dataset(k, "labels")] for k in range(self.levels + 1)]
+        self.frames = [FrameReader(f[level_dataset(k, "frames")]) for k in range(self.levels + 1)]
+        self.labels = [FrameReader(f[level_dataset(k, "labels")]) for k in range(self.levels + 1)]
 
 
 def open_split(out: str | os.PathLike, split: str | None = None) -> SplitReader:
