@@ -56,9 +56,9 @@ demo: venv
 bench: venv
 	$(BIN)/python benchmarks/hed_throughput.py
 	$(BIN)/python benchmarks/build_throughput.py
-	$(BIN)/python benchmarks/segnet_loader.py
+	$(BIN)/python benchmarks/segnet_loader.py --work out/bench
 	$(BIN)/python benchmarks/label_downsampling.py
-	$(BIN)/python benchmarks/loader_workers.py
+	$(BIN)/python benchmarks/loader_workers.py --work out/bench
 	$(BIN)/python benchmarks/training_flops.py
 	$(BIN)/python benchmarks/segnet_train.py
 
