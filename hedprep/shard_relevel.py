@@ -48,7 +48,10 @@ def relevel_shard(spec: RelevelSpec, on_frames: Callable[[int], None] | None = N
     with open_shard(spec.path) as source:
         frames, labels = source["frames"], source["labels"]
         ids = [i.decode("ascii") for i in source["frame_ids"][()]]
-        with ShardWriter(spec.path, len(ids), spec.info, spec.compression) as shard:
+        # The planned frames, skipped ones included, as the build sizes a shard (and never 0: chunks of
+        # one frame need room for one).
+        planned = len(ids) + len(spec.record.skipped)
+        with ShardWriter(spec.path, planned, spec.info, spec.compression) as shard:
             for i, frame_id in enumerate(ids):
                 label = labels[i]
                 shard.append(frame_id, frames[i], None if np.all(label == IGNORE_INDEX) else label)

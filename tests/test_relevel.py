@@ -223,3 +223,25 @@ def test_v1_builds_get_levels_without_hed(dataset, out):
     assert_same_level0(level0(out / "train"), before)
     assert_levels_derive_from_level0(out / "train", 2)
     assert verify_split(out / "train").ok
+
+
+def test_a_shard_whose_frames_were_all_skipped_gets_levels_too(tmp_path):
+    from dataclasses import replace
+
+    from hedprep.shards import Compression, ShardWriter, SkippedFrame
+
+    info = ShardInfo("train", "/data/cityscapes", "bsds500", "ab" * 32, "fp32", "gzip:1", 16, 24)
+    path = tmp_path / shard_name(0)
+    with ShardWriter(path, 2, info, Compression()) as writer:
+        writer.append("a_000000_000019", np.zeros((16, 24, 4), np.uint8), None)
+        writer.skip(SkippedFrame("a_000001_000019", "/data/a1.png", "not a readable image"))
+        one_skipped = writer.close()
+    relevelled = relevel_shard(RelevelSpec(0, str(path), one_skipped, replace(info, levels=2), Compression()))
+    assert relevelled.skipped == one_skipped.skipped and relevelled.levels == 2
+    with ShardWriter(path, 1, info, Compression()) as writer:
+        writer.skip(SkippedFrame("a_000000_000019", "/data/a0.png", "not a readable image"))
+        all_skipped = writer.close()
+    relevelled = relevel_shard(RelevelSpec(0, str(path), all_skipped, replace(info, levels=2), Compression()))
+    assert relevelled.frame_ids == [] and relevelled.skipped == all_skipped.skipped and relevelled.levels == 2
+    with h5py.File(path, "r") as f:
+        assert f["levels/2/frames"].shape == (0, 4, 6, 4) and f.attrs["levels"] == 2
