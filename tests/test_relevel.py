@@ -216,6 +216,8 @@ def test_v1_builds_get_levels_without_hed(dataset, out):
     before = level0(out / "train")
 
     hed_inference._DETECTORS.clear()
+    same = build_split(config(dataset, out, 0))  # v1 shards hold 0 levels: kept as they are
+    assert (same.built, same.kept, same.relevelled) == (0, 3, 0) and read_manifest(out / "train").format_version == 2
     result = build_split(config(dataset, out, 2))
     assert not hed_inference._DETECTORS
     assert (result.built, result.kept, result.relevelled) == (0, 0, 3)
