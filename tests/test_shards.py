@@ -481,3 +481,18 @@ def test_whole_frame_reads_equal_h5py_reads(tmp_path, text):
             for i in (0, 1):
                 assert np.array_equal(read(i), f[name][i]), (name, i)
         assert np.all(FrameReader(f["labels"])(1) == 255)
+
+
+def test_verify_takes_a_level_pixel_off_by_one_but_not_by_two(tmp_path):
+    ids, frames, labels = random_frames(1)
+    info = replace(INFO, levels=1)
+    path = tmp_path / "s.h5"
+    with ShardWriter(path, 1, info, GZIP) as writer:
+        writer.append(ids[0], frames[0], labels[0])
+        writer.close()
+    with h5py.File(path, "r+") as f:
+        f["levels/1/frames"][0, 0, 0, 0] = downsample_frame(frames[0], 1)[0, 0, 0] ^ 1  # a tie rounded the other way
+    assert check_shard(path, info=info) == []
+    with h5py.File(path, "r+") as f:
+        f["levels/1/frames"][0, 0, 0, 0] = (int(downsample_frame(frames[0], 1)[0, 0, 0]) + 2) % 256
+    assert check_shard(path, info=info) == [f"level 1 of frame 0 ({ids[0]}) is not its level-0 frame downsampled"]

@@ -97,7 +97,9 @@ def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | 
         for i in sorted({0, n - 1}) if n else ():
             frame, label = f["frames"][i], f["labels"][i]
             for k in range(1, levels + 1):
-                if not np.array_equal(f[level_dataset(k, "frames")][i], downsample_frame(frame, k)):
+                # within 1: how a tie rounds is OpenCV's choice (and may differ between its builds)
+                stored = f[level_dataset(k, "frames")][i].astype(np.int16)
+                if np.abs(stored - downsample_frame(frame, k)).max(initial=0) > 1:
                     problems.append(f"level {k} of frame {i} ({stored_ids[i]}) is not its level-0 frame downsampled")
                 if not np.array_equal(f[level_dataset(k, "labels")][i], downsample_labels(label, k)):
                     problems.append(f"level {k} labels of frame {i} ({stored_ids[i]}) are not its labels downsampled")
