@@ -110,6 +110,7 @@ def plan_build(config: BuildConfig) -> BuildPlan:
         "frames_per_shard": config.frames_per_shard,
         "limit": config.limit,
         "on_error": config.on_error,
+        "filter_plugin": compression.plugin_note(),
     }
     engine = EngineSpec(config.weights, config.precision, config.device, config.batch_size)
     split_dir = Path(config.out).absolute() / config.split  # workers on other hosts see the same path

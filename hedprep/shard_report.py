@@ -23,7 +23,6 @@ from hedprep.errors import HedprepError, one_line
 from hedprep.images import encode_png
 from hedprep.shards import (
     IMAGES_GROUP,
-    LEVELS_GROUP,
     Manifest,
     ShardError,
     level_dataset,
@@ -128,24 +127,19 @@ def _dataset_summary(name: str, dataset: h5py.Dataset, count: int = 1) -> Datase
 
 
 def _dataset_summaries(f: h5py.File) -> tuple[DatasetSummary, ...]:
-    """Root and level datasets one by one; the per-frame views as one row per view name (rgb, edge, label)."""
-    rows = [_dataset_summary(name, obj) for name, obj in f.items() if isinstance(obj, h5py.Dataset)]
-    levels = f.get(LEVELS_GROUP)
-    if isinstance(levels, h5py.Group):
-        for level_name, group in levels.items():
-            if isinstance(group, h5py.Group):
-                rows += [_dataset_summary(f"{LEVELS_GROUP}/{level_name}/{name}", obj) for name, obj in group.items()
-                         if isinstance(obj, h5py.Dataset)]
-    views: dict[str, list[h5py.Dataset]] = {}
-    images = f.get(IMAGES_GROUP)
-    if isinstance(images, h5py.Group):
-        for frame_group in images.values():
-            if isinstance(frame_group, h5py.Group):
-                for name, view in frame_group.items():
-                    views.setdefault(name, []).append(view)
-    for name, datasets in views.items():
-        rows.append(_dataset_summary(f"{IMAGES_GROUP}/*/{name}", datasets[0], len(datasets)))
-    return tuple(rows)
+    """Every dataset, in name order; the per-frame views under `images/` as one row per view
+    (`images/*/rgb/data`, with the number of frames)."""
+    found: dict[str, list[h5py.Dataset]] = {}
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset):
+            parts = name.split("/")
+            if parts[0] == IMAGES_GROUP and len(parts) > 2:
+                name = "/".join([IMAGES_GROUP, "*", *parts[2:]])
+            found.setdefault(name, []).append(obj)
+
+    f.visititems(visit)
+    return tuple(_dataset_summary(name, datasets[0], len(datasets)) for name, datasets in found.items())
 
 
 def summarize_shard(path: str | os.PathLike) -> ShardSummary:

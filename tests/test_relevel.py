@@ -168,63 +168,48 @@ def test_levels_beyond_the_frame_size_are_refused(dataset, tmp_path):
     assert not (tmp_path / "train").exists()
 
 
-def downgrade_to_v1(split_dir: Path) -> None:
-    """Turn a --levels 0 build into what the v1 writer wrote: no `levels` attribute, version 1."""
-    for path in split_dir.glob("shard-*.h5"):
-        with h5py.File(path, "r+") as f:
-            del f.attrs["levels"]
-            f.attrs["format_version"] = 1
+def v1_build_of(root: Path, out: Path) -> Path:
+    """The real v1 shards of tests/data/v1-shards, as if built from `root`: the same fixture frames
+    (seed 5, 64x128) made again there, so only `dataset_root` (manifest, shard attributes) changes."""
+    from hedprep.digests import file_sha256
+    from hedprep.shards.format import set_string_attr
+
+    make_fixture(root, {"train": 4, "val": 2, "test": 0}, size=(64, 128), seed=5)
+    split_dir = out / "train"
+    shutil.copytree(V1_SHARDS / "train", split_dir)
     manifest_path = split_dir / "manifest.json"
     data = json.loads(manifest_path.read_text())
-    data["format_version"] = 1
-    del data["params"]["levels"]
+    data["params"]["dataset_root"] = str(root.resolve())
     for shard in data["shards"]:
-        del shard["levels"]
-        from hedprep.digests import file_sha256
-
-        shard["sha256"] = file_sha256(split_dir / shard["file"])
-        shard["bytes"] = (split_dir / shard["file"]).stat().st_size
+        path = split_dir / shard["file"]
+        with h5py.File(path, "r+") as f:
+            set_string_attr(f, "dataset_root", str(root.resolve()))
+        shard["sha256"], shard["bytes"] = file_sha256(path), path.stat().st_size
     manifest_path.write_text(json.dumps(data, indent=1) + "\n")
+    return split_dir
 
 
-def structure(path: Path) -> tuple:
-    """A shard's layout: object names, dataset shapes (frame count aside), attribute names per object."""
-    objects = {}
-    with h5py.File(path, "r") as f:
-        objects["/"] = sorted(f.attrs)
+def test_v1_builds_get_levels_without_hed(tmp_path):
+    root = tmp_path / "cityscapes"
+    split_dir = v1_build_of(root, tmp_path / "out")
+    assert read_manifest(split_dir).format_version == 1 and verify_split(split_dir).ok
+    before = level0(split_dir)
 
-        def visit(name, obj):
-            if name.startswith("images/"):  # per-frame views: compare one frame's
-                parts = name.split("/")
-                name = "/".join(["images", "*", *parts[2:]])
-            shape = tuple(obj.shape[1:]) if isinstance(obj, h5py.Dataset) else None
-            objects[name] = (type(obj).__name__, shape, sorted(obj.attrs))
-
-        f.visititems(visit)
-    return tuple(sorted(objects.items(), key=lambda item: item[0]))
-
-
-def test_v1_builds_get_levels_without_hed(dataset, out):
-    downgrade_to_v1(out / "train")
-    # the downgrade is faithful: laid out as the v1 writer's own files (tests/data/v1-shards) are
-    assert structure(out / "train" / shard_name(0)) == structure(V1_SHARDS / "train" / shard_name(0))
-    v1_manifest = json.loads((V1_SHARDS / "train" / "manifest.json").read_text())
-    ours = json.loads((out / "train" / "manifest.json").read_text())
-    assert ours.keys() == v1_manifest.keys() and ours["params"].keys() == v1_manifest["params"].keys()
-    assert ours["shards"][0].keys() == v1_manifest["shards"][0].keys()
-    assert verify_split(out / "train").ok
-    before = level0(out / "train")
+    def v1_config(levels: int) -> BuildConfig:
+        return BuildConfig(root=str(root), split="train", out=str(tmp_path / "out"), frames_per_shard=3,
+                           device="cpu", levels=levels)
 
     hed_inference._DETECTORS.clear()
-    same = build_split(config(dataset, out, 0))  # v1 shards hold 0 levels: kept as they are
-    assert (same.built, same.kept, same.relevelled) == (0, 3, 0) and read_manifest(out / "train").format_version == 2
-    result = build_split(config(dataset, out, 2))
-    assert not hed_inference._DETECTORS
-    assert (result.built, result.kept, result.relevelled) == (0, 0, 3)
-    assert read_manifest(out / "train").format_version == 2
-    assert_same_level0(level0(out / "train"), before)
-    assert_levels_derive_from_level0(out / "train", 2)
-    assert verify_split(out / "train").ok
+    same = build_split(v1_config(0))  # v1 shards hold 0 levels: kept as they are
+    assert (same.built, same.kept, same.relevelled) == (0, 2, 0) and read_manifest(split_dir).format_version == 2
+    result = build_split(v1_config(2))
+    assert not hed_inference._DETECTORS  # HED was never loaded
+    assert (result.built, result.kept, result.relevelled) == (0, 0, 2)
+    assert_same_level0(level0(split_dir), before)
+    assert_levels_derive_from_level0(split_dir, 2)
+    assert verify_split(split_dir).ok
+    with h5py.File(split_dir / shard_name(0), "r") as f:  # now a v2 shard, viewer pictures included
+        assert f.attrs["format_version"] == 2 and "label_colors" in f and f.attrs["default"] == "browse"
 
 
 def test_a_shard_whose_frames_were_all_skipped_gets_levels_too(tmp_path):

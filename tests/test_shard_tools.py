@@ -118,12 +118,14 @@ def test_summarize_shard(built):
     assert sum(s.level_stored_bytes) == s.stored_bytes and s.level_stored_bytes[0] > s.level_stored_bytes[1] > 0
     rows = {d.name: d for d in s.datasets}
     levels = {f"levels/{k}/{name}" for k in (1, 2, 3) for name in ("frames", "labels")}
-    assert set(rows) == {"frames", "labels", "frame_ids", "palette", "images/*/rgb", "images/*/edge",
-                         "images/*/label"} | levels
+    views = {f"images/*/{view}/{name}" for view in ("rgb", "edge", "label") for name in ("data", "y")}
+    assert set(rows) == {"frames", "labels", "frame_ids", "palette", "label_colors", "browse/data",
+                         "browse/y"} | levels | views
     assert rows["levels/3/frames"].shape == (PER_SHARD, 8, 16, 4) and rows["levels/3/labels"].chunks == (1, 8, 16)
     assert rows["labels"].chunks == (1, min(h, 256), min(w, 256)) and rows["palette"].shape == (256, 3)
-    assert rows["images/*/rgb"].shape == (h, w, 3) and rows["images/*/rgb"].filters == "virtual"
-    assert rows["images/*/edge"].count == PER_SHARD
+    assert rows["images/*/rgb/data"].shape == (h, w, 3) and rows["images/*/rgb/data"].filters == "virtual"
+    assert rows["images/*/edge/data"].count == PER_SHARD and rows["browse/data"].shape == (PER_SHARD, h, w, 3)
+    assert 0 < rows["label_colors"].stored_bytes < rows["labels"].stored_bytes * 4
 
 
 def test_summarize_split_and_output(built):
@@ -147,7 +149,8 @@ def test_inspect_shard_file(built):
     s = summarize_shard(shard(built))
     row = re.search(r"^shard-00000\.h5 +(\d+) +(\d+x\d+) .* ([\d.]+)$", result.stdout, re.M)
     assert row and row.groups() == (str(PER_SHARD), f"{SIZE[0]}x{SIZE[1]}", f"{s.ratio:.2f}"), result.stdout
-    for name in ("frames", "labels", "frame_ids", "palette", f"images/*/rgb (x{PER_SHARD})", "hed_weights_sha256"):
+    for name in ("frames", "labels", "frame_ids", "palette", "label_colors", "browse/data",
+                 f"images/*/rgb/data (x{PER_SHARD})", "hed_weights_sha256", "filter_plugin"):
         assert name in result.stdout
 
 
@@ -313,18 +316,18 @@ def test_h5dump_reads_a_shard(built):
     with h5py.File(path, "r") as f:
         ids = [i.decode() for i in f["frame_ids"][()]]
         edges = f["frames"][:, :, :, 3]
-    for name in ("frames", "labels", "frame_ids", "palette"):
+    for name in ("frames", "labels", "frame_ids", "palette", "label_colors"):
         assert f'DATASET "{name}"' in header.stdout
     for frame_id in ids:
         group = header.stdout.split(f'GROUP "{frame_id}"', 1)[1]
         for view in ("rgb", "edge", "label"):
-            assert f'DATASET "{view}"' in group
+            assert f'GROUP "{view}"' in group and 'DATASET "data"' in group.split(f'GROUP "{view}"', 1)[1]
 
     i = len(ids) - 1  # a window around the strongest edge, so the values are not all zero
     interior = edges[i, 4:-8, 4:-8]
     row, col = (int(v) + 4 for v in np.unravel_index(np.argmax(interior), interior.shape))
     r0, c0 = row - 1, col - 2
-    dump = h5dump("-d", f"/images/{ids[i]}/edge", "-s", f"{r0},{c0}", "-c", "3,5", str(path))
+    dump = h5dump("-d", f"/images/{ids[i]}/edge/data", "-s", f"{r0},{c0},1", "-c", "3,5,1", str(path))
     assert dump.returncode == 0, dump.stderr
     data = dump.stdout.split("SUBSET", 1)[1].split("DATA {", 1)[1].split("}", 1)[0]
     values = [int(v) for line in data.splitlines() if "):" in line for v in re.findall(r"\d+", line.split("):")[1])]

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hedprep.cityscapes import trainid_palette
+from hedprep.cityscapes import trainid_palette, trainid_to_color
 from hedprep.errors import HedprepError
 from hedprep.options import parse_compression
 from hedprep.shards import (
@@ -96,31 +96,49 @@ def test_shard_holds_frames_labels_ids_and_attributes(tmp_path):
             assert name in attrs
 
 
-def test_viewer_images_are_tagged_virtual_views_of_the_data(tmp_path):
+def test_viewer_pictures_are_nexus_rgb_images_over_the_data(tmp_path):
     ids, frames, labels = random_frames(2)
     write(tmp_path / "s.h5", ids, frames, labels)
     with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f.attrs["default"] == "browse"  # NeXus: the picture a viewer opens the file on
+        browse = f["browse"]
+        assert browse.attrs["NX_class"] == "NXdata" and browse.attrs["signal"] == "data"
+        assert list(browse.attrs["axes"]) == [".", "y", ".", "."] and browse.attrs["y_indices"] == 1
+        assert browse["data"].is_virtual and np.array_equal(browse["data"][()], frames[..., :3])
+        assert browse["y"][()].tolist() == list(range(H - 1, -1, -1))  # downward: drawn upright
+        assert np.array_equal(f["label_colors"][()], trainid_to_color(labels))
         for i, frame_id in enumerate(ids):
-            group = f["images"][frame_id]
-            rgb, edge, label = group["rgb"], group["edge"], group["label"]
-            assert rgb.is_virtual and edge.is_virtual and label.is_virtual
-            assert np.array_equal(rgb[()], frames[i, :, :, :3])
-            assert np.array_equal(edge[()], frames[i, :, :, 3])
-            assert np.array_equal(label[()], labels[i])
-            assert rgb.attrs["CLASS"] == b"IMAGE" and rgb.attrs["IMAGE_VERSION"] == b"1.2"
-            assert rgb.attrs["IMAGE_SUBCLASS"] == b"IMAGE_TRUECOLOR"
-            assert rgb.attrs["INTERLACE_MODE"] == b"INTERLACE_PIXEL"
-            assert edge.attrs["IMAGE_SUBCLASS"] == b"IMAGE_GRAYSCALE"
-            assert label.attrs["IMAGE_SUBCLASS"] == b"IMAGE_INDEXED"
-            palette = f[label.attrs["PALETTE"][0]]
-            assert palette.name == "/palette" and np.array_equal(palette[()], trainid_palette())
-            # Fixed-length, null-terminated strings, as the HDF5 Image Specification asks.
-            tid = string_attr_type(rgb, "CLASS")
-            assert isinstance(tid, h5py.h5t.TypeStringID) and not tid.is_variable_str()
-            assert tid.get_strpad() == h5py.h5t.STR_NULLTERM and tid.get_size() == len("IMAGE") + 1
-        assert f["palette"].attrs["CLASS"] == b"PALETTE" and f["palette"].attrs["PAL_VERSION"] == b"1.2"
+            entry = f["images"][frame_id]
+            assert entry.attrs["NX_class"] == "NXentry" and entry.attrs["default"] == "rgb"
+            expected = {"rgb": frames[i, :, :, :3], "edge": np.repeat(frames[i, :, :, 3:], 3, axis=2),
+                        "label": trainid_to_color(labels[i])}
+            for name, pixels in expected.items():
+                group = entry[name]
+                assert group.attrs["NX_class"] == "NXdata" and group.attrs["signal"] == "data"
+                assert list(group.attrs["axes"]) == ["y", ".", "."] and group.attrs["y_indices"] == 0
+                assert group["y"][()].tolist() == list(range(H - 1, -1, -1))
+                data = group["data"]
+                assert data.is_virtual and np.array_equal(data[()], pixels), name
+                assert data.attrs["interpretation"] == "rgb-image"
+                assert (data.attrs["CLASS"], data.attrs["IMAGE_VERSION"]) == ("IMAGE", "1.2")
+                assert data.attrs["IMAGE_SUBCLASS"] == "IMAGE_TRUECOLOR"
+                assert data.attrs["INTERLACE_MODE"] == "INTERLACE_PIXEL"
+                # Variable-length strings: HDF Compass does not recognise fixed-length ones as images.
+                assert string_attr_type(data, "CLASS").is_variable_str()
+        assert np.array_equal(f["palette"][()], trainid_palette()) and f["palette"].attrs["CLASS"] == b"PALETTE"
         # Views point at this file itself ("."), so they survive the rename from the temporary name.
-        assert {s.file_name for s in f["images"][ids[0]]["rgb"].virtual_sources()} == {"."}
+        assert {s.file_name for s in f["images"][ids[0]]["rgb"]["data"].virtual_sources()} == {"."}
+        assert {s.file_name for s in f["images"][ids[0]]["label"]["data"].virtual_sources()} == {"."}
+
+
+def test_the_shard_names_the_filter_plugin_it_needs(tmp_path):
+    ids, frames, labels = random_frames(1)
+    write(tmp_path / "gzip.h5", ids, frames, labels)
+    write(tmp_path / "zstd.h5", ids, frames, labels, parse_compression("zstd"))
+    with h5py.File(tmp_path / "gzip.h5", "r") as gzip, h5py.File(tmp_path / "zstd.h5", "r") as zstd:
+        assert gzip.attrs["filter_plugin"] == b""
+        note = zstd.attrs["filter_plugin"].decode()
+        assert "32015" in note and "hdf5plugin" in note and "HDF5_PLUGIN_PATH" in note
 
 
 def test_views_still_resolve_after_the_shard_is_moved(tmp_path):
@@ -130,7 +148,7 @@ def test_views_still_resolve_after_the_shard_is_moved(tmp_path):
     moved.parent.mkdir()
     os.replace(tmp_path / "s.h5", moved)
     with h5py.File(moved, "r") as f:
-        assert np.array_equal(f["images"][ids[0]]["edge"][()], frames[0, :, :, 3])
+        assert np.array_equal(f["images"][ids[0]]["edge"]["data"][:, :, 0], frames[0, :, :, 3])
 
 
 def test_missing_labels_are_ignore_and_unused_capacity_is_dropped(tmp_path):
@@ -173,7 +191,8 @@ def test_large_frames_are_chunked_in_256x256_tiles(tmp_path):
         assert f["frames"].chunks == (1, 256, 256, 4) and f["labels"].chunks == (1, 256, 256)
         assert np.array_equal(f["frames"][0], frame) and np.array_equal(f["labels"][0], label)
         assert np.array_equal(f["frames"][0, 100:300, 200:500], frame[100:300, 200:500])
-        assert np.array_equal(f["images/aachen_000000_000019/label"][()], label)
+        assert np.array_equal(f["images/aachen_000000_000019/label/data"][()], trainid_to_color(label))
+        assert f["label_colors"].chunks == (1, 256, 256, 3)
 
 
 @pytest.mark.parametrize("text", ["none", "gzip:6", "lzf", "zstd", "lz4"])

@@ -40,6 +40,17 @@ class Compression:
     def __str__(self) -> str:
         return self.codec if self.level is None else f"{self.codec}:{self.level}"
 
+    def plugin_note(self) -> str:
+        """What a reader needs for this filter: "" for those every HDF5 library has built in."""
+        if self.codec in ("zstd", "lz4"):
+            filter_id = 32015 if self.codec == "zstd" else 32004
+            return (f"HDF5 filter {filter_id} ({self.codec}) from hdf5plugin: pip install hdf5plugin, then import "
+                    "hdf5plugin (Python) or set HDF5_PLUGIN_PATH=$(python -c 'import hdf5plugin; "
+                    "print(hdf5plugin.PLUGIN_PATH)') (HDF5 tools and viewers)")
+        if self.codec == "lzf":
+            return "HDF5 filter 32000 (lzf): built into h5py; other HDF5 tools need an LZF plugin"
+        return ""
+
     def h5py_options(self) -> dict[str, Any]:
         """Keyword arguments for `h5py.Group.create_dataset`."""
         if self.codec == "none":

@@ -16,6 +16,8 @@ CHANNELS = ("R", "G", "B", "edge")
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-*.h5"
 IMAGES_GROUP = "images"
+BROWSE_GROUP = "browse"  # NeXus NXdata of every frame's RGB: what a viewer opens first
+LABEL_COLORS = "label_colors"  # the labels in Cityscapes colours, for viewers
 LEVELS_GROUP = "levels"
 REQUIRED_DATASETS = ("frames", "labels", "frame_ids")
 

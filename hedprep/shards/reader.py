@@ -15,6 +15,7 @@ from hedprep.errors import HedprepError, one_line
 from hedprep.shards.compression import load_filter_plugins
 from hedprep.shards.format import (
     FORMAT_NAME,
+    LABEL_COLORS,
     MANIFEST_NAME,
     READABLE_VERSIONS,
     REQUIRED_DATASETS,
@@ -65,7 +66,7 @@ def open_shard(path: str | os.PathLike, chunk_cache_bytes: int | None = None) ->
             raise ShardError(path, f"not a {FORMAT_NAME} {versions} shard")
         required = [*REQUIRED_DATASETS] + [
             level_dataset(k, name) for k in range(1, stored_levels(attrs) + 1) for name in ("frames", "labels")
-        ]
+        ] + ([LABEL_COLORS] if attrs.get("format_version", 1) >= 2 else [])
         # f[name], not f.get(name): get() hides the KeyError of a damaged object header as "missing".
         missing = [name for name in required if name not in f or not isinstance(f[name], h5py.Dataset)]
         if missing:

@@ -10,10 +10,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from hedprep.cityscapes import trainid_to_color
 from hedprep.digests import file_sha256
 from hedprep.errors import HedprepError, one_line
 from hedprep.shards.format import (
     IMAGES_GROUP,
+    LABEL_COLORS,
     MANIFEST_NAME,
     SHARD_PATTERN,
     ShardInfo,
@@ -103,11 +105,25 @@ def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | 
                     problems.append(f"level {k} of frame {i} ({stored_ids[i]}) is not its level-0 frame downsampled")
                 if not np.array_equal(f[level_dataset(k, "labels")][i], downsample_labels(label, k)):
                     problems.append(f"level {k} labels of frame {i} ({stored_ids[i]}) are not its labels downsampled")
-            for view in f[IMAGES_GROUP][stored_ids[i]].values():
-                view[0]
+            problems += _check_views(f, i, stored_ids[i], frame, label)
     except H5PY_DAMAGE_ERRORS as error:
         problems.append(f"data does not decode ({one_line(error)})")
     return problems
+
+
+def _check_views(f: h5py.File, i: int, frame_id: str, frame: np.ndarray, label: np.ndarray) -> list[str]:
+    """The viewer pictures of frame `i` resolve to its pixels: v2's NXdata views (rgb, grey edge,
+    coloured labels), or v1's Image-spec views."""
+    entry = f[IMAGES_GROUP][frame_id]
+    if LABEL_COLORS not in f:  # format v1: rgb, edge and label image datasets
+        for view in entry.values():
+            view[0]
+        return []
+    expected = {"rgb": frame[..., :3], "edge": np.repeat(frame[..., 3:], 3, axis=2), "label": trainid_to_color(label)}
+    if not np.array_equal(f[LABEL_COLORS][i], expected["label"]):
+        return [f"{LABEL_COLORS} of frame {i} ({frame_id}) are not its labels in Cityscapes colours"]
+    wrong = [name for name, pixels in expected.items() if not np.array_equal(entry[name]["data"][()], pixels)]
+    return [f"viewer picture(s) {', '.join(wrong)} of frame {i} ({frame_id}) do not show its pixels"] if wrong else []
 
 
 @dataclass
