@@ -15,7 +15,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # h5dump, for the tests that check shards open in standard HDF5 tools (Debian package hdf5-tools).
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv tools test test-fast demo bench lint clean
+.PHONY: venv tools test test-fast demo bench lint clean viewers
 
 venv: $(STAMP)
 
@@ -61,6 +61,16 @@ bench: venv
 	$(BIN)/python benchmarks/loader_workers.py --work out/bench
 	$(BIN)/python benchmarks/training_flops.py
 	$(BIN)/python benchmarks/segnet_train.py
+
+# Open a fixture shard in h5web, silx and HDF Compass, headless, and check their screenshots' pixels
+# (docs/viewers.md). Not part of `make test`: it installs Debian packages, a venv and npm modules.
+# `make viewers VIEWERS_PICTURES=docs/viewers` refreshes the documentation's screenshots.
+VIEWERS_VENV     := .venv-viewers
+VIEWERS_PICTURES ?= out/viewers/pictures
+
+viewers: venv
+	sh viewers/install.sh $(VIEWERS_VENV)
+	$(VIEWERS_VENV)/bin/python viewers/check_viewers.py --work out/viewers --docs $(VIEWERS_PICTURES)
 
 lint: venv
 	$(BIN)/ruff check .

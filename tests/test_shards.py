@@ -105,6 +105,7 @@ def test_viewer_pictures_are_nexus_rgb_images_over_the_data(tmp_path):
         assert browse.attrs["NX_class"] == "NXdata" and browse.attrs["signal"] == "data"
         assert list(browse.attrs["axes"]) == [".", "y", ".", "."] and browse.attrs["y_indices"] == 1
         assert browse["data"].is_virtual and np.array_equal(browse["data"][()], frames[..., :3])
+        assert browse["data"].attrs["interpretation"] == "rgb-image" and "CLASS" not in browse["data"].attrs
         assert browse["y"][()].tolist() == list(range(H - 1, -1, -1))  # downward: drawn upright
         assert np.array_equal(f["label_colors"][()], trainid_to_color(labels))
         for i, frame_id in enumerate(ids):

@@ -184,7 +184,8 @@ class ShardWriter:
             browse = self.file.create_group(BROWSE_GROUP)
             layout = h5py.VirtualLayout(shape=(n, h, w, 3), dtype=np.uint8)
             layout[...] = frames[:, :, :, 0:3]
-            _nxdata(browse, layout, [".", "y", ".", "."], h, "frames' RGB, one frame per index")
+            # No Image-spec tags on a 4-D stack: HDF Compass would take (N, H) for a picture's size.
+            _nxdata(browse, layout, [".", "y", ".", "."], h, "frames' RGB, one frame per index", image_spec=False)
         group = self.file.create_group(IMAGES_GROUP, track_order=True)
         for i, frame_id in enumerate(self.frame_ids):
             entry = group.create_group(frame_id, track_order=True)
@@ -231,9 +232,11 @@ def _write_deflated_tiles(
             dataset.id.write_direct_chunk(offset, deflate(np.ascontiguousarray(tile).tobytes()))
 
 
-def _nxdata(group: h5py.Group, layout: h5py.VirtualLayout, axes: list[str], height: int, title: str) -> None:
+def _nxdata(group: h5py.Group, layout: h5py.VirtualLayout, axes: list[str], height: int, title: str,
+            image_spec: bool = True) -> None:
     """Make `group` a NeXus NXdata whose signal `data` is `layout`, an RGB image (or a stack of them),
-    with a `y` axis running downward so viewers draw it upright, tagged as an HDF5 true-colour image."""
+    with a `y` axis running downward so viewers draw it upright; `image_spec`: also tag it as an HDF5
+    true-colour image."""
     group.attrs["NX_class"] = "NXdata"
     group.attrs["signal"] = "data"
     group.attrs["axes"] = axes
@@ -241,10 +244,11 @@ def _nxdata(group: h5py.Group, layout: h5py.VirtualLayout, axes: list[str], heig
     group.attrs["title"] = title
     data = group.create_virtual_dataset("data", layout, fillvalue=0)
     data.attrs["interpretation"] = "rgb-image"
-    data.attrs["CLASS"] = "IMAGE"
-    data.attrs["IMAGE_VERSION"] = "1.2"
-    data.attrs["IMAGE_SUBCLASS"] = "IMAGE_TRUECOLOR"
-    data.attrs["INTERLACE_MODE"] = "INTERLACE_PIXEL"
+    if image_spec:
+        data.attrs["CLASS"] = "IMAGE"
+        data.attrs["IMAGE_VERSION"] = "1.2"
+        data.attrs["IMAGE_SUBCLASS"] = "IMAGE_TRUECOLOR"
+        data.attrs["INTERLACE_MODE"] = "INTERLACE_PIXEL"
     group.create_dataset("y", data=np.arange(height - 1, -1, -1, dtype=np.int16 if height < 2**15 else np.int32))
 
 

@@ -1,0 +1,35 @@
+#!/bin/sh
+# usage: sh viewers/install.sh VENV
+# What `make viewers` needs, each installed only when missing: Debian's Chromium, Xvfb, ImageMagick,
+# xdotool and HDF Compass; a venv with JupyterLab + h5web, silx (PyQt5, matplotlib, QtAwesome, PyOpenGL) and hdf5plugin, at the
+# versions the checks were written against; playwright-core (drives Chromium) in VENV/node.
+set -eu
+VENV=${1:-.venv-viewers}
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+PIP_PACKAGES="jupyterlab==4.6.6 jupyterlab-h5web==12.9.0 silx==3.1.3 PyQt5==5.15.11 hdf5plugin==7.1.0 scipy==1.17.1 matplotlib==3.11.2 QtAwesome==1.4.2 PyOpenGL==3.1.10 pillow==13.0.0"
+PLAYWRIGHT=playwright-core@1.65.1
+
+missing=""
+for need in chromium:chromium Xvfb:xvfb xvfb-run:xvfb import:imagemagick xdotool:xdotool HDFCompass:hdf-compass; do
+  command -v "${need%%:*}" >/dev/null 2>&1 || missing="$missing ${need#*:}"
+done
+if [ -n "$missing" ]; then
+  echo "installing Debian packages:$missing"
+  $SUDO apt-get update -qq
+  # shellcheck disable=SC2086  # one word per package
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$PIP_PACKAGES" ]; then  # the stamp holds the pins
+  echo "installing $VENV (jupyterlab, jupyterlab-h5web, silx, PyQt5, hdf5plugin)"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pip --disable-pip-version-check -q install $PIP_PACKAGES
+  echo "$PIP_PACKAGES" > "$VENV/.installed"
+fi
+
+if [ ! -d "$VENV/node/node_modules/playwright-core" ]; then
+  echo "installing $PLAYWRIGHT into $VENV/node"
+  mkdir -p "$VENV/node"
+  npm install --silent --no-audit --no-fund --prefix "$VENV/node" "$PLAYWRIGHT"
+fi
