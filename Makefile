@@ -60,6 +60,7 @@ bench: venv
 	$(BIN)/python benchmarks/label_downsampling.py
 	$(BIN)/python benchmarks/loader_workers.py --work out/bench
 	$(BIN)/python benchmarks/training_flops.py
+	$(BIN)/python benchmarks/shard_storage.py --split-dir out/bench/train8-1024x2048/shards-levels3/train
 	$(BIN)/python benchmarks/segnet_train.py
 
 # Open a fixture shard in h5web, silx and HDF Compass, headless, and check their screenshots' pixels
