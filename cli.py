@@ -504,8 +504,8 @@ def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
 @click.option("--amp", is_flag=True, help="bfloat16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader worker processes per rank. Default: 0 on a CPU (the model's threads use every core), "
-                   "one per core (at most 4) with a GPU.")
+              help="DataLoader worker processes per rank. Default: 0 on a CPU (the model's threads use every core); "
+                   "with a GPU, this rank's share of the cores less one.")
 @click.option("--seed", type=int, default=0, help="Seed of initialisation, order, flips and dropout.")
 @click.option("--strict", is_flag=True, help="Refuse shards of an incomplete build instead of warning.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
@@ -648,3 +648,62 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
 
 if __name__ == "__main__":
     hedprep()
+
+
+@segnet.command("study")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Cityscapes root (holding leftImg8bit/ and gtFine/); default: $CITYSCAPES_DATASET.")
+@click.option("--out", "out", default="runs/study", type=click.Path(file_okay=False),
+              help="Study folder: shards/, runs/VARIANT/, results.csv, results.md.")
+@click.option("--variants", default="vanilla,dlse,dlse-sf,dlse-hed", help="Comma-separated variants to train.")
+@click.option("--schedule", default=None, help=SCHEDULE_HELP + "  [default: 128x224:16,256x448:8,512x912:4]")
+@click.option("--epochs-per-stage", type=click.IntRange(min=1), default=10,
+              help="Epochs of each stage whose --schedule entry gives none.")
+@click.option("--lr", type=float, default=1e-5, help="Adam's learning rate.")
+@click.option("--backbone-weights", default="imagenet",
+              help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
+                   "such a file, or none (random initialisation). Nothing is downloaded.")
+@click.option("--seed", type=int, default=0, help="Seed of every variant's run.")
+@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
+@click.option("--levels", type=click.IntRange(min=0, max=8), default=3, help="Resolution levels of the shards.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Build the shards on this dask.distributed cluster.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Build the shards with a local dask.distributed cluster of N workers.")
+def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_weights, seed, device, levels,
+                 scheduler, workers) -> None:
+    """Run the study: build train and val shards, train each variant with the same seed and schedule,
+    evaluate each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU.
+
+    Rerunning resumes: complete shards, finished runs and evaluations are reused, an interrupted run
+    continues where it stopped. A variant that fails is reported in the table; the others still run.
+    """
+    from pipelines.study import REPORTED_MIOU, StudyConfig, run_study
+    from segnet.config import DEFAULT_SCHEDULE, parse_schedule
+    from segnet.deeplab import VARIANTS
+    from segnet.errors import SegnetOptionError
+    from segnet.train import TrainCallbacks
+
+    chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or not chosen:
+        raise SegnetOptionError(f"--variants {variants}: choose from {', '.join(VARIANTS)}")
+    config = StudyConfig(root=root, out=out, schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage),
+                         variants=chosen, backbone_weights=backbone_weights, lr=lr, seed=seed, device=device,
+                         levels=levels, scheduler=scheduler, workers=workers)
+    click.get_current_context().obj["interrupted"] = "interrupted; rerun the same command to resume the study"
+
+    def on_epoch_end(metrics) -> None:
+        val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
+        err_console.print(f"  stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}",
+                          highlight=False)
+
+    result = run_study(config, on_log=lambda line: err_console.print(escape(line), highlight=False),
+                       train_callbacks=TrainCallbacks(on_epoch_end=on_epoch_end))
+    table = _table("variant", "mIoU", "reported", "pixel accuracy", "note")
+    for row in result.rows:
+        miou = "" if row.miou is None else f"{100 * row.miou:.2f}"
+        accuracy = "" if row.pixel_accuracy is None else f"{100 * row.pixel_accuracy:.2f}"
+        table.add_row(row.variant, miou, str(REPORTED_MIOU.get(row.variant, "")), accuracy,
+                      escape(f"failed: {row.error}" if row.error else ""))
+    console.print(table)
+    console.print(f"results: {escape(str(result.results_md))}, {escape(str(result.results_csv))}", highlight=False)

@@ -1,0 +1,201 @@
+"""The four-variant study in one call: build the shards, train each variant, evaluate it, tabulate.
+
+`run_study(config)` lays out `OUT/` as
+
+    OUT/shards/{train,val}/     the Dask build (hedprep), missing shards only
+    OUT/runs/{variant}/         segnet train's run folder, and val.json, its evaluation on val
+    OUT/results.csv, results.md one row per variant beside the figure the study reported
+
+and reuses what a previous call finished: complete shards, finished runs (resumed when interrupted)
+and evaluations newer than their checkpoint. A variant that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hedprep.build_plan import BuildConfig
+from hedprep.errors import HedprepError
+from hedprep.shards import TRAIN_CLASSES
+from pipelines.build import build_split
+from segnet.checkpoint import load_checkpoint
+from segnet.config import Stage, TrainConfig
+from segnet.deeplab import VARIANTS
+from segnet.errors import SegnetError
+from segnet.evaluate import evaluate
+from segnet.predictions import write_text_atomic
+from segnet.train import TrainCallbacks, train
+
+# mIoU (%) the study reported for each variant, on the full Cityscapes val with ImageNet weights.
+REPORTED_MIOU = {"vanilla": 60.24, "dlse": 57.5, "dlse-sf": 52.79, "dlse-hed": 38.83}
+SPLITS = ("train", "val")
+
+
+@dataclass
+class StudyConfig:
+    """What `segnet study` takes (see `segnet study --help`)."""
+
+    root: str | None
+    out: str
+    schedule: list[Stage]
+    variants: tuple[str, ...] = VARIANTS
+    backbone_weights: str = "imagenet"
+    lr: float = 1e-5
+    seed: int = 0
+    device: str = "auto"
+    levels: int = 3
+    frames_per_shard: int = 32
+    scheduler: str | None = None
+    workers: int | None = None
+
+
+@dataclass
+class VariantResult:
+    """One row of the results: the figures of a variant, or why it has none."""
+
+    variant: str
+    run_dir: Path
+    miou: float | None = None  # fractions in [0, 1]
+    pixel_accuracy: float | None = None
+    iou: dict[str, float | None] = field(default_factory=dict)
+    train_seconds: float | None = None
+    images_per_s: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    rows: list[VariantResult]
+    results_csv: Path
+    results_md: Path
+
+
+def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
+              train_callbacks: TrainCallbacks | None = None) -> StudyResult:
+    """Build, train, evaluate and tabulate the variants of `config`; see the module docstring."""
+    log = on_log or (lambda line: None)
+    out = Path(config.out)
+    shards = out / "shards"
+    frames = {}
+    for split in SPLITS:
+        result = build_split(BuildConfig(root=config.root, split=split, out=str(shards), levels=config.levels,
+                                         frames_per_shard=config.frames_per_shard, scheduler=config.scheduler,
+                                         workers=config.workers))
+        frames[split] = result.frames
+        log(f"shards {split}: {result.frames} frames, {result.built} built, {result.kept} kept")
+    rows = []
+    for variant in config.variants:
+        run_dir = out / "runs" / variant
+        try:
+            rows.append(study_variant(config, variant, run_dir, shards, log, train_callbacks))
+        except (SegnetError, HedprepError) as error:
+            log(f"{variant}: failed: {error}")
+            rows.append(VariantResult(variant, run_dir, error=str(error)))
+    results_csv, results_md = out / "results.csv", out / "results.md"
+    write_text_atomic(results_csv, results_table_csv(rows))
+    write_text_atomic(results_md, results_table_md(rows, config, frames))
+    return StudyResult(out, rows, results_csv, results_md)
+
+
+def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path, log: Callable[[str], None],
+                  callbacks: TrainCallbacks | None) -> VariantResult:
+    """Train (or resume, or reuse) one variant's run and evaluate its best checkpoint on val."""
+    if run_finished(run_dir, config.schedule):
+        log(f"{variant}: run finished before, reused")
+    else:
+        resume = (run_dir / "last.pt").is_file()
+        log(f"{variant}: {'resuming' if resume else 'training'} in {run_dir}")
+        train(TrainConfig(variant=variant, shards=str(shards), out=str(run_dir), schedule=list(config.schedule),
+                          lr=config.lr, backbone_weights=config.backbone_weights, device=config.device,
+                          seed=config.seed), resume=resume, callbacks=callbacks)
+    scores = run_dir / "val.json"
+    best = run_dir / "best.pt"
+    if not (scores.is_file() and scores.stat().st_mtime >= best.stat().st_mtime):
+        evaluation = evaluate(best, shards, "val", device=config.device)
+        write_text_atomic(scores, json.dumps(evaluation.result.to_json(), indent=1) + "\n")
+        log(f"{variant}: evaluated on val, mIoU {100 * evaluation.result.miou:.2f}")
+    figures = json.loads(scores.read_text(encoding="utf-8"))
+    seconds, rate = training_figures(run_dir)
+    return VariantResult(variant, run_dir, figures["miou"], figures["pixel_accuracy"], figures["iou"], seconds, rate)
+
+
+def run_finished(run_dir: Path, schedule: list[Stage]) -> bool:
+    """True if `run_dir/last.pt` is past the schedule's last epoch."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return False
+    return load_checkpoint(last)["next"]["stage"] >= len(schedule)
+
+
+def training_figures(run_dir: Path) -> tuple[float | None, float | None]:
+    """Total training seconds and images/s over the run's epochs (metrics.jsonl)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None, None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    seconds = sum(r["seconds"] for r in rows)
+    images = sum(r["images_per_s"] * r["seconds"] for r in rows if r.get("images_per_s"))
+    return seconds, (images / seconds if seconds else None)
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+CSV_FIELDS = ("variant", "miou", "reported_miou", "pixel_accuracy", "train_seconds", "images_per_s", "error",
+              *TRAIN_CLASSES)
+
+
+def results_table_csv(rows: list[VariantResult]) -> str:
+    """One CSV row per variant: mIoU, pixel accuracy and per-class IoU in %, the reported mIoU."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        record: dict[str, Any] = {
+            "variant": row.variant, "miou": _percent(row.miou), "reported_miou": REPORTED_MIOU.get(row.variant, ""),
+            "pixel_accuracy": _percent(row.pixel_accuracy),
+            "train_seconds": "" if row.train_seconds is None else f"{row.train_seconds:.1f}",
+            "images_per_s": "" if row.images_per_s is None else f"{row.images_per_s:.2f}", "error": row.error or "",
+        }
+        record.update({name: _percent(row.iou.get(name)) for name in TRAIN_CLASSES})
+        writer.writerow(record)
+    return table.getvalue()
+
+
+def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dict[str, int]) -> str:
+    """The results as a Markdown page: the table, then the exact settings."""
+    lines = [
+        "# Study results",
+        "",
+        "mIoU and pixel accuracy on val (%, as Cityscapes scores them), beside the mIoU the study reported "
+        "(*reported*: on the full Cityscapes val, ImageNet backbone weights).",
+        "",
+        "| variant | mIoU | reported mIoU | pixel accuracy | training time (s) | images/s | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        seconds = "" if row.train_seconds is None else f"{row.train_seconds:.1f}"
+        rate = "" if row.images_per_s is None else f"{row.images_per_s:.2f}"
+        note = f"failed: {row.error}" if row.error else ""
+        lines.append(f"| {row.variant} | {_percent(row.miou)} | {REPORTED_MIOU.get(row.variant, '')} | "
+                     f"{_percent(row.pixel_accuracy)} | {seconds} | {rate} | {note} |")
+    lines += ["", "Per-class IoU (%):", "", "| variant | " + " | ".join(TRAIN_CLASSES) + " |",
+              "|---|" + "---|" * len(TRAIN_CLASSES)]
+    for row in rows:
+        lines.append(f"| {row.variant} | " + " | ".join(_percent(row.iou.get(n)) for n in TRAIN_CLASSES) + " |")
+    lines += ["", "Settings:", "",
+              f"- schedule: {','.join(str(s) for s in config.schedule)}",
+              f"- seed: {config.seed}; lr: {config.lr}; backbone weights: {config.backbone_weights}",
+              f"- dataset root: {config.root or '$CITYSCAPES_DATASET'}; frames: "
+              + ", ".join(f"{split} {count}" for split, count in frames.items())
+              + f"; resolution levels: {config.levels}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""pipelines.study (`segnet study`) on a tiny fixture: shards, four runs, evaluations, the results table,
+reuse on a rerun, and a failing variant reported while the others stand."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hedprep.fixture import make_fixture
+from pipelines.study import REPORTED_MIOU, StudyConfig, run_study
+from segnet.config import parse_schedule
+from segnet.deeplab import VARIANTS
+from tests.conftest import assert_one_line_error, invoke
+
+
+def study_config(root: Path, out: Path) -> StudyConfig:
+    return StudyConfig(root=str(root), out=str(out), schedule=parse_schedule("32x64:4:1"), backbone_weights="none",
+                       lr=1e-3, device="cpu", frames_per_shard=4)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study")
+    make_fixture(base / "cityscapes", {"train": 8, "val": 4, "test": 0}, size=(64, 128), seed=12)
+    lines: list[str] = []
+    result = run_study(study_config(base / "cityscapes", base / "out"), on_log=lines.append)
+    return base, result, lines
+
+
+def test_every_variant_is_trained_evaluated_and_tabulated(study):
+    base, result, lines = study
+    out = base / "out"
+    assert [row.variant for row in result.rows] == list(VARIANTS) and not any(row.error for row in result.rows)
+    assert all((out / "shards" / split / "manifest.json").is_file() for split in ("train", "val"))
+    with open(result.results_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == list(VARIANTS)
+    for row in rows:
+        scores = json.loads((out / "runs" / row["variant"] / "val.json").read_text())
+        assert row["miou"] == f"{100 * scores['miou']:.2f}"
+        assert float(row["reported_miou"]) == REPORTED_MIOU[row["variant"]]
+        assert row["pixel_accuracy"] == f"{100 * scores['pixel_accuracy']:.2f}"
+        assert row["road"] == f"{100 * scores['iou']['road']:.2f}" and float(row["train_seconds"]) > 0
+    page = result.results_md.read_text()
+    assert "| dlse-hed |" in page and "38.83" in page and "schedule: 32x64:4:1" in page and "train 8, val 4" in page
+    assert sum("training in" in line for line in lines) == 4
+
+
+def test_a_rerun_reuses_everything(study):
+    base, first, _ = study
+    runs = base / "out" / "runs"
+    before = {p: p.stat().st_mtime_ns for p in runs.glob("*/*") if p.suffix in (".pt", ".json")}
+    lines: list[str] = []
+    again = run_study(study_config(base / "cityscapes", base / "out"), on_log=lines.append)
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # no run trained, no evaluation redone
+    assert sum("reused" in line for line in lines) == 4 and not any("training" in line for line in lines)
+    assert [r.miou for r in again.rows] == [r.miou for r in first.rows]
+
+
+def test_a_failing_variant_is_reported_and_the_others_stand(study, tmp_path):
+    base, first, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    (out / "runs" / "dlse" / "last.pt").write_bytes(b"not a checkpoint")
+    result = run_study(study_config(base / "cityscapes", out))
+    failed = [row for row in result.rows if row.error]
+    assert [row.variant for row in failed] == ["dlse"] and "last.pt" in failed[0].error
+    assert [r.miou for r in result.rows if not r.error] == [r.miou for r in first.rows if r.variant != "dlse"]
+    assert "failed: " in result.results_md.read_text()
+
+
+def test_unknown_variants_are_refused(tmp_path):
+    result = invoke("segnet", "study", "--out", str(tmp_path / "s"), "--variants", "vanilla,bsds")
+    assert_one_line_error(result, "--variants vanilla,bsds", "dlse-hed", status=2)
+    assert not (tmp_path / "s").exists()
