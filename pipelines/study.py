@@ -5,6 +5,7 @@
     OUT/shards/{train,val}/     the Dask build (hedprep), missing shards only
     OUT/runs/{variant}/         segnet train's run folder, and val.json, its evaluation on val
     OUT/results.csv, results.md one row per variant beside the figure the study reported
+    OUT/plots/*.png             mIoU per variant, per-class IoU heatmap, training curves
 
 and reuses what a previous call finished: complete shards, finished runs (resumed when interrupted)
 and evaluations newer than their checkpoint. A variant that fails is reported and the others go on.
@@ -100,8 +101,9 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
             log(f"{variant}: failed: {error}")
             rows.append(VariantResult(variant, run_dir, error=str(error)))
     results_csv, results_md = out / "results.csv", out / "results.md"
+    plots = write_plots(rows, out / "plots")
     write_text_atomic(results_csv, results_table_csv(rows))
-    write_text_atomic(results_md, results_table_md(rows, config, frames))
+    write_text_atomic(results_md, results_table_md(rows, config, frames, [p.relative_to(out) for p in plots]))
     return StudyResult(out, rows, results_csv, results_md)
 
 
@@ -125,6 +127,14 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
     figures = json.loads(scores.read_text(encoding="utf-8"))
     seconds, rate = training_figures(run_dir)
     return VariantResult(variant, run_dir, figures["miou"], figures["pixel_accuracy"], figures["iou"], seconds, rate)
+
+
+def write_plots(rows: list[VariantResult], folder: Path) -> list[Path]:
+    """The study's PNG figures (pipelines/study_plots.py)."""
+    from pipelines.study_plots import plot_class_iou, plot_miou, plot_training_curves
+
+    return [plot_miou(rows, REPORTED_MIOU, folder / "miou.png"), plot_class_iou(rows, folder / "class_iou.png"),
+            plot_training_curves(rows, folder / "training_curves.png")]
 
 
 def run_finished(run_dir: Path, schedule: list[Stage]) -> bool:
@@ -171,7 +181,8 @@ def results_table_csv(rows: list[VariantResult]) -> str:
     return table.getvalue()
 
 
-def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dict[str, int]) -> str:
+def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dict[str, int],
+                     plots: list[Path] | None = None) -> str:
     """The results as a Markdown page: the table, then the exact settings."""
     lines = [
         "# Study results",
@@ -198,4 +209,6 @@ def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dic
               f"- dataset root: {config.root or '$CITYSCAPES_DATASET'}; frames: "
               + ", ".join(f"{split} {count}" for split, count in frames.items())
               + f"; resolution levels: {config.levels}", ""]
+    for plot in plots or []:
+        lines += [f"![{plot.stem.replace('_', ' ')}]({plot.as_posix()})", ""]
     return "\n".join(lines)
