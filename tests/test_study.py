@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -64,8 +65,10 @@ def test_a_rerun_reuses_everything(study):
 def test_a_failing_variant_is_reported_and_the_others_stand(study, tmp_path):
     base, first, _ = study
     out = tmp_path / "out"
-    shutil.copytree(base / "out", out)
-    (out / "runs" / "dlse" / "last.pt").write_bytes(b"not a checkpoint")
+    shutil.copytree(base / "out", out, copy_function=os.link)  # hard links: checkpoints are ~0.5 GB each
+    damaged = out / "runs" / "dlse" / "last.pt"
+    damaged.unlink()  # a file of its own, not the shared link
+    damaged.write_bytes(b"not a checkpoint")
     result = run_study(study_config(base / "cityscapes", out))
     failed = [row for row in result.rows if row.error]
     assert [row.variant for row in failed] == ["dlse"] and "last.pt" in failed[0].error
