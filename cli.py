@@ -469,6 +469,19 @@ SCHEDULE_HELP = (
 )
 
 
+def training_options(command):
+    """The --schedule, --epochs-per-stage, --lr and --backbone-weights options of train and study."""
+    command = click.option(
+        "--backbone-weights", default="imagenet",
+        help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
+             "such a file, or none (random initialisation). Nothing is downloaded.")(command)
+    command = click.option("--lr", type=float, default=1e-5, help="Adam's learning rate.")(command)
+    command = click.option("--epochs-per-stage", type=click.IntRange(min=1), default=10,
+                           help="Epochs of each stage whose --schedule entry gives none.")(command)
+    return click.option("--schedule", default=None,
+                        help=SCHEDULE_HELP + "  [default: 128x224:16,256x448:8,512x912:4]")(command)
+
+
 def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
     """'512x912' -> (512, 912) for segnet's size options; None stays None."""
     if text is None:
@@ -487,13 +500,7 @@ def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
               help="The output folder of `hedprep build` (holding SPLIT/manifest.json).")
 @click.option("--split", default="train", help="The split to train on.")
 @click.option("--val-split", default="val", help="The split to validate on after every epoch ('none': no validation).")
-@click.option("--schedule", default=None, help=SCHEDULE_HELP + "  [default: 128x224:16,256x448:8,512x912:4]")
-@click.option("--epochs-per-stage", type=click.IntRange(min=1), default=10,
-              help="Epochs of each stage whose --schedule entry gives none.")
-@click.option("--lr", type=float, default=1e-5, help="Adam's learning rate.")
-@click.option("--backbone-weights", default="imagenet",
-              help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
-                   "such a file, or none (random initialisation). Nothing is downloaded.")
+@training_options
 @click.option("--output-stride", type=click.Choice(["16", "8"]), default="16", help="Backbone output stride.")
 @click.option("--sf-scale", type=float, default=2.0, help="dlse-sf: factor of the channel with the highest gate.")
 @click.option("--sf-rescale/--no-sf-rescale", default=False,
@@ -656,13 +663,7 @@ if __name__ == "__main__":
 @click.option("--out", "out", default="runs/study", type=click.Path(file_okay=False),
               help="Study folder: shards/, runs/VARIANT/, results.csv, results.md.")
 @click.option("--variants", default="vanilla,dlse,dlse-sf,dlse-hed", help="Comma-separated variants to train.")
-@click.option("--schedule", default=None, help=SCHEDULE_HELP + "  [default: 128x224:16,256x448:8,512x912:4]")
-@click.option("--epochs-per-stage", type=click.IntRange(min=1), default=10,
-              help="Epochs of each stage whose --schedule entry gives none.")
-@click.option("--lr", type=float, default=1e-5, help="Adam's learning rate.")
-@click.option("--backbone-weights", default="imagenet",
-              help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
-                   "such a file, or none (random initialisation). Nothing is downloaded.")
+@training_options
 @click.option("--seed", type=int, default=0, help="Seed of every variant's run.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
 @click.option("--levels", type=click.IntRange(min=0, max=8), default=3, help="Resolution levels of the shards.")

@@ -191,7 +191,7 @@ def rate(load: Callable[[Item], object], items: list[Item], repeats: int,
     return len(items) / best
 
 
-def cold_chunk_cache(reader: SplitReader, items: list[Item]) -> Callable[[], None]:
+def close_between_passes(reader: SplitReader) -> Callable[[], None]:
     """A `reset` that closes the reader's files between passes.
 
     `SplitReader` opens shards without HDF5's cache of decompressed chunks (a random-order epoch would
@@ -268,7 +268,7 @@ def measure_stage(data: BenchData, size: tuple[int, int], items: list[Item], rep
     def shards(out: Path, channels: int) -> float:
         dataset = ShardDataset(out, SPLIT, channels, size)
         with dataset.reader:
-            return rate(dataset.__getitem__, items, repeats, cold_chunk_cache(dataset.reader, items))
+            return rate(dataset.__getitem__, items, repeats, close_between_passes(dataset.reader))
 
     return StageRates(
         level4=shards(data.level, 4), level3=shards(data.level, 3),
@@ -331,7 +331,7 @@ def step_times(dataset: ShardDataset, items: list[Item], repeats: int) -> dict[s
     """
     reader, size, channels = dataset.reader, dataset.size, dataset.channels
     stored = level_size(*reader.frame_size, choose_level(*reader.frame_size, reader.levels, size))
-    reset = cold_chunk_cache(reader, items)
+    reset = close_between_passes(reader)
     totals = dict.fromkeys(STEPS, 0.0)
     batch: list[torch.Tensor] = []
     for rep in range(repeats + 1):

@@ -252,10 +252,9 @@ def _nxdata(group: h5py.Group, layout: h5py.VirtualLayout, axes: list[str], heig
     group.create_dataset("y", data=np.arange(height - 1, -1, -1, dtype=np.int16 if height < 2**15 else np.int32))
 
 
-def _write_palette(f: h5py.File) -> h5py.Dataset:
+def _write_palette(f: h5py.File) -> None:
     palette = f.create_dataset("palette", data=trainid_palette())
     set_string_attr(palette, "CLASS", "PALETTE")
     set_string_attr(palette, "PAL_VERSION", "1.2")
     set_string_attr(palette, "PAL_COLORMODEL", "RGB")
     set_string_attr(palette, "PAL_TYPE", "STANDARD8")
-    return palette
