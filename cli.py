@@ -653,9 +653,6 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
         console.print(f"{escape(str(result.color))} {escape(str(result.overlay))}", highlight=False)
 
 
-if __name__ == "__main__":
-    hedprep()
-
 
 @segnet.command("study")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
@@ -708,3 +705,7 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
                       escape(f"failed: {row.error}" if row.error else ""))
     console.print(table)
     console.print(f"results: {escape(str(result.results_md))}, {escape(str(result.results_csv))}", highlight=False)
+
+
+if __name__ == "__main__":
+    hedprep()

@@ -5,7 +5,8 @@
     OUT/shards/{train,val}/     the Dask build (hedprep), missing shards only
     OUT/runs/{variant}/         segnet train's run folder, and val.json, its evaluation on val
     OUT/results.csv, results.md one row per variant beside the figure the study reported
-    OUT/plots/*.png             mIoU per variant, per-class IoU heatmap, training curves
+    OUT/plots/*.png             mIoU per variant, per-class IoU heatmap, training curves, and the
+                                qualitative sheet: a few val frames with each variant's prediction
 
 and reuses what a previous call finished: complete shards, finished runs (resumed when interrupted)
 and evaluations newer than their checkpoint. A variant that fails is reported and the others go on.
@@ -17,26 +18,29 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hedprep.build_plan import BuildConfig
 from hedprep.errors import HedprepError
-from hedprep.shards import TRAIN_CLASSES
+from hedprep.shards import TRAIN_CLASSES, open_split
 from pipelines.build import build_split
 from segnet.checkpoint import load_checkpoint
 from segnet.config import Stage, TrainConfig
 from segnet.deeplab import VARIANTS
 from segnet.errors import SegnetError
-from segnet.evaluate import evaluate
+from segnet.evaluate import evaluate, predict_frames
 from segnet.predictions import write_text_atomic
 from segnet.train import TrainCallbacks, train
 
 # mIoU (%) the study reported for each variant, on the full Cityscapes val with ImageNet weights.
 REPORTED_MIOU = {"vanilla": 60.24, "dlse": 57.5, "dlse-sf": 52.79, "dlse-hed": 38.83}
 SPLITS = ("train", "val")
+SHEET_FRAMES = 3  # val frames on the qualitative sheet
 
 
 @dataclass
@@ -102,6 +106,9 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
             rows.append(VariantResult(variant, run_dir, error=str(error)))
     results_csv, results_md = out / "results.csv", out / "results.md"
     plots = write_plots(rows, out / "plots")
+    log("drawing the qualitative sheet")
+    plots.append(write_sheet(sheet_frames(shards, rows, SHEET_FRAMES, config.device), config.variants,
+                             out / "plots" / "qualitative.png"))
     write_text_atomic(results_csv, results_table_csv(rows))
     write_text_atomic(results_md, results_table_md(rows, config, frames, [p.relative_to(out) for p in plots]))
     return StudyResult(out, rows, results_csv, results_md)
@@ -135,6 +142,51 @@ def write_plots(rows: list[VariantResult], folder: Path) -> list[Path]:
 
     return [plot_miou(rows, REPORTED_MIOU, folder / "miou.png"), plot_class_iou(rows, folder / "class_iou.png"),
             plot_training_curves(rows, folder / "training_curves.png")]
+
+
+@dataclass
+class SheetFrame:
+    """One row of the qualitative sheet: a val frame, its labels and each variant's prediction."""
+
+    frame_id: str
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    edge: np.ndarray  # (H, W) uint8, HED's edge map as stored
+    label: np.ndarray  # (H, W) uint8 trainIds, 255 = ignore
+    predictions: dict[str, np.ndarray | None]  # variant -> (H, W) trainIds, None if it has no model
+
+
+def sheet_indices(frames: int, count: int) -> list[int]:
+    """`count` frame indices spread evenly over `frames` (first and last included), without repeats."""
+    if frames <= 0 or count <= 0:
+        return []
+    return sorted({int(i) for i in np.linspace(0, frames - 1, min(count, frames)).round()})
+
+
+def sheet_frames(shards: Path, rows: Sequence[VariantResult], count: int, device: str = "auto") -> list[SheetFrame]:
+    """The qualitative sheet's frames: `count` val frames and the prediction of each row's best.pt
+    (as `segnet evaluate` makes it); a failed variant's predictions are None."""
+    with open_split(shards, "val") as reader:
+        indices = sheet_indices(len(reader), count)
+        samples = [reader.read(i) for i in indices]
+    predictions: dict[str, list[np.ndarray] | None] = {}
+    for row in rows:
+        best = row.run_dir / "best.pt"
+        predictions[row.variant] = None
+        if row.error is None and best.is_file():
+            try:
+                predictions[row.variant] = predict_frames(best, shards, "val", indices, device=device)
+            except (SegnetError, HedprepError):  # e.g. best.pt damaged since its evaluation: a blank column
+                pass
+    return [SheetFrame(sample.frame_id, sample.frame[..., :3], sample.frame[..., 3], sample.label,
+                       {v: None if p is None else p[k] for v, p in predictions.items()})
+            for k, sample in enumerate(samples)]
+
+
+def write_sheet(frames: list[SheetFrame], variants: Sequence[str], path: Path) -> Path:
+    """Draw the qualitative sheet (pipelines/study_plots.py)."""
+    from pipelines.study_plots import plot_qualitative_sheet
+
+    return plot_qualitative_sheet(frames, list(variants), path)
 
 
 def run_finished(run_dir: Path, schedule: list[Stage]) -> bool:

@@ -1,5 +1,6 @@
 """The study's figures as PNG files (matplotlib, no display): mIoU per variant beside the reported
-figure, per-class IoU as a heatmap, and training curves with the stages marked."""
+figure, per-class IoU as a heatmap, training curves with the stages marked, and the qualitative sheet
+(image, edge map, ground truth and each variant's prediction for a few val frames)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
+import cv2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from hedprep.shards import TRAIN_CLASSES  # noqa: E402
+from hedprep.shards import TRAIN_CLASSES, trainid_to_color  # noqa: E402
 
 OURS_COLOR = "#1f77b4"
 REPORTED_COLOR = "#bbbbbb"
+SHEET_PANEL_WIDTH = 320  # pixels per picture on the qualitative sheet
 
 
 def plot_miou(rows, reported: dict[str, float], path: Path) -> Path:
@@ -72,11 +76,54 @@ def plot_training_curves(rows, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
+def plot_qualitative_sheet(frames, variants: list[str], path: Path) -> Path:
+    """One row per frame: image, edge map (white = edge), ground truth, then each variant's prediction,
+    in Cityscapes colours (ignore and missing predictions black), pictures drawn pixel for pixel."""
+    columns = ["image", "HED edge", "ground truth", *variants]
+    height, width = frames[0].label.shape if frames else (1, 2)
+    panel_h = max(1, round(SHEET_PANEL_WIDTH * height / width))
+    dpi = 100
+    fig, axes = plt.subplots(max(1, len(frames)), len(columns), squeeze=False, dpi=dpi,
+                             figsize=(len(columns) * (SHEET_PANEL_WIDTH + 8) / dpi,
+                                      max(1, len(frames)) * (panel_h + 12) / dpi + 0.8))
+    for r, frame in enumerate(frames):
+        pictures = [_fit(frame.image, panel_h, cv2.INTER_AREA),
+                    np.repeat(_fit(frame.edge, panel_h, cv2.INTER_AREA)[..., None], 3, axis=2),
+                    trainid_to_color(_fit(frame.label, panel_h, cv2.INTER_NEAREST))]
+        for variant in variants:
+            prediction = frame.predictions.get(variant)
+            pictures.append(np.zeros_like(pictures[0]) if prediction is None
+                            else trainid_to_color(_fit(prediction, panel_h, cv2.INTER_NEAREST)))
+        for c, (ax, picture) in enumerate(zip(axes[r], pictures, strict=True)):
+            ax.imshow(picture, interpolation="nearest")
+            if frame.predictions.get(columns[c], True) is None:
+                ax.text(0.5, 0.5, "no model", color="white", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(columns[c] if r == 0 else "", fontsize=10)
+        axes[r][0].set_ylabel(frame.frame_id, fontsize=7)
+    colors = trainid_to_color(np.arange(len(TRAIN_CLASSES), dtype=np.uint8)) / 255.0
+    handles = [Patch(color=color, label=name) for name, color in zip(TRAIN_CLASSES, colors, strict=True)]
+    handles.append(Patch(facecolor="black", edgecolor="grey", label="ignore"))
+    fig.legend(handles=handles, loc="lower center", ncol=10, fontsize=8, frameon=False)
+    inches = fig.get_figheight()
+    fig.subplots_adjust(left=0.02, right=0.995, top=1 - 0.3 / inches, bottom=0.5 / inches, wspace=0.04, hspace=0.1)
+    return _save(fig, path, tight=False)
+
+
+def _fit(picture: np.ndarray, height: int, interpolation: int) -> np.ndarray:
+    """`picture` resized to the sheet's panel size (area for pictures, nearest for label maps)."""
+    return cv2.resize(picture, (SHEET_PANEL_WIDTH, height), interpolation=interpolation)
+
+
+def _save(fig, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.tight_layout()
-    fig.savefig(tmp, format="png")
+    if tight:
+        fig.tight_layout()
+        fig.savefig(tmp, format="png")
+    else:
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     tmp.replace(path)
     return path

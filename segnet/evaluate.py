@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -85,9 +86,7 @@ def evaluate(
     written, index = 0, 0
     with torch.inference_mode():
         for images, labels in loader:
-            logits = model(normalise(images.to(torch_device)))
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            predictions = logits.argmax(1).cpu()
+            predictions = predict_batch(model, images.to(torch_device), labels.shape[-2:])
             if labeled:
                 matrix.update(predictions, labels)
             for prediction in predictions:
@@ -99,3 +98,34 @@ def evaluate(
                 on_frames(len(predictions))
     result = evaluation_result(matrix.matrix, len(dataset)) if labeled else None
     return Evaluation(result, len(dataset), size, out_dir, written)
+
+
+def predict_batch(model: torch.nn.Module, images: torch.Tensor, label_size: tuple[int, int]) -> torch.Tensor:
+    """trainId predictions (N, H, W) on the CPU for a uint8 batch on the model's device: logits
+    upsampled (bilinear) to `label_size`, as evaluation scores them."""
+    logits = model(normalise(images))
+    logits = F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=False)
+    return logits.argmax(1).cpu()
+
+
+def predict_frames(
+    checkpoint_path: str | os.PathLike,
+    shards: str | os.PathLike,
+    split: str,
+    indices: list[int],
+    device: str = "auto",
+    eval_size: tuple[int, int] | None = None,
+) -> list[np.ndarray]:
+    """A checkpoint's (H, W) uint8 trainId predictions for frames `indices` of a split, at the labels'
+    stored size: the maps `evaluate` scores for those frames."""
+    torch_device = resolve_device(device)
+    model, checkpoint = load_model(checkpoint_path, torch_device)
+    dataset = ShardDataset(shards, split, model.in_channels, eval_size or checkpoint_eval_size(checkpoint),
+                           resize_labels=False)
+    predictions = []
+    with torch.inference_mode():
+        for index in indices:
+            image, label = dataset[index]
+            batch = predict_batch(model, image[None].to(torch_device), label.shape[-2:])
+            predictions.append(batch[0].numpy().astype(np.uint8))
+    return predictions

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hedprep.fixture import make_fixture
-from pipelines.study import REPORTED_MIOU, StudyConfig, run_study
+from pipelines.study import REPORTED_MIOU, StudyConfig, run_study, sheet_frames, sheet_indices
 from segnet.config import parse_schedule
 from segnet.deeplab import VARIANTS
 from tests.conftest import assert_one_line_error, invoke
@@ -74,6 +74,8 @@ def test_a_failing_variant_is_reported_and_the_others_stand(study, tmp_path):
     assert [row.variant for row in failed] == ["dlse"] and "last.pt" in failed[0].error
     assert [r.miou for r in result.rows if not r.error] == [r.miou for r in first.rows if r.variant != "dlse"]
     assert "failed: " in result.results_md.read_text()
+    sheet = sheet_frames(out / "shards", result.rows, 2, device="cpu")
+    assert all(frame.predictions["dlse"] is None and frame.predictions["vanilla"] is not None for frame in sheet)
 
 
 def test_unknown_variants_are_refused(tmp_path):
@@ -88,7 +90,7 @@ def test_the_figures_are_drawn_and_linked(study):
 
     base, result, _ = study
     page = result.results_md.read_text()
-    for name in ("miou", "class_iou", "training_curves"):
+    for name in ("miou", "class_iou", "training_curves", "qualitative"):
         path = base / "out" / "plots" / f"{name}.png"
         assert f"(plots/{name}.png)" in page
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -98,3 +100,39 @@ def test_the_figures_are_drawn_and_linked(study):
     ours = (np.abs(bars.astype(int) - (0x1F, 0x77, 0xB4)).sum(axis=2) < 10).sum()
     reported = (np.abs(bars.astype(int) - (0xBB, 0xBB, 0xBB)).sum(axis=2) < 10).sum()
     assert ours > 100 and reported > ours  # the reported mIoUs (38-60%) stand above ours from 1 fixture epoch
+
+
+def test_sheet_indices_spread_over_the_split():
+    assert sheet_indices(10, 3) == [0, 4, 9] and sheet_indices(10, 1) == [0]
+    assert sheet_indices(2, 3) == [0, 1] and sheet_indices(1, 3) == [0]
+    assert sheet_indices(0, 3) == [] and sheet_indices(5, 0) == []
+
+
+def test_the_sheet_shows_the_frames_and_the_evaluated_predictions(study, tmp_path):
+    import cv2
+    import numpy as np
+
+    from hedprep.shards import open_split, trainid_to_color, trainid_to_labelid
+    from segnet.evaluate import evaluate
+
+    base, result, _ = study
+    shards = base / "out" / "shards"
+    frames = sheet_frames(shards, result.rows, 3, device="cpu")
+    with open_split(shards, "val") as reader:
+        assert [f.frame_id for f in frames] == [reader.frame_ids[i] for i in (0, 2, 3)]
+        stored = reader.read(3)
+    assert np.array_equal(frames[-1].image, stored.frame[..., :3])
+    assert np.array_equal(frames[-1].edge, stored.frame[..., 3]) and np.array_equal(frames[-1].label, stored.label)
+    # each variant's column is what `segnet evaluate --save-predictions` writes for that frame
+    for variant in ("vanilla", "dlse-hed"):
+        evaluate(base / "out" / "runs" / variant / "best.pt", shards, "val", save_predictions=tmp_path / variant,
+                 device="cpu")
+        for frame in frames:
+            written = cv2.imread(str(tmp_path / variant / f"{frame.frame_id}_pred_labelIds.png"), cv2.IMREAD_UNCHANGED)
+            shown = trainid_to_labelid(frame.predictions[variant])
+            assert shown.shape == written.shape and (shown == written).mean() > 0.999
+    # the ground-truth column is drawn in Cityscapes colours, pixel for pixel
+    sheet = cv2.cvtColor(cv2.imread(str(base / "out" / "plots" / "qualitative.png")), cv2.COLOR_BGR2RGB)
+    for train_id in np.unique(frames[0].label[frames[0].label != 255])[:5]:
+        color = trainid_to_color(np.array([[train_id]], dtype=np.uint8))[0, 0]
+        assert (sheet == color).all(axis=2).sum() > 20, f"class {train_id} colour missing from the sheet"
