@@ -664,11 +664,13 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
 @click.option("--seed", type=int, default=0, help="Seed of every variant's run.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
 @click.option("--levels", type=click.IntRange(min=0, max=8), default=3, help="Resolution levels of the shards.")
+@click.option("--frames-per-shard", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Frames per shard file of the build.")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Build the shards on this dask.distributed cluster.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Build the shards with a local dask.distributed cluster of N workers.")
 def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_weights, seed, device, levels,
-                 scheduler, workers) -> None:
+                 frames_per_shard, scheduler, workers) -> None:
     """Run the study: build train and val shards, train each variant with the same seed and schedule,
     evaluate each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU.
 
@@ -687,7 +689,7 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
         raise SegnetOptionError(f"--variants {variants}: choose from {', '.join(VARIANTS)}")
     config = StudyConfig(root=root, out=out, schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage),
                          variants=chosen, backbone_weights=backbone_weights, lr=lr, seed=seed, device=device,
-                         levels=levels, scheduler=scheduler, workers=workers)
+                         levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler, workers=workers)
     click.get_current_context().obj["interrupted"] = "interrupted; rerun the same command to resume the study"
 
     def on_epoch_end(metrics) -> None:

@@ -120,7 +120,7 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
     if run_finished(run_dir, config.schedule):
         log(f"{variant}: run finished before, reused")
     else:
-        resume = (run_dir / "last.pt").is_file()
+        resume = (run_dir / "last.pt").is_file() or (run_dir / "config.json").is_file()  # a run was started
         log(f"{variant}: {'resuming' if resume else 'training'} in {run_dir}")
         train(TrainConfig(variant=variant, shards=str(shards), out=str(run_dir), schedule=list(config.schedule),
                           lr=config.lr, backbone_weights=config.backbone_weights, device=config.device,

@@ -101,12 +101,14 @@ class RunFolder:
         self.metrics_jsonl = path / "metrics.jsonl"
         self.metrics_csv = path / "metrics.csv"
         self.log_file = path / "log.txt"
+        self.restarted = False  # --resume found no checkpoint yet: the run starts over
 
     def prepare(self, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
-        """Check the folder for a new run or a resume; returns the checkpoint to resume from."""
+        """Check the folder for a new run or a resume; returns the checkpoint to resume from (None: start
+        from the first epoch)."""
         if resume:
             if not self.last.is_file():
-                raise SegnetError(f"{self.last}: nothing to resume (no last.pt in {self.path})", self.last)
+                return self._restart(config)
             checkpoint = load_checkpoint(self.last)
             if checkpoint["variant"] != config.variant:
                 raise SegnetError(
@@ -135,6 +137,26 @@ class RunFolder:
             raise SegnetError(f"{self.path}: run folder is not writable ({error.strerror or error})",
                               self.path) from None
         write_text_atomic(self.config, json.dumps(config.to_json(), indent=1) + "\n")
+        return None
+
+    def _restart(self, config: TrainConfig) -> None:
+        """--resume on a run stopped before its first checkpoint (config.json, no last.pt): start it over,
+        if it was started with the same options."""
+        if not self.config.is_file():
+            raise SegnetError(f"{self.last}: nothing to resume (no last.pt in {self.path})", self.last)
+        try:
+            earlier = TrainConfig.from_json(json.loads(self.config.read_text(encoding="utf-8"))).comparable()
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SegnetError(f"{self.config}: not a run's config.json ({error}); choose another --out",
+                              self.config) from None
+        changed = [k for k, v in config.comparable().items() if earlier.get(k) != v]
+        if changed:
+            what = ", ".join(f"{k} {earlier.get(k)!r} -> {config.comparable()[k]!r}" for k in changed)
+            raise SegnetError(f"{self.config}: the run used other options ({what}); resume with the same ones",
+                              self.config)
+        self.restarted = True
+        if self.writer and self.metrics_jsonl.exists():
+            self._write_metrics([])  # rows of epochs no checkpoint kept
         return None
 
     def log(self, line: str) -> None:
@@ -301,6 +323,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         if callbacks.on_log is not None and dist_info.is_main:
             callbacks.on_log(line)
 
+    if run.restarted:
+        log(f"{run.path}: stopped before its first checkpoint (no last.pt); starting the run over")
     if checkpoint is None and config.backbone_weights == "none":
         log(f"{config.variant}: random initialisation (--backbone-weights none)")
     elif checkpoint is None:

@@ -7,6 +7,9 @@ import csv
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from hedprep.fixture import make_fixture
 from pipelines.study import REPORTED_MIOU, StudyConfig, run_study, sheet_frames, sheet_indices
 from segnet.config import parse_schedule
 from segnet.deeplab import VARIANTS
-from tests.conftest import assert_one_line_error, invoke
+from tests.conftest import BIN, assert_one_line_error, default_sigint, invoke
 
 
 def study_config(root: Path, out: Path) -> StudyConfig:
@@ -136,3 +139,40 @@ def test_the_sheet_shows_the_frames_and_the_evaluated_predictions(study, tmp_pat
     for train_id in np.unique(frames[0].label[frames[0].label != 255])[:5]:
         color = trainid_to_color(np.array([[train_id]], dtype=np.uint8))[0, 0]
         assert (sheet == color).all(axis=2).sum() > 20, f"class {train_id} colour missing from the sheet"
+
+
+def start_study(root: Path, out: Path) -> subprocess.Popen:
+    command = [str(BIN / "segnet"), "study", "--root", str(root), "--out", str(out), "--variants", "vanilla,dlse-hed",
+               "--schedule", "32x64:4:3", "--backbone-weights", "none", "--lr", "1e-3", "--device", "cpu",
+               "--frames-per-shard", "4"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=default_sigint)
+
+
+@pytest.mark.slow
+def test_a_study_killed_midway_resumes_on_rerun(study, tmp_path):
+    base, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(base / "out" / "shards", out / "shards")  # the build's own resume is tested in test_build
+    killed = start_study(base / "cityscapes", out)
+    run = out / "runs" / "dlse-hed"
+    deadline = time.monotonic() + 300
+    while not (run / "last.pt").exists():  # vanilla done, dlse-hed's 1st epoch saved (renamed into place whole)
+        assert time.monotonic() < deadline and killed.poll() is None, killed.stderr.read() if killed.poll() else ""
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert not (out / "results.csv").exists()
+    vanilla_last = (out / "runs" / "vanilla" / "last.pt").stat().st_mtime_ns
+    rerun = start_study(base / "cityscapes", out)
+    stdout, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr
+    assert "vanilla: run finished before, reused" in stderr and "dlse-hed: resuming" in stderr
+    assert (out / "runs" / "vanilla" / "last.pt").stat().st_mtime_ns == vanilla_last
+    assert "resumed from" in (run / "log.txt").read_text()
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 3 and len(set(epochs)) == 3  # no epoch trained twice into the record
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == ["vanilla", "dlse-hed"] and all(r["miou"] and not r["error"] for r in rows)
+    assert "results.md" in stdout and (out / "plots" / "qualitative.png").is_file()

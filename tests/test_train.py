@@ -131,6 +131,25 @@ def test_run_folder_errors(segnet_shards, uninterrupted, tmp_path):
         train(config(segnet_shards, uninterrupted, schedule="32x64:4:2,48x96:4:1", lr=0.5), resume=True)
 
 
+def test_resume_before_the_first_checkpoint_starts_the_run_over(segnet_shards, uninterrupted, tmp_path):
+    # what a SIGKILL during the first epoch's checkpoint leaves: config.json and metric rows, no last.pt
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "metrics.jsonl", "log.txt"):
+        (run / name).write_bytes((uninterrupted / name).read_bytes())
+    with pytest.raises(SegnetError, match="holds another run; add --resume"):
+        train(config(segnet_shards, run, schedule="32x64:4:2,48x96:4:1"))
+    with pytest.raises(SegnetError, match=r"config.json: the run used other options \(lr"):
+        train(config(segnet_shards, run, schedule="32x64:4:2,48x96:4:1", lr=0.5), resume=True)
+    lines: list[str] = []
+    train(config(segnet_shards, run, schedule="32x64:4:2,48x96:4:1"), resume=True,
+          callbacks=TrainCallbacks(on_log=lines.append))
+    assert any("starting the run over" in line for line in lines)
+    assert same_weights(run / "last.pt", uninterrupted / "last.pt")
+    epochs = [(r["stage"], r["epoch"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert epochs == [(1, 1), (1, 2), (2, 1)]
+
+
 @pytest.mark.parametrize("args, fragments, status", [
     (["--variant", "dlse-xx"], ["--variant dlse-xx"], 2),
     (["--variant", "vanilla", "--schedule", "32x64"], ["--schedule 32x64", "HxW:BATCH[:EPOCHS]"], 2),
