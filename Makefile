@@ -38,20 +38,27 @@ test: venv tools
 test-fast: venv tools
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The study on the fixture: edge maps; shards built with Dask (the local scheduler for train, a local
+# dask.distributed cluster for val), verified and inspected; then `segnet study`, which keeps those shards
+# and trains the four variants with a tiny schedule from random backbone weights (no ImageNet weights
+# here), evaluates them on val, and writes the results table and pictures.
+DEMO_SCHEDULE ?= 64x128:4:6,128x256:4:2
+
 demo: venv
-	rm -rf out/fixture out/edges out/shards
+	rm -rf out/fixture out/edges out/study
 	$(BIN)/hedprep fixture out/fixture
 	$(BIN)/hedprep edges --out out/edges out/fixture/leftImg8bit/*/*/*_leftImg8bit.png
-	$(BIN)/hedprep build --root out/fixture --split train --out out/shards --frames-per-shard 4
-	$(BIN)/hedprep build --root out/fixture --split val --out out/shards --frames-per-shard 4
-	$(BIN)/hedprep verify out/shards
-	$(BIN)/hedprep inspect out/shards/train
-	rm -rf out/runs out/predictions
-	$(BIN)/segnet train --variant dlse-hed --shards out/shards --out out/runs/dlse-hed --schedule 64x128:4:2,128x256:4:1 \
-	  --backbone-weights none --lr 1e-3
-	$(BIN)/segnet evaluate --checkpoint out/runs/dlse-hed/best.pt --shards out/shards \
-	  --save-predictions out/predictions --json out/runs/dlse-hed/val.json
-	@echo "demo: edge maps in out/edges, shards (3 resolution levels) in out/shards, a dlse-hed run in out/runs/dlse-hed"
+	$(BIN)/hedprep build --root out/fixture --split train --out out/study/shards --frames-per-shard 4
+	$(BIN)/hedprep build --root out/fixture --split val --out out/study/shards --frames-per-shard 4 --workers 2
+	$(BIN)/hedprep verify out/study/shards
+	$(BIN)/hedprep inspect out/study/shards/train
+	$(BIN)/segnet study --root out/fixture --out out/study --schedule $(DEMO_SCHEDULE) --backbone-weights none \
+	  --lr 1e-3 --frames-per-shard 4
+	@echo
+	@echo "demo: edge maps in out/edges, shards (3 resolution levels) in out/study/shards, runs in out/study/runs,"
+	@echo "      the results in out/study/results.md and out/study/results.csv,"
+	@echo "      pictures in out/study/plots: qualitative.png (image, edges, truth, each variant), miou.png,"
+	@echo "      class_iou.png, training_curves.png"
 
 bench: venv
 	$(BIN)/python benchmarks/hed_throughput.py

@@ -706,7 +706,10 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
         table.add_row(row.variant, miou, str(REPORTED_MIOU.get(row.variant, "")), accuracy,
                       escape(f"failed: {row.error}" if row.error else ""))
     console.print(table)
-    console.print(f"results: {escape(str(result.results_md))}, {escape(str(result.results_csv))}", highlight=False)
+    console.print("reported: the study's mIoU on the full Cityscapes val, with ImageNet backbone weights",
+                  highlight=False)
+    console.print(f"results: {escape(str(result.results_md))}, {escape(str(result.results_csv))}; pictures: "
+                  f"{escape(str(result.out / 'plots'))}", highlight=False)
 
 
 if __name__ == "__main__":
