@@ -258,7 +258,7 @@ def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dic
     lines += ["", "Settings:", "",
               f"- schedule: {','.join(str(s) for s in config.schedule)}",
               f"- seed: {config.seed}; lr: {config.lr}; backbone weights: {config.backbone_weights}",
-              f"- dataset root: {config.root or '$CITYSCAPES_DATASET'}; frames: "
+              f"- dataset root: {Path(config.root).resolve() if config.root else '$CITYSCAPES_DATASET'}; frames: "
               + ", ".join(f"{split} {count}" for split, count in frames.items())
               + f"; resolution levels: {config.levels}", ""]
     for plot in plots or []:
