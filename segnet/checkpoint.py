@@ -7,10 +7,11 @@ runs code). Keys:
 - `variant`: vanilla, dlse, dlse-sf or dlse-hed; `model_args`: the keyword arguments of
   `segnet.deeplab.build_model` besides the variant (num_classes, output_stride, ...)
 - `model`: the model's state dict; `optimizer`: the optimizer's state dict (training checkpoints)
-- `config`: the training configuration (plain JSON values), `stage`, `epoch`, `step`: where training
-  stands (the next epoch to run is `epoch + 1` of stage `stage`)
+- `config`: the training configuration (plain JSON values); `next`: the stage, epoch and batch to run
+  next; `done`: the last (stage, epoch) finished; `step`: optimizer steps so far
 - `rng`: random states (torch, numpy, python) for an exact resume; `metrics`: the last epoch's figures,
-  `best_miou`: the best validation mIoU so far
+  `best_miou`: the best validation mIoU so far; `epoch_stats`: the unfinished epoch's running figures
+  (saved on Ctrl-C, else None)
 """
 
 from __future__ import annotations
