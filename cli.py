@@ -658,7 +658,7 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Cityscapes root (holding leftImg8bit/ and gtFine/); default: $CITYSCAPES_DATASET.")
 @click.option("--out", "out", default="runs/study", type=click.Path(file_okay=False),
-              help="Study folder: shards/, runs/VARIANT/, results.csv, results.md.")
+              help="Study folder: shards/, runs/VARIANT/, results.csv, results.md, plots/.")
 @click.option("--variants", default="vanilla,dlse,dlse-sf,dlse-hed", help="Comma-separated variants to train.")
 @training_options
 @click.option("--seed", type=int, default=0, help="Seed of every variant's run.")
@@ -672,12 +672,14 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
 def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_weights, seed, device, levels,
                  frames_per_shard, scheduler, workers) -> None:
     """Run the study: build train and val shards, train each variant with the same seed and schedule,
-    evaluate each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU.
+    evaluate each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU,
+    with plots in OUT/plots/: mIoU per variant, per-class IoU, training curves, and the qualitative
+    sheet (image, HED edges, ground truth and each variant's prediction for 3 val frames).
 
     Rerunning resumes: complete shards, finished runs and evaluations are reused, an interrupted run
     continues where it stopped. A variant that fails is reported in the table; the others still run.
     """
-    from pipelines.study import REPORTED_MIOU, StudyConfig, run_study
+    from pipelines.study import REPORTED_MIOU, StudyConfig, StudyProgress, run_study
     from segnet.config import DEFAULT_SCHEDULE, parse_schedule
     from segnet.deeplab import VARIANTS
     from segnet.errors import SegnetOptionError
@@ -691,14 +693,46 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
                          variants=chosen, backbone_weights=backbone_weights, lr=lr, seed=seed, device=device,
                          levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler, workers=workers)
     click.get_current_context().obj["interrupted"] = "interrupted; rerun the same command to resume the study"
+    # One bar at a time (the build of a split, a training epoch, an evaluation); log lines above it.
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=err_console,
+    )
+    state = {"task": None}
+
+    def show(description: str, total: int, completed: int = 0) -> None:
+        if state["task"] is None:
+            progress.start()
+        else:
+            progress.update(state["task"], visible=False)
+        state["task"] = progress.add_task(description, total=total, completed=completed, note="")
+
+    def advance(count: int) -> None:
+        progress.advance(state["task"], count)
+
+    def on_epoch_start(info) -> None:
+        show(f"  stage {info.stage + 1}/{info.stage_count} {info.size[0]}x{info.size[1]} "
+             f"epoch {info.epoch + 1}/{info.epochs}", info.batches, info.batch)
+
+    def on_step(info) -> None:
+        progress.update(state["task"], completed=info.batch,
+                        note=f"loss {info.loss:.4f}, {info.images_per_s:.1f} images/s")
 
     def on_epoch_end(metrics) -> None:
         val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
-        err_console.print(f"  stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}",
-                          highlight=False)
+        progress.console.print(f"  stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}",
+                               highlight=False)
 
-    result = run_study(config, on_log=lambda line: err_console.print(escape(line), highlight=False),
-                       train_callbacks=TrainCallbacks(on_epoch_end=on_epoch_end))
+    hooks = StudyProgress(on_build_start=lambda split, todo, done: show(f"shards ({split})", todo + done, done),
+                          on_build_frames=advance, on_eval_start=lambda variant, n: show(f"  evaluate {variant}", n),
+                          on_eval_frames=advance)
+    try:
+        result = run_study(config, on_log=lambda line: progress.console.print(escape(line), highlight=False),
+                           train_callbacks=TrainCallbacks(on_epoch_start, on_step, on_epoch_end), progress=hooks)
+    finally:
+        if state["task"] is not None:
+            progress.stop()
     table = _table("variant", "mIoU", "reported", "pixel accuracy", "note")
     for row in result.rows:
         miou = "" if row.miou is None else f"{100 * row.miou:.2f}"
@@ -706,7 +740,7 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
         table.add_row(row.variant, miou, str(REPORTED_MIOU.get(row.variant, "")), accuracy,
                       escape(f"failed: {row.error}" if row.error else ""))
     console.print(table)
-    console.print("reported: the study's mIoU on the full Cityscapes val, with ImageNet backbone weights",
+    console.print("reported: the study's mIoU, on the full Cityscapes val with ImageNet weights",
                   highlight=False)
     console.print(f"results: {escape(str(result.results_md))}, {escape(str(result.results_csv))}; pictures: "
                   f"{escape(str(result.out / 'plots'))}", highlight=False)

@@ -62,6 +62,16 @@ class StudyConfig:
 
 
 @dataclass
+class StudyProgress:
+    """Optional hooks for showing progress: the build's frames per split, each evaluation's frames."""
+
+    on_build_start: Callable[[str, int, int], None] | None = None  # split, frames to build, frames kept
+    on_build_frames: Callable[[int], None] | None = None
+    on_eval_start: Callable[[str, int], None] | None = None  # variant, frames
+    on_eval_frames: Callable[[int], None] | None = None
+
+
+@dataclass
 class VariantResult:
     """One row of the results: the figures of a variant, or why it has none."""
 
@@ -84,23 +94,28 @@ class StudyResult:
 
 
 def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
-              train_callbacks: TrainCallbacks | None = None) -> StudyResult:
+              train_callbacks: TrainCallbacks | None = None, progress: StudyProgress | None = None) -> StudyResult:
     """Build, train, evaluate and tabulate the variants of `config`; see the module docstring."""
     log = on_log or (lambda line: None)
+    progress = progress or StudyProgress()
     out = Path(config.out)
     shards = out / "shards"
     frames = {}
     for split in SPLITS:
+        def start(todo: int, done: int, split: str = split) -> None:
+            if progress.on_build_start is not None:
+                progress.on_build_start(split, todo, done)
+
         result = build_split(BuildConfig(root=config.root, split=split, out=str(shards), levels=config.levels,
                                          frames_per_shard=config.frames_per_shard, scheduler=config.scheduler,
-                                         workers=config.workers))
+                                         workers=config.workers), on_frames=progress.on_build_frames, on_start=start)
         frames[split] = result.frames
         log(f"shards {split}: {result.frames} frames, {result.built} built, {result.kept} kept")
     rows = []
     for variant in config.variants:
         run_dir = out / "runs" / variant
         try:
-            rows.append(study_variant(config, variant, run_dir, shards, log, train_callbacks))
+            rows.append(study_variant(config, variant, run_dir, shards, log, train_callbacks, progress))
         except (SegnetError, HedprepError) as error:
             log(f"{variant}: failed: {error}")
             rows.append(VariantResult(variant, run_dir, error=str(error)))
@@ -115,7 +130,7 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
 
 
 def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path, log: Callable[[str], None],
-                  callbacks: TrainCallbacks | None) -> VariantResult:
+                  callbacks: TrainCallbacks | None, progress: StudyProgress | None = None) -> VariantResult:
     """Train (or resume, or reuse) one variant's run and evaluate its best checkpoint on val."""
     if run_finished(run_dir, config.schedule):
         log(f"{variant}: run finished before, reused")
@@ -128,7 +143,14 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
     scores = run_dir / "val.json"
     best = run_dir / "best.pt"
     if not (scores.is_file() and scores.stat().st_mtime >= best.stat().st_mtime):
-        evaluation = evaluate(best, shards, "val", device=config.device)
+        progress = progress or StudyProgress()
+
+        def start(total: int) -> None:
+            if progress.on_eval_start is not None:
+                progress.on_eval_start(variant, total)
+
+        evaluation = evaluate(best, shards, "val", device=config.device, on_frames=progress.on_eval_frames,
+                              on_start=start)
         write_text_atomic(scores, json.dumps(evaluation.result.to_json(), indent=1) + "\n")
         log(f"{variant}: evaluated on val, mIoU {100 * evaluation.result.miou:.2f}")
     figures = json.loads(scores.read_text(encoding="utf-8"))
