@@ -132,14 +132,15 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
 def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path, log: Callable[[str], None],
                   callbacks: TrainCallbacks | None, progress: StudyProgress | None = None) -> VariantResult:
     """Train (or resume, or reuse) one variant's run and evaluate its best checkpoint on val."""
-    if run_finished(run_dir, config.schedule):
+    train_config = TrainConfig(variant=variant, shards=str(shards), out=str(run_dir), schedule=list(config.schedule),
+                               lr=config.lr, backbone_weights=config.backbone_weights, device=config.device,
+                               seed=config.seed)
+    if run_finished(run_dir, train_config):
         log(f"{variant}: run finished before, reused")
     else:
         resume = (run_dir / "last.pt").is_file() or (run_dir / "config.json").is_file()  # a run was started
         log(f"{variant}: {'resuming' if resume else 'training'} in {run_dir}")
-        train(TrainConfig(variant=variant, shards=str(shards), out=str(run_dir), schedule=list(config.schedule),
-                          lr=config.lr, backbone_weights=config.backbone_weights, device=config.device,
-                          seed=config.seed), resume=resume, callbacks=callbacks)
+        train(train_config, resume=resume, callbacks=callbacks)
     scores = run_dir / "val.json"
     best = run_dir / "best.pt"
     if not (scores.is_file() and scores.stat().st_mtime >= best.stat().st_mtime):
@@ -211,12 +212,21 @@ def write_sheet(frames: list[SheetFrame], variants: Sequence[str], path: Path) -
     return plot_qualitative_sheet(frames, list(variants), path)
 
 
-def run_finished(run_dir: Path, schedule: list[Stage]) -> bool:
-    """True if `run_dir/last.pt` is past the schedule's last epoch."""
+def run_finished(run_dir: Path, config: TrainConfig) -> bool:
+    """True if `run_dir/last.pt` is past the schedule's last epoch. A run of other options (schedule,
+    lr, seed, ...) is a SegnetError: its figures are not the study's, and it is not overwritten."""
     last = run_dir / "last.pt"
     if not last.is_file():
         return False
-    return load_checkpoint(last)["next"]["stage"] >= len(schedule)
+    checkpoint = load_checkpoint(last)
+    earlier = TrainConfig.from_json(checkpoint["config"]).comparable()
+    # the shards are always OUT/shards: a study folder may be moved or copied
+    changed = [k for k, v in config.comparable().items() if k != "shards" and earlier.get(k) != v]
+    if checkpoint["variant"] != config.variant or changed:
+        what = ", ".join(f"{k} {earlier.get(k)!r} -> {config.comparable()[k]!r}" for k in changed) or "variant"
+        raise SegnetError(f"{run_dir}: a run with other options ({what}); rerun the study with them, or choose "
+                          "another --out", run_dir)
+    return checkpoint["next"]["stage"] >= len(config.schedule)
 
 
 def training_figures(run_dir: Path) -> tuple[float | None, float | None]:

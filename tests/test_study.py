@@ -176,3 +176,16 @@ def test_a_study_killed_midway_resumes_on_rerun(study, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["vanilla", "dlse-hed"] and all(r["miou"] and not r["error"] for r in rows)
     assert "results.md" in stdout and (out / "plots" / "qualitative.png").is_file()
+
+
+def test_runs_of_other_options_are_reported_not_reused_or_overwritten(study, tmp_path):
+    base, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out, copy_function=os.link)
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*.pt")}
+    config = study_config(base / "cityscapes", out)
+    config.schedule = parse_schedule("32x64:4:2")  # as many stages, one more epoch: not the runs' schedule
+    result = run_study(config)
+    assert all(row.error and "other options (schedule" in row.error and "another --out" in row.error
+               for row in result.rows)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
