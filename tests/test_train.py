@@ -150,6 +150,16 @@ def test_resume_before_the_first_checkpoint_starts_the_run_over(segnet_shards, u
     assert epochs == [(1, 1), (1, 2), (2, 1)]
 
 
+def test_resume_on_a_damaged_config_json_is_one_line(segnet_shards, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{not json")
+    result = invoke("segnet", "train", "--variant", "vanilla", "--shards", str(segnet_shards), "--out", str(run),
+                    "--schedule", "32x64:4:1", "--backbone-weights", "none", "--device", "cpu", "--resume")
+    assert_one_line_error(result, str(run / "config.json"), "not a run's config.json", "another --out")
+    assert (run / "config.json").read_text() == "{not json" and not (run / "last.pt").exists()
+
+
 @pytest.mark.parametrize("args, fragments, status", [
     (["--variant", "dlse-xx"], ["--variant dlse-xx"], 2),
     (["--variant", "vanilla", "--schedule", "32x64"], ["--schedule 32x64", "HxW:BATCH[:EPOCHS]"], 2),
