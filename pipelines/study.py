@@ -130,7 +130,7 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
 
 
 def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path, log: Callable[[str], None],
-                  callbacks: TrainCallbacks | None, progress: StudyProgress | None = None) -> VariantResult:
+                  callbacks: TrainCallbacks | None, progress: StudyProgress) -> VariantResult:
     """Train (or resume, or reuse) one variant's run and evaluate its best checkpoint on val."""
     train_config = TrainConfig(variant=variant, shards=str(shards), out=str(run_dir), schedule=list(config.schedule),
                                lr=config.lr, backbone_weights=config.backbone_weights, device=config.device,
@@ -144,8 +144,6 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
     scores = run_dir / "val.json"
     best = run_dir / "best.pt"
     if not (scores.is_file() and scores.stat().st_mtime >= best.stat().st_mtime):
-        progress = progress or StudyProgress()
-
         def start(total: int) -> None:
             if progress.on_eval_start is not None:
                 progress.on_eval_start(variant, total)
@@ -219,13 +217,11 @@ def run_finished(run_dir: Path, config: TrainConfig) -> bool:
     if not last.is_file():
         return False
     checkpoint = load_checkpoint(last)
-    earlier = TrainConfig.from_json(checkpoint["config"]).comparable()
     # the shards are always OUT/shards: a study folder may be moved or copied
-    changed = [k for k, v in config.comparable().items() if k != "shards" and earlier.get(k) != v]
-    if checkpoint["variant"] != config.variant or changed:
-        what = ", ".join(f"{k} {earlier.get(k)!r} -> {config.comparable()[k]!r}" for k in changed) or "variant"
-        raise SegnetError(f"{run_dir}: a run with other options ({what}); rerun the study with them, or choose "
-                          "another --out", run_dir)
+    what = config.changes_from(TrainConfig.from_json(checkpoint["config"]), ignore=("shards",))
+    if checkpoint["variant"] != config.variant or what:
+        raise SegnetError(f"{run_dir}: a run with other options ({what or 'variant'}); rerun the study with them, "
+                          "or choose another --out", run_dir)
     return checkpoint["next"]["stage"] >= len(config.schedule)
 
 

@@ -121,3 +121,9 @@ class TrainConfig:
         for key in ("out", "device", "workers"):
             data.pop(key)
         return data
+
+    def changes_from(self, earlier: TrainConfig, ignore: tuple[str, ...] = ()) -> str:
+        """The comparable options that differ from `earlier`'s, as `name old -> new, ...` ('' if none)."""
+        before, now = earlier.comparable(), self.comparable()
+        return ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in now.items()
+                         if k not in ignore and before.get(k) != v)

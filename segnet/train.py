@@ -115,10 +115,8 @@ class RunFolder:
                     f"{self.last}: a {checkpoint['variant']} run; --resume needs --variant {checkpoint['variant']}",
                     self.last,
                 )
-            earlier = TrainConfig.from_json(checkpoint["config"]).comparable()
-            changed = [k for k, v in config.comparable().items() if earlier.get(k) != v]
-            if changed:
-                what = ", ".join(f"{k} {earlier.get(k)!r} -> {config.comparable()[k]!r}" for k in changed)
+            what = config.changes_from(TrainConfig.from_json(checkpoint["config"]))
+            if what:
                 raise SegnetError(f"{self.last}: the run used other options ({what}); resume with the same ones",
                                   self.last)
             return checkpoint
@@ -145,19 +143,17 @@ class RunFolder:
         if not self.config.is_file():
             raise SegnetError(f"{self.last}: nothing to resume (no last.pt in {self.path})", self.last)
         try:
-            earlier = TrainConfig.from_json(json.loads(self.config.read_text(encoding="utf-8"))).comparable()
+            earlier = TrainConfig.from_json(json.loads(self.config.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SegnetError(f"{self.config}: not a run's config.json ({error}); choose another --out",
                               self.config) from None
-        changed = [k for k, v in config.comparable().items() if earlier.get(k) != v]
-        if changed:
-            what = ", ".join(f"{k} {earlier.get(k)!r} -> {config.comparable()[k]!r}" for k in changed)
+        what = config.changes_from(earlier)
+        if what:
             raise SegnetError(f"{self.config}: the run used other options ({what}); resume with the same ones",
                               self.config)
         self.restarted = True
         if self.writer and self.metrics_jsonl.exists():
             self._write_metrics([])  # rows of epochs no checkpoint kept
-        return None
 
     def log(self, line: str) -> None:
         if self.writer:
