@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from segnet.checkpoint import load_checkpoint, save_checkpoint
+from segnet.checkpoint import interrupts_deferred, link_checkpoint, load_checkpoint, save_checkpoint
 from segnet.config import Stage, TrainConfig, available_cpus, default_workers, local_ranks
 from segnet.data import EpochItems, EpochSampler, ShardDataset, loader_settings, make_loader, normalise
 from segnet.deeplab import build_model
@@ -426,14 +426,16 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
                 if dist_info.is_main:
                     best_after = metrics["val_miou"] if improved else best
                     state = checkpoint_state(position["next"], (stage_index, epoch), metrics, best=best_after)
-                    save_checkpoint(run.last, state)
-                    position["saved"] = True
-                    if improved:
-                        save_checkpoint(run.best, state)
+                    with interrupts_deferred():
+                        save_checkpoint(run.last, state)
+                        position["saved"] = True
+                        if improved:
+                            link_checkpoint(run.last, run.best)
             except KeyboardInterrupt:
                 if dist_info.is_main and not position["saved"]:
                     next_position = {k: position[k] for k in ("stage", "epoch", "batch")}
-                    save_checkpoint(run.last, checkpoint_state(next_position, done, last_metrics, stats))
+                    with interrupts_deferred():
+                        save_checkpoint(run.last, checkpoint_state(next_position, done, last_metrics, stats))
                     log(f"interrupted at stage {stage_index + 1}, epoch {epoch + 1}, batch {position['batch']}; "
                         f"saved {run.last}")
                 raise Interrupted(

@@ -143,7 +143,7 @@ def test_the_sheet_shows_the_frames_and_the_evaluated_predictions(study, tmp_pat
 
 def start_study(root: Path, out: Path) -> subprocess.Popen:
     command = [str(BIN / "segnet"), "study", "--root", str(root), "--out", str(out), "--variants", "vanilla,dlse-hed",
-               "--schedule", "32x64:4:3", "--backbone-weights", "none", "--lr", "1e-3", "--device", "cpu",
+               "--schedule", "32x64:4:2", "--backbone-weights", "none", "--lr", "1e-3", "--device", "cpu",
                "--frames-per-shard", "4"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=default_sigint)
@@ -171,7 +171,7 @@ def test_a_study_killed_midway_resumes_on_rerun(study, tmp_path):
     assert (out / "runs" / "vanilla" / "last.pt").stat().st_mtime_ns == vanilla_last
     assert "resumed from" in (run / "log.txt").read_text()
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(epochs) == 3 and len(set(epochs)) == 3  # no epoch trained twice into the record
+    assert epochs == [1, 2]  # no epoch trained twice into the record
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["vanilla", "dlse-hed"] and all(r["miou"] and not r["error"] for r in rows)
