@@ -19,6 +19,16 @@ GOLDEN_NAMES = tuple(json.loads((GOLDEN / "golden.json").read_text())["maps"])
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def environment_as_os_environ_says():
+    """GNU readline, which pytest imports, exports COLUMNS=80 and LINES to the C environment behind
+    os.environ's back; subprocesses started without `env=` inherit them and fold their output at 80
+    columns (a long tmp_path then breaks a file name in two). Make the C environment agree again."""
+    for name in ("COLUMNS", "LINES"):
+        if name not in os.environ:
+            os.unsetenv(name)
+
+
 @pytest.fixture(scope="session")
 def hed_model():
     from hedprep.hed import load_hed
