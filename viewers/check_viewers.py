@@ -16,6 +16,7 @@ from pathlib import Path
 
 import h5py
 import picture_checks
+import system_libraries
 from PIL import Image
 from viewer_runs import PICTURES, VIEWERS
 
@@ -88,7 +89,8 @@ def main():
     args.work.mkdir(parents=True, exist_ok=True)
     shard = make_shard(args.work, args.hedprep)
     frame_id, truth = stored_pictures(shard)
-    failures = 0
+    lines, failures = system_libraries.report(args.venv.resolve())
+    print("\n".join(lines))
     for viewer in args.viewers.split(","):
         shots = args.work / "shots" / viewer
         shutil.rmtree(shots, ignore_errors=True)

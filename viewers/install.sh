@@ -1,17 +1,20 @@
 #!/bin/sh
 # usage: sh viewers/install.sh VENV
-# What `make viewers` needs, each installed only when missing: Debian's Chromium, Xvfb, ImageMagick,
-# xdotool and HDF Compass; a venv with JupyterLab + h5web, silx (PyQt5, matplotlib, QtAwesome, PyOpenGL) and hdf5plugin, at the
-# versions the checks were written against; playwright-core (drives Chromium) in VENV/node.
+# What `make viewers` needs, each installed only when missing: the Debian packages of
+# viewers/debian-packages.txt (Chromium, Xvfb, ImageMagick, xdotool, HDF Compass, and the X11 libraries
+# that PyQt5's xcb platform plugin loads); a venv with JupyterLab + h5web, silx (PyQt5, matplotlib,
+# QtAwesome, PyOpenGL) and hdf5plugin, at the versions the checks were written against; playwright-core
+# (drives Chromium) in VENV/node.
 set -eu
 VENV=${1:-.venv-viewers}
+HERE=$(dirname "$0")
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 PIP_PACKAGES="jupyterlab==4.6.6 jupyterlab-h5web==12.9.0 silx==3.1.3 PyQt5==5.15.11 hdf5plugin==7.1.0 scipy==1.17.1 matplotlib==3.11.2 QtAwesome==1.4.2 PyOpenGL==3.1.10 pillow==13.0.0"
 PLAYWRIGHT=playwright-core@1.65.1
 
 missing=""
-for need in chromium:chromium Xvfb:xvfb xvfb-run:xvfb import:imagemagick xdotool:xdotool HDFCompass:hdf-compass; do
-  command -v "${need%%:*}" >/dev/null 2>&1 || missing="$missing ${need#*:}"
+for package in $(sed 's/#.*//' "$HERE/debian-packages.txt"); do
+  dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"
 done
 if [ -n "$missing" ]; then
   echo "installing Debian packages:$missing"

@@ -11,6 +11,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import system_libraries
+
 HERE = Path(__file__).resolve().parent
 PICTURES = ("rgb", "edge", "label")
 SERVER_START_TIMEOUT_S = 90
@@ -31,7 +33,11 @@ def run(command, env=None):
         return f"{Path(command[1]).name} did not finish within {VIEWER_TIMEOUT_S} s"
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        return lines[-1] if lines else f"{command[1]} exited with status {done.returncode}"
+        # A library a program cannot load is named on an earlier line than its last ("Aborted").
+        cause = [line.strip() for line in lines if "cannot open shared object file" in line
+                 or "Could not load the Qt platform plugin" in line]
+        last = lines[-1] if lines else f"{command[1]} exited with status {done.returncode}"
+        return f"{last}: {cause[0]}" if cause and cause[0] != last else last
     return None
 
 
@@ -78,7 +84,11 @@ def shoot_h5web(shard, frame_id, out_dir, venv):
 
 
 def shoot_silx(shard, frame_id, out_dir, venv):
-    """silx view: select the file (its default), then each picture's NXdata group."""
+    """silx view: select the file (its default), then each picture's NXdata group. First, that Qt finds
+    every system library it loads: else Qt would only print "Aborted"."""
+    problem = system_libraries.missing_problem(venv)
+    if problem:
+        return problem
     paths = {"default": "/", **{name: f"/images/{frame_id}/{name}" for name in PICTURES}}
     for view, path in paths.items():
         problem = run(["xvfb-run", "-a", "-s", "-screen 0 1400x900x24 -nolisten tcp",
