@@ -58,6 +58,7 @@ def test_run_folder_holds_config_metrics_and_checkpoints(uninterrupted):
     assert not list(run.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_loader_workers_serve_every_epoch_as_loading_in_line_does(segnet_shards, uninterrupted, tmp_path):
     """One persistent DataLoader per stage, its items replaced each epoch: with a worker process the
     run sees the same batches in the same order, so it ends with the same weights."""
@@ -191,6 +192,7 @@ def test_unwritable_out(segnet_shards, tmp_path):
         train(config(segnet_shards, blocker / "run"))
 
 
+@pytest.mark.slow
 def test_vanilla_learns_the_fixture_well_above_chance(segnet_shards, tmp_path):
     """A bounded run (30 steps of 4 frames at the stored 64x128) from random weights."""
     result = train(config(segnet_shards, tmp_path / "run", schedule="64x128:4:15", lr=1e-3))
