@@ -40,21 +40,23 @@ def interrupts_deferred() -> Iterator[None]:
     """Ctrl-C inside takes effect when the block ends: a checkpoint being written is finished first.
 
     Interrupted inside `torch.save`, torch's zip writer raises a RuntimeError of its own on the way
-    out, which would hide the KeyboardInterrupt. Outside the main thread (where signal handlers
-    cannot be set) the block runs as it is.
+    out, which would hide the KeyboardInterrupt. The block runs as it is outside the main thread
+    (where handlers cannot be set), where Ctrl-C is ignored, and where a handler of C code is set
+    (Python could not put it back).
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (None, signal.SIG_IGN):
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
     if received and callable(previous):
         previous(signal.SIGINT, None)
-    elif received and previous == signal.SIG_DFL:
+    elif received:  # SIG_DFL: the process would end; a KeyboardInterrupt lets the caller say where it stopped
         raise KeyboardInterrupt
 
 

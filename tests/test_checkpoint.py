@@ -3,6 +3,7 @@ writes of last.pt leave alone."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -11,6 +12,17 @@ import pytest
 import torch
 
 from segnet.checkpoint import interrupts_deferred, link_checkpoint, load_checkpoint, save_checkpoint
+
+
+@contextlib.contextmanager
+def sigint_handler(handler):
+    """SIGINT handled by `handler` inside, whatever earlier tests or libraries left set."""
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler of C code, which Python cannot put back
+            signal.signal(signal.SIGINT, previous)
 
 
 def state(value: float) -> dict:
@@ -29,19 +41,29 @@ def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_whole(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     written = False
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_deferred():
-            sender = threading.Thread(target=interrupt)
-            sender.start()
-            try:
-                save_checkpoint(path, big)
-                written = True
-            finally:
-                stop.set()
-                sender.join()
+    with sigint_handler(signal.default_int_handler):
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                sender = threading.Thread(target=interrupt)
+                sender.start()
+                try:
+                    save_checkpoint(path, big)
+                    written = True
+                finally:
+                    stop.set()
+                    sender.join()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     assert written and torch.equal(load_checkpoint(path)["model"]["w"], big["model"]["w"])
     assert not list(tmp_path.glob(".*.tmp"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_where_ctrl_c_is_ignored_it_stays_ignored(tmp_path):
+    with sigint_handler(signal.SIG_IGN):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            save_checkpoint(tmp_path / "last.pt", state(3.0))
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert load_checkpoint(tmp_path / "last.pt")["model"]["w"][0, 0] == 3.0
 
 
 def test_without_ctrl_c_the_block_runs_as_it_is(tmp_path):
