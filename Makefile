@@ -34,7 +34,8 @@ tools:
 test: venv tools
 	$(BIN)/python -m pytest -q
 
-# Everything but the tests marked slow (kills, full disks, clusters, torchrun, loader workers, long training):
+# Everything but the tests marked slow (kills, full disks, clusters, torchrun, loader workers, long training,
+# resumes beyond the first case):
 # the quick loop while coding.
 test-fast: venv tools
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -97,7 +97,9 @@ class StopAt:
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("stop", [StopAt(step=1), StopAt(step=5), StopAt(epoch_end=2)],
+# make test-fast keeps the first case; the other two resume elsewhere in the run (slow: 10 s each on a Zen 3).
+@pytest.mark.parametrize("stop", [StopAt(step=1), pytest.param(StopAt(step=5), marks=pytest.mark.slow),
+                                  pytest.param(StopAt(epoch_end=2), marks=pytest.mark.slow)],
                          ids=["first-batch", "second-stage", "stage-boundary"])
 def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_weights(segnet_shards, uninterrupted, tmp_path, stop):
     run_config = config(segnet_shards, tmp_path / "run", schedule="32x64:4:2,48x96:4:1")
@@ -132,6 +134,7 @@ def test_run_folder_errors(segnet_shards, uninterrupted, tmp_path):
         train(config(segnet_shards, uninterrupted, schedule="32x64:4:2,48x96:4:1", lr=0.5), resume=True)
 
 
+@pytest.mark.slow
 def test_resume_before_the_first_checkpoint_starts_the_run_over(segnet_shards, uninterrupted, tmp_path):
     # what a SIGKILL during the first epoch's checkpoint leaves: config.json and metric rows, no last.pt
     run = tmp_path / "run"
