@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
 
 import click
@@ -494,6 +495,18 @@ def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
+LOSS_DISPLAY_INTERVAL_S = 0.5
+
+
+def loss_due(state: dict) -> bool:
+    """True at most every LOSS_DISPLAY_INTERVAL_S seconds (per `state`), for showing the running loss."""
+    now = time.monotonic()
+    if now - state.get("loss_shown", -LOSS_DISPLAY_INTERVAL_S) < LOSS_DISPLAY_INTERVAL_S:
+        return False
+    state["loss_shown"] = now
+    return True
+
+
 @segnet.command("train")
 @click.option("--variant", required=True, help="vanilla, dlse, dlse-sf or dlse-hed (RGB + HED edge input).")
 @click.option("--shards", required=True, type=click.Path(file_okay=False),
@@ -515,15 +528,26 @@ def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
                    "with a GPU, this rank's share of the cores less one.")
 @click.option("--seed", type=int, default=0, help="Seed of initialisation, order, flips and dropout.")
 @click.option("--strict", is_flag=True, help="Refuse shards of an incomplete build instead of warning.")
+@click.option("--sync-bn/--no-sync-bn", default=None,
+              help="Synchronise BatchNorm statistics across torchrun ranks (SyncBatchNorm, GPUs only). "
+                   "Default: on when training on more than one GPU.")
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic algorithms: a GPU run and its --resume are bit-exact (slower; docs/segnet.md). "
+                   "CPU runs are exact without it.")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (docs/performance.md).")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="Channels-last (NHWC) memory layout. Default: on CUDA; on a CPU as measured (docs/performance.md).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, lr, backbone_weights, output_stride,
-                 sf_scale, sf_rescale, out, device, amp, workers, seed, strict, resume) -> None:
+                 sf_scale, sf_rescale, out, device, amp, workers, seed, strict, sync_bn, deterministic, compile_model,
+                 channels_last, resume) -> None:
     """Train a DeepLabV3 variant on hedprep shards, progressively at growing sizes.
 
     Checkpoints: OUT/last.pt after every epoch (and on Ctrl-C), OUT/best.pt by validation mIoU.
     A run killed at any point continues with --resume and ends with the weights of an uninterrupted
-    run. Under torchrun (`torchrun --nproc-per-node 2 --no-python segnet train ...`) it trains
-    data-parallel; rank 0 writes the run folder.
+    run (on a GPU: with --deterministic). Under torchrun (`torchrun --nproc-per-node 8 --no-python
+    segnet train --device cuda ...`) it trains data-parallel, each rank on cuda:LOCAL_RANK with the
+    schedule's batch per rank; rank 0 writes the run folder.
     """
     from segnet.config import DEFAULT_SCHEDULE, TrainConfig, parse_schedule
     from segnet.train import TrainCallbacks, train
@@ -536,7 +560,8 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
         schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage), lr=lr,
         backbone_weights=backbone_weights, output_stride=int(output_stride), sf_scale=sf_scale,
         sf_rescale=sf_rescale, device=device, amp=amp,
-        workers=workers, seed=seed, strict=strict,
+        workers=workers, seed=seed, strict=strict, sync_bn=sync_bn, deterministic=deterministic,
+        compile=compile_model, channels_last=channels_last,
     )
     state_obj["interrupted"] = (f"interrupted; {config.out}/last.pt holds the last finished epoch: continue with "
                                 "the same command and --resume")
@@ -557,8 +582,10 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
         state["task"] = progress.add_task(description, total=info.batches, completed=info.batch, loss="-", rate="")
 
     def on_step(info) -> None:
-        progress.update(state["task"], completed=info.batch, loss=f"{info.loss:.4f}",
-                        rate=f"{info.images_per_s:.1f} images/s")
+        fields = {}
+        if loss_due(state):  # reading the loss waits for the device: twice a second at most
+            fields = {"loss": f"{info.loss:.4f}", "rate": f"{info.images_per_s:.1f} images/s"}
+        progress.update(state["task"], completed=info.batch, **fields)
 
     def on_epoch_end(metrics) -> None:
         val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
@@ -590,11 +617,18 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write {miou, iou: {class: value}, pixel_accuracy} (fractions) to this file.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto.")
-def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json_path, device) -> None:
+@click.option("--amp", is_flag=True, help="bfloat16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=2, help="Frames per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes. Default: 0 on a CPU; with a GPU, this rank's share of the cores "
+                   "less one, at most 8.")
+def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json_path, device, amp, batch_size,
+                    workers) -> None:
     """Cityscapes mIoU of a checkpoint on a split of shards: per-class IoU, mIoU, pixel accuracy.
 
     The model runs at --eval-size; its logits are upsampled to the labels' full resolution. mIoU
     averages the classes that occur in the ground truth or the prediction, as Cityscapes' evaluation.
+    Under torchrun each rank scores its share of the frames (each frame once) and rank 0 prints the sums.
     """
     import json
 
@@ -609,11 +643,14 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
         progress.start()
 
     try:
-        outcome = evaluate(checkpoint, shards, split, size, save_predictions, device,
-                           on_frames=lambda n: progress.advance(state["task"], n), on_start=start)
+        outcome = evaluate(checkpoint, shards, split, size, save_predictions, device, batch_size,
+                           on_frames=lambda n: progress.advance(state["task"], n), on_start=start, amp=amp,
+                           workers=workers)
     finally:
         if state["task"] is not None:
             progress.stop()
+    if not outcome.is_main:
+        return
     if outcome.predictions_dir is not None:
         console.print(f"wrote {outcome.predictions_written} prediction(s) to {escape(str(outcome.predictions_dir))}",
                       highlight=False)
@@ -669,8 +706,13 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="Build the shards on this dask.distributed cluster.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Build the shards with a local dask.distributed cluster of N workers.")
+@click.option("--hed-precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              help="The build's HED precision (hedprep build --precision).")
+@click.option("--hed-batch-size", type=click.IntRange(min=1), default=1,
+              help="The build's frames per HED pass (hedprep build --batch-size).")
+@click.option("--amp", is_flag=True, help="bfloat16 autocast in training and evaluation, where it is native.")
 def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_weights, seed, device, levels,
-                 frames_per_shard, scheduler, workers) -> None:
+                 frames_per_shard, scheduler, workers, hed_precision, hed_batch_size, amp) -> None:
     """Run the study: build train and val shards, train each variant with the same seed and schedule,
     evaluate each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU,
     with plots in OUT/plots/: mIoU per variant, per-class IoU, training curves, and the qualitative
@@ -691,7 +733,8 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
         raise SegnetOptionError(f"--variants {variants}: choose from {', '.join(VARIANTS)}")
     config = StudyConfig(root=root, out=out, schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage),
                          variants=chosen, backbone_weights=backbone_weights, lr=lr, seed=seed, device=device,
-                         levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler, workers=workers)
+                         levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler, workers=workers,
+                         hed_precision=hed_precision, hed_batch_size=hed_batch_size, amp=amp)
     click.get_current_context().obj["interrupted"] = "interrupted; rerun the same command to resume the study"
     # One bar at a time (the build of a split, a training epoch, an evaluation); log lines above it.
     progress = Progress(
@@ -716,8 +759,8 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
              f"epoch {info.epoch + 1}/{info.epochs}", info.batches, info.batch)
 
     def on_step(info) -> None:
-        progress.update(state["task"], completed=info.batch,
-                        note=f"loss {info.loss:.4f}, {info.images_per_s:.1f} images/s")
+        fields = {"note": f"loss {info.loss:.4f}, {info.images_per_s:.1f} images/s"} if loss_due(state) else {}
+        progress.update(state["task"], completed=info.batch, **fields)
 
     def on_epoch_end(metrics) -> None:
         val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""

@@ -27,6 +27,7 @@ import numpy as np
 
 from hedprep.build_plan import BuildConfig
 from hedprep.errors import HedprepError
+from hedprep.hed import release_cached_detectors
 from hedprep.shards import TRAIN_CLASSES, open_split
 from pipelines.build import build_split
 from segnet.checkpoint import load_checkpoint
@@ -55,10 +56,26 @@ class StudyConfig:
     lr: float = 1e-5
     seed: int = 0
     device: str = "auto"
+    amp: bool = False  # bfloat16 autocast in training and evaluation, where it is native
     levels: int = 3
     frames_per_shard: int = 32
     scheduler: str | None = None
     workers: int | None = None
+    hed_precision: str = "fp32"  # the build's --precision
+    hed_batch_size: int = 1  # the build's --batch-size
+
+    def build_config(self, split: str) -> BuildConfig:
+        """The `hedprep build` of one split of the study's shards."""
+        return BuildConfig(root=self.root, split=split, out=str(Path(self.out) / "shards"), levels=self.levels,
+                           frames_per_shard=self.frames_per_shard, scheduler=self.scheduler, workers=self.workers,
+                           device=self.device, precision=self.hed_precision, batch_size=self.hed_batch_size)
+
+    def train_config(self, variant: str) -> TrainConfig:
+        """The `segnet train` of one variant."""
+        out = Path(self.out)
+        return TrainConfig(variant=variant, shards=str(out / "shards"), out=str(out / "runs" / variant),
+                           schedule=list(self.schedule), lr=self.lr, backbone_weights=self.backbone_weights,
+                           device=self.device, amp=self.amp, seed=self.seed)
 
 
 @dataclass
@@ -106,11 +123,10 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
             if progress.on_build_start is not None:
                 progress.on_build_start(split, todo, done)
 
-        result = build_split(BuildConfig(root=config.root, split=split, out=str(shards), levels=config.levels,
-                                         frames_per_shard=config.frames_per_shard, scheduler=config.scheduler,
-                                         workers=config.workers), on_frames=progress.on_build_frames, on_start=start)
+        result = build_split(config.build_config(split), on_frames=progress.on_build_frames, on_start=start)
         frames[split] = result.frames
         log(f"shards {split}: {result.frames} frames, {result.built} built, {result.kept} kept")
+    release_cached_detectors()  # HED's weights and buffers, on the GPU too, are not needed for training
     rows = []
     for variant in config.variants:
         run_dir = out / "runs" / variant
@@ -132,9 +148,7 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
 def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path, log: Callable[[str], None],
                   callbacks: TrainCallbacks | None, progress: StudyProgress) -> VariantResult:
     """Train (or resume, or reuse) one variant's run and evaluate its best checkpoint on val."""
-    train_config = TrainConfig(variant=variant, shards=str(shards), out=str(run_dir), schedule=list(config.schedule),
-                               lr=config.lr, backbone_weights=config.backbone_weights, device=config.device,
-                               seed=config.seed)
+    train_config = config.train_config(variant)
     if run_finished(run_dir, train_config):
         log(f"{variant}: run finished before, reused")
     else:
@@ -149,7 +163,7 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
                 progress.on_eval_start(variant, total)
 
         evaluation = evaluate(best, shards, "val", device=config.device, on_frames=progress.on_eval_frames,
-                              on_start=start)
+                              on_start=start, amp=config.amp)
         write_text_atomic(scores, json.dumps(evaluation.result.to_json(), indent=1) + "\n")
         log(f"{variant}: evaluated on val, mIoU {100 * evaluation.result.miou:.2f}")
     figures = json.loads(scores.read_text(encoding="utf-8"))

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from segnet.checkpoint import load_torch_file
 from segnet.errors import SegnetError
+from segnet.ops import GlobalAverage
 
 # (planes, blocks) of layer1..layer4; a block outputs 4 x planes channels
 RESNET50_LAYERS = ((64, 3), (128, 4), (256, 6), (512, 3))
@@ -60,7 +61,7 @@ class SqueezeExcitation(nn.Module):
         self.gate = gate
         self.sf_scale = float(sf_scale)
         self.sf_rescale = bool(sf_rescale)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = GlobalAverage()
         self.fc1 = nn.Conv2d(channels, channels // reduction, 1)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(channels // reduction, channels, 1)

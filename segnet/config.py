@@ -14,6 +14,7 @@ DEFAULT_SCHEDULE = "128x224:16,256x448:8,512x912:4"
 # Epochs per stage where the schedule does not say: 10 per stage (30 in all) is a starting point for
 # Cityscapes' 2975 training frames; the study's own figure is not known.
 DEFAULT_EPOCHS_PER_STAGE = 10
+MAX_DEFAULT_WORKERS = 8  # DataLoader workers per rank when --workers is not given
 _STAGE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*:\s*(\d+)\s*(?::\s*(\d+)\s*)?")
 
 
@@ -42,11 +43,13 @@ def default_workers(device_type: str, cpus: int, local_ranks: int = 1) -> int:
     3.97 images/s with no worker, 2.25 with one; docs/performance.md): 0. On a GPU the cores are the
     loader's: this rank's share of them (`cpus` / `local_ranks`), less one for the process that
     drives the GPU, at least 1. Loading scales with worker processes (docs/performance.md), and a GPU
-    can consume far more samples per second than one core prepares.
+    can consume far more samples per second than one core prepares. At most `MAX_DEFAULT_WORKERS`:
+    about 8 cores keep one GPU fed at 128x224 from the resolution levels (docs/performance.md), and
+    each worker holds its own shard handles and batches.
     """
     if device_type == "cpu":
         return 0
-    return max(1, cpus // max(1, local_ranks) - 1)
+    return min(MAX_DEFAULT_WORKERS, max(1, cpus // max(1, local_ranks) - 1))
 
 
 def available_cpus() -> int:
@@ -103,6 +106,13 @@ class TrainConfig:
     workers: int | None = None  # DataLoader workers per rank; None: `default_workers`
     seed: int = 0
     strict: bool = False
+    sync_bn: bool | None = None  # SyncBatchNorm across ranks; None: on when training on more than one GPU
+    deterministic: bool = False  # deterministic algorithms (bit-exact GPU runs and resumes), slower
+    compile: bool = False  # torch.compile the model
+    channels_last: bool | None = None  # None: on CUDA (`segnet.backends.use_channels_last`)
+
+    # How a run computes, not what it learns: a resume may change them (device, workers, out too).
+    RUNTIME_OPTIONS = ("out", "device", "workers", "deterministic", "compile", "channels_last")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -116,9 +126,9 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
     def comparable(self) -> dict[str, Any]:
-        """What must not change when a run is resumed (the device, workers and out may)."""
+        """What must not change when a run is resumed (`RUNTIME_OPTIONS` may)."""
         data = self.to_json()
-        for key in ("out", "device", "workers"):
+        for key in self.RUNTIME_OPTIONS:
             data.pop(key)
         return data
 

@@ -29,6 +29,7 @@ number of DataLoader workers or processes, and a resumed run replays them exactl
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Iterator
@@ -75,16 +76,29 @@ _SCALE = (*(1 / (255 * s) for s in IMAGENET_STD), 1 / 255)
 _OFFSET = (*(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)), 0.0)
 
 
+@functools.lru_cache(maxsize=16)
+def _normalisation(device: torch.device, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (C, 1, 1) scale and offset on `device`, made once: a tensor made from Python numbers is a
+    host-to-device copy that waits for the GPU."""
+    scale = torch.tensor(_SCALE[:channels], dtype=torch.float32).view(channels, 1, 1)
+    offset = torch.tensor(_OFFSET[:channels], dtype=torch.float32).view(channels, 1, 1)
+    return scale.to(device), offset.to(device)
+
+
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 (..., C, H, W) -> float32 on the same device: ImageNet mean/std for RGB, edge / 255.
 
     Runs on the device, after the batch is there: a loader sends uint8 (4x fewer bytes than float32
     through its worker queue and to the GPU), and the arithmetic runs once per batch.
     """
-    c = images.shape[-3]
-    scale = torch.tensor(_SCALE[:c], dtype=torch.float32, device=images.device).view(c, 1, 1)
-    offset = torch.tensor(_OFFSET[:c], dtype=torch.float32, device=images.device).view(c, 1, 1)
+    scale, offset = _normalisation(images.device, images.shape[-3])
     return images.float().mul_(scale).add_(offset)
+
+
+def model_input(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A uint8 batch from a loader -> the model's float32 input on `device` (channels-last if asked)."""
+    x = normalise(images.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 class ShardDataset(Dataset):
@@ -155,18 +169,21 @@ class EpochSampler(Sampler):
     """Yields `(index, flip)` for one epoch: a permutation and flips drawn from (seed, epoch).
 
     With `shuffle=False` (evaluation): indices in order, never flipped. With `num_replicas > 1` each
-    rank takes every `num_replicas`-th item of the same sequence (padded by wrapping so every rank
-    gets as many), as DistributedSampler does.
+    rank takes every `num_replicas`-th item of the same sequence, padded by wrapping so every rank
+    gets as many (training: DistributedDataParallel needs as many steps on every rank), as
+    DistributedSampler does; with `pad=False` (validation, evaluation) every item is served exactly
+    once and ranks may get one item fewer.
     """
 
     def __init__(self, size: int, seed: int = 0, shuffle: bool = True, flip: bool = True,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+                 num_replicas: int = 1, rank: int = 0, pad: bool = True) -> None:
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
         self.flip = flip and shuffle
         self.num_replicas = num_replicas
         self.rank = rank
+        self.pad = pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -182,7 +199,7 @@ class EpochSampler(Sampler):
             order, flips = list(range(self.size)), [False] * self.size
         pairs = list(zip(order, flips, strict=True))
         per_rank = -(-len(pairs) // self.num_replicas)
-        if self.num_replicas > 1:
+        if self.num_replicas > 1 and self.pad:
             pairs += pairs[: per_rank * self.num_replicas - len(pairs)]
         return pairs[self.rank :: self.num_replicas]
 
@@ -190,8 +207,7 @@ class EpochSampler(Sampler):
         return iter(self.items())
 
     def __len__(self) -> int:
-        return -(-self.size // self.num_replicas)
-
+        return len(self.items())
 
 
 class EpochItems(Sampler):
@@ -231,15 +247,27 @@ def loader_settings(device_type: str, workers: int) -> LoaderSettings:
     return LoaderSettings(workers=workers, pin_memory=device_type == "cuda")
 
 
-def make_loader(dataset: Dataset, batch_size: int, settings: LoaderSettings) -> tuple[DataLoader, EpochItems]:
+def init_loader_worker(worker_id: int) -> None:
+    """A DataLoader worker process computes one sample at a time on one core: OpenCV's own thread pool
+    (used by the resizes of `read`) would only compete with the other workers and the training process."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def make_loader(dataset: Dataset, batch_size: int, settings: LoaderSettings,
+                persistent: bool = True) -> tuple[DataLoader, EpochItems]:
     """A DataLoader over `dataset` and the `EpochItems` to set before each epoch.
 
-    With workers, they persist across epochs and each keeps `prefetch_factor` batches ready.
+    With workers, each keeps `prefetch_factor` batches ready; with `persistent` they live across
+    epochs (training), else they end after each pass (validation: its workers then never sit beside
+    the training loader's busy ones).
     """
     items = EpochItems()
     extra = {}
     if settings.workers > 0:
-        extra = {"persistent_workers": True, "prefetch_factor": settings.prefetch_factor}
+        extra = {"persistent_workers": persistent, "prefetch_factor": settings.prefetch_factor,
+                 "worker_init_fn": init_loader_worker}
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=items, num_workers=settings.workers,
         pin_memory=settings.pin_memory,

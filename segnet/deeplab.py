@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segnet.backbone import REPLACE_STRIDE_WITH_DILATION, ResNet50, load_torchvision_weights, resolve_backbone_weights
 from segnet.errors import SegnetOptionError
+from segnet.ops import GlobalAverage, resize
 
 VARIANTS = ("vanilla", "dlse", "dlse-sf", "dlse-hed")
 OUTPUT_STRIDES = tuple(sorted(REPLACE_STRIDE_WITH_DILATION))
@@ -59,11 +59,6 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> list[
             nn.BatchNorm2d(out_channels), nn.ReLU()]
 
 
-def resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resizing to `size` (H, W), half-pixel centres (`align_corners=False`, as torchvision)."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 class ASPPConv(nn.Sequential):
     """torchvision's ASPP branch: 3x3 atrous convolution, BatchNorm, ReLU."""
 
@@ -79,7 +74,7 @@ class ASPPPooling(nn.Sequential):
     """torchvision's image-pooling branch: global average, 1x1 convolution, BatchNorm, ReLU, broadcast back."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        super().__init__(GlobalAverage(), nn.Conv2d(in_channels, out_channels, 1, bias=False),
                          nn.BatchNorm2d(out_channels), nn.ReLU())
 
     def forward(self, x: Tensor) -> Tensor:

@@ -5,10 +5,16 @@ logits upsampled (bilinear) to the labels' full stored resolution, and a 19-clas
 summed over every pixel whose label is not 255. Predictions can be written in Cityscapes' format
 (labelIds PNGs that the official evaluator reads, and colour PNGs). The test split has no public
 labels: there only predictions are written.
+
+Under torchrun each rank scores its share of the frames, every frame exactly once, the confusion
+matrices are summed across ranks, and each rank writes the prediction files of its frames; rank 0
+returns the scores. The model runs with DataLoader workers (default as for training), pinned memory
+on CUDA, optionally bfloat16 autocast (`amp`), and the confusion matrix is counted on the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +26,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from segnet.checkpoint import load_checkpoint
-from segnet.config import TrainConfig
-from segnet.data import EpochSampler, ShardDataset, normalise
+from segnet.config import TrainConfig, available_cpus, default_workers, local_ranks
+from segnet.data import EpochSampler, ShardDataset, init_loader_worker, normalise
 from segnet.deeplab import build_model
-from segnet.devices import resolve_device
+from segnet.devices import amp_dtype, resolve_device, resolve_rank_device
+from segnet.distributed import init_distribution, sum_over_ranks
 from segnet.errors import SegnetError
-from segnet.metrics import ConfusionMatrix, EvalResult, evaluation_result
+from segnet.metrics import DeviceConfusion, EvalResult, evaluation_result
 from segnet.predictions import prepare_folder, write_prediction_pngs
 
 UNLABELED_SPLITS = ("test",)  # Cityscapes publishes no test labels
@@ -39,7 +46,8 @@ class Evaluation:
     frames: int
     eval_size: tuple[int, int]
     predictions_dir: Path | None
-    predictions_written: int
+    predictions_written: int  # by every rank
+    is_main: bool = True  # False on torchrun ranks other than 0
 
 
 def load_model(checkpoint_path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -70,42 +78,65 @@ def evaluate(
     batch_size: int = 2,
     on_frames: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    amp: bool = False,
+    workers: int | None = None,
 ) -> Evaluation:
-    """Score a checkpoint on `split` of the shards in `shards` (and/or write its predictions)."""
-    torch_device = resolve_device(device)
+    """Score a checkpoint on `split` of the shards in `shards` (and/or write its predictions).
+
+    `workers`: DataLoader worker processes (None: as `segnet train` chooses, 0 on a CPU); `amp`:
+    bfloat16 autocast where it is native.
+    """
+    torch_device = resolve_rank_device(device)
+    autocast_dtype = amp_dtype(torch_device) if amp else None
     model, checkpoint = load_model(checkpoint_path, torch_device)
     size = eval_size or checkpoint_eval_size(checkpoint)
     dataset = ShardDataset(shards, split, model.in_channels, size, resize_labels=False)
     labeled = split not in UNLABELED_SPLITS
     out_dir = prepare_folder(save_predictions) if save_predictions is not None else None
-    matrix = ConfusionMatrix(int(checkpoint["model_args"].get("num_classes", 19)))
-    sampler = EpochSampler(len(dataset), shuffle=False)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler.items())
-    if on_start is not None:
+    dist_info = init_distribution(torch_device)
+    indices = [i for i, _ in EpochSampler(len(dataset), shuffle=False, num_replicas=dist_info.world,
+                                          rank=dist_info.rank, pad=False).items()]
+    loader = evaluation_loader(dataset, indices, batch_size, torch_device, workers)
+    matrix = DeviceConfusion(int(checkpoint["model_args"].get("num_classes", 19)), torch_device)
+    if on_start is not None and dist_info.is_main:
         on_start(len(dataset))
-    written, index = 0, 0
-    with torch.inference_mode():
+    written = 0
+    with torch.inference_mode(), _autocast(torch_device, autocast_dtype):
         for images, labels in loader:
-            predictions = predict_batch(model, images.to(torch_device), labels.shape[-2:])
+            predictions = predict_batch(model, images.to(torch_device, non_blocking=True), labels.shape[-2:])
             if labeled:
                 matrix.update(predictions, labels)
-            for prediction in predictions:
-                if out_dir is not None:
-                    write_prediction_pngs(out_dir, dataset.frame_id(index), prediction.numpy())
+            if out_dir is not None:
+                for prediction in predictions.cpu():
+                    write_prediction_pngs(out_dir, dataset.frame_id(indices[written]), prediction.numpy())
                     written += 1
-                index += 1
-            if on_frames is not None:
-                on_frames(len(predictions))
-    result = evaluation_result(matrix.matrix, len(dataset)) if labeled else None
-    return Evaluation(result, len(dataset), size, out_dir, written)
+            if on_frames is not None and dist_info.is_main:
+                on_frames(len(predictions) * dist_info.world)
+    matrix.reduce()
+    result = evaluation_result(matrix.numpy(), len(dataset)) if labeled else None
+    return Evaluation(result, len(dataset), size, out_dir, sum_over_ranks(written, dist_info), dist_info.is_main)
+
+
+def evaluation_loader(dataset: ShardDataset, indices: list[int], batch_size: int, device: torch.device,
+                      workers: int | None) -> DataLoader:
+    """The frames `indices` of `dataset` in order, in batches; workers as for training by default."""
+    if workers is None:
+        workers = default_workers(device.type, available_cpus(), local_ranks())
+    extra = {"worker_init_fn": init_loader_worker} if workers > 0 else {}
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
+                      pin_memory=device.type == "cuda", **extra)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def predict_batch(model: torch.nn.Module, images: torch.Tensor, label_size: tuple[int, int]) -> torch.Tensor:
-    """trainId predictions (N, H, W) on the CPU for a uint8 batch on the model's device: logits
-    upsampled (bilinear) to `label_size`, as evaluation scores them."""
-    logits = model(normalise(images))
+    """trainId predictions (N, H, W) on the model's device for a uint8 batch there: logits upsampled
+    (bilinear, in float32) to `label_size`, as evaluation scores them."""
+    logits = model(normalise(images)).float()
     logits = F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=False)
-    return logits.argmax(1).cpu()
+    return logits.argmax(1)
 
 
 def predict_frames(
@@ -127,5 +158,5 @@ def predict_frames(
         for index in indices:
             image, label = dataset[index]
             batch = predict_batch(model, image[None].to(torch_device), label.shape[-2:])
-            predictions.append(batch[0].numpy().astype(np.uint8))
+            predictions.append(batch[0].cpu().numpy().astype(np.uint8))
     return predictions

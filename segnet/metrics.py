@@ -62,12 +62,45 @@ def confusion_matrix(
     if bool(bad.any()):
         values = sorted(set(label_t[bad].unique().tolist()))
         raise ValueError(f"labels {values[:5]} are neither classes 0..{num_classes - 1} nor {ignore_index}")
-    counted = ~ignored & (pred_t >= 0) & (pred_t < num_classes)
+    return confusion_counts(pred_t, label_t, num_classes, ignore_index).cpu().numpy()
+
+
+def confusion_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int = NUM_CLASSES,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """`confusion_matrix` as an int64 tensor on the inputs' device, without checking the labels (no
+    host synchronisation): a label that is neither a class nor `ignore_index` counts nowhere."""
+    label, pred = label.long(), pred.long()
+    counted = (label != ignore_index) & (label >= 0) & (label < num_classes) & (pred >= 0) & (pred < num_classes)
     # One bincount; every skipped pixel lands in the extra last bin, which is dropped.
     cells = num_classes * num_classes
-    index = torch.where(counted, label_t * num_classes + pred_t, cells)
+    index = torch.where(counted, label * num_classes + pred, cells)
     counts = torch.bincount(index.flatten(), minlength=cells + 1)[:cells]
-    return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
+    return counts.reshape(num_classes, num_classes)
+
+
+class DeviceConfusion:
+    """A confusion matrix summed on the device of the predictions: `update` never waits for the device,
+    `reduce` sums it over the ranks of a distributed run, `numpy` reads it once at the end."""
+
+    def __init__(self, num_classes: int, device: torch.device, ignore_index: int = IGNORE_INDEX) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        """Add the pixels of one frame or batch; `label` is moved to `pred`'s device."""
+        self.counts += confusion_counts(pred, label.to(pred.device, non_blocking=True), self.num_classes,
+                                        self.ignore_index)
+
+    def reduce(self) -> None:
+        """Sum the counts of every rank in place (a no-op outside a process group of several ranks)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.counts)
+
+    def numpy(self) -> np.ndarray:
+        return self.counts.cpu().numpy()
 
 
 @dataclass

@@ -6,9 +6,14 @@ the validation mIoU improves. `--resume` continues from `last.pt`; a run killed 
 resumed ends with the same weights as an uninterrupted run of the same seed on the same machine:
 every epoch's order, flips and dropout come from states saved in the checkpoint.
 
-Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on CPU, nccl
-on GPU), each rank reads its share of every epoch, validation confusion matrices are summed across
-ranks, and rank 0 alone writes the run folder.
+Under `torchrun` (WORLD_SIZE > 1) each rank takes its own device (`cuda:LOCAL_RANK` on GPUs), the
+model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU; SyncBatchNorm on more than one
+GPU unless `--no-sync-bn`), each rank reads its share of every epoch (the schedule's batch is per
+rank), validation counts every val frame once with the confusion matrices summed across ranks, and
+rank 0 alone writes the run folder.
+
+The step never waits for the device: the loss is summed on the device and read when a display asks
+for it (`StepInfo.loss`) and at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -28,16 +33,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from segnet.backends import backend_settings, use_channels_last
 from segnet.checkpoint import interrupts_deferred, link_checkpoint, load_checkpoint, save_checkpoint
 from segnet.config import Stage, TrainConfig, available_cpus, default_workers, local_ranks
-from segnet.data import EpochItems, EpochSampler, ShardDataset, loader_settings, make_loader, normalise
+from segnet.data import EpochItems, EpochSampler, ShardDataset, loader_settings, make_loader, model_input
 from segnet.deeplab import build_model
-from segnet.devices import amp_dtype, resolve_device
-from segnet.errors import SegnetError
-from segnet.metrics import ConfusionMatrix, mean_iou
+from segnet.devices import amp_dtype, resolve_rank_device
+from segnet.distributed import Distribution, barrier, broadcast_buffers, init_distribution
+from segnet.errors import SegnetError, SegnetOptionError
+from segnet.metrics import DeviceConfusion, mean_iou
+from segnet.ops import cross_entropy
 from segnet.predictions import write_text_atomic
 
 IGNORE = 255
@@ -55,8 +62,14 @@ class StepInfo:
     epochs: int
     batch: int  # batches done in this epoch
     batches: int
-    loss: float
+    loss_total: float | torch.Tensor  # the epoch's loss so far, summed (on the device while training)
+    loss_count: int
     images_per_s: float
+
+    @property
+    def loss(self) -> float:
+        """The epoch's mean loss so far (reading it waits for the device: read it when it is shown)."""
+        return float(self.loss_total) / max(1, self.loss_count)
 
 
 @dataclass
@@ -185,54 +198,28 @@ class RunFolder:
         write_text_atomic(self.metrics_csv, table.getvalue())
 
 
-# --------------------------------------------------------------------------------------- distribution
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """This process's place in a torchrun job (world 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distribution(device: torch.device) -> Distribution:
-    """Join the torchrun process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distribution()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distribution(dist.get_rank(), dist.get_world_size())
-
-
-def _all_reduce(tensor: torch.Tensor, dist_info: Distribution) -> torch.Tensor:
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(tensor)
-    return tensor
-
-
 # ------------------------------------------------------------------------------------------- training
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-            "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random state the run draws from: torch's CPU generator, numpy's, Python's, and on CUDA the
+    training device's generator (dropout draws from it there)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+             "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore `rng_state`'s states. The CUDA state goes to this process's device: every rank's device
+    generator is seeded alike and draws alike, so rank 0's state is every rank's."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
     python = random.getstate()
     random.setstate((python[0], tuple(state["python"]), None))
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def seed_everything(seed: int) -> None:
@@ -251,19 +238,37 @@ def training_items(sampler: EpochSampler, batch_size: int, skip_items: int = 0) 
 
 
 def validate(model: torch.nn.Module, loader: DataLoader, items: EpochItems, device: torch.device,
-             dist_info: Distribution, amp: torch.dtype | None) -> float:
-    """mIoU on the loader's dataset at its size (labels resized to it), summed over ranks."""
-    sampler = EpochSampler(len(loader.dataset), shuffle=False, num_replicas=dist_info.world, rank=dist_info.rank)
+             dist_info: Distribution, amp: torch.dtype | None, channels_last: bool = False) -> float:
+    """mIoU on the loader's dataset at its size (labels resized to it): each rank scores its share of
+    the frames, every frame exactly once, and the confusion matrices are summed across ranks.
+
+    `model` is the bare model, not its DistributedDataParallel wrapper: ranks may get one frame fewer,
+    and the wrapper's forward would wait for the others.
+    """
+    sampler = EpochSampler(len(loader.dataset), shuffle=False, num_replicas=dist_info.world, rank=dist_info.rank,
+                           pad=False)
     items.set_items(sampler.items())
-    matrix = ConfusionMatrix(model_num_classes(model))
+    matrix = DeviceConfusion(model_num_classes(model), device)
     model.eval()
     with torch.inference_mode(), autocast(device, amp):
         for images, labels in loader:
-            logits = model(normalise(images.to(device)))
-            matrix.update(logits.argmax(1).cpu(), labels)
-    total = _all_reduce(torch.from_numpy(matrix.matrix.copy()), dist_info).numpy()
+            logits = model(model_input(images, device, channels_last))
+            matrix.update(logits.argmax(1), labels)
+    matrix.reduce()
     model.train()
-    return float(mean_iou(total))
+    return float(mean_iou(matrix.numpy()))
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               amp: torch.dtype | None) -> torch.Tensor:
+    """One optimizer step on a batch; returns the batch's loss, detached, on the device (not read)."""
+    with autocast(images.device, amp):
+        logits = model(images)
+    loss = cross_entropy(logits.float(), labels.long(), IGNORE)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -276,12 +281,24 @@ def model_num_classes(model: torch.nn.Module) -> int:
     return int(inner.model_args["num_classes"])
 
 
+def sync_batch_norm(requested: bool | None, device: torch.device, world: int) -> bool:
+    """Whether to synchronise BatchNorm across ranks: as requested, else on more than one GPU."""
+    if requested and device.type != "cuda" and world > 1:
+        raise SegnetOptionError("--sync-bn: SyncBatchNorm runs on GPUs only; train on CUDA or add --no-sync-bn")
+    return world > 1 and (requested if requested is not None else device.type == "cuda")
+
+
 def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult:
     """Train (or resume) a run as `config` says; see the module docstring for the run folder."""
-    callbacks = callbacks or TrainCallbacks()
+    device = resolve_rank_device(config.device)
+    with backend_settings(device, config.deterministic):
+        return _train(config, device, resume, callbacks or TrainCallbacks())
+
+
+def _train(config: TrainConfig, device: torch.device, resume: bool, callbacks: TrainCallbacks) -> TrainResult:
     # Everything that can be wrong with the options fails here, before the run folder is touched.
-    device = resolve_device(config.device)
     amp = amp_dtype(device) if config.amp else None
+    channels_last = use_channels_last(device, config.channels_last)
     workers = config.workers if config.workers is not None else default_workers(device.type, available_cpus(),
                                                                                   local_ranks())
     settings = loader_settings(device.type, workers)
@@ -303,7 +320,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         if stage_index not in loaders:
             loaders.clear()  # the previous stage's workers end
             loaders[stage_index] = make_loader(datasets[stage_index], config.schedule[stage_index].batch_size,
-                                               settings)
+                                               settings, persistent=loaders is train_loaders)
         return loaders[stage_index]
 
     if val_sets is not None and val_sets[0].frame_size != train_sets[0].frame_size:
@@ -311,6 +328,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         warnings.warn(f"{config.shards}: {config.split} frames are {th}x{tw} but {config.val_split} frames are "
                       f"{vh}x{vw}; both are resized to each stage size", UserWarning, stacklevel=2)
     dist_info = init_distribution(device)
+    sync_bn = sync_batch_norm(config.sync_bn, device, dist_info.world)
     run = RunFolder(Path(config.out), writer=dist_info.is_main)
     checkpoint = run.prepare(config, resume)
 
@@ -330,8 +348,11 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         if callbacks.on_log is not None and dist_info.is_main:
             callbacks.on_log(f"{config.variant}: backbone weights {config.backbone_weights}; {len(uncovered)} "
                              f"parameter tensors not from the checkpoint (listed in {run.log_file})")
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # Fused Adam: one kernel for every parameter's update on CUDA, instead of several per parameter.
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
     start_stage, start_epoch, skip_batches, best, resumed_stats = 0, 0, 0, None, None
     global_step = 0
     if checkpoint is not None:
@@ -342,12 +363,15 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         resumed_stats = checkpoint.get("epoch_stats")
         best = checkpoint.get("best_miou")
         global_step = checkpoint["step"]
-        _set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"], device)
         run.keep_metrics_until(*checkpoint["done"])
         log(f"resumed from {run.last} at stage {start_stage + 1}, epoch {start_epoch + 1}, batch {skip_batches}")
     trained = model
     if dist_info.world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(model)
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        trained = torch.compile(trained)
     trained.train()
 
     def checkpoint_state(next_position: dict[str, int], done: tuple[int, int], metrics: dict[str, Any],
@@ -355,8 +379,10 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         return {
             "variant": config.variant, "model_args": model_args, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "config": config.to_json(), "next": next_position,
-            "done": list(done), "step": global_step, "rng": _rng_state(), "metrics": metrics,
-            "best_miou": overrides.get("best", best), "epoch_stats": epoch_stats,
+            "done": list(done), "step": global_step, "rng": rng_state(device), "metrics": metrics,
+            "best_miou": overrides.get("best", best),
+            "epoch_stats": None if epoch_stats is None else {k: float(v) if isinstance(v, torch.Tensor) else v
+                                                             for k, v in epoch_stats.items()},
         }
 
     def run_epoch(stage_index: int, epoch: int, skip: int, stats: dict, position: dict) -> tuple[dict, bool]:
@@ -369,34 +395,33 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
         sampler.set_epoch(stage_index * 10_000 + epoch)
         loader, items = stage_loader(train_loaders, train_sets, stage_index)
         items.set_items(training_items(sampler, stage.batch_size, skip * stage.batch_size))
+        # The epoch's loss is summed on the device (float64, as Python's float sum was): no step waits for it.
+        stats["loss_sum"] = torch.tensor(float(stats["loss_sum"]), dtype=torch.float64, device=device)
         info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, stage.epochs, skip, skip + len(loader),
-                        0.0, 0.0)
+                        stats["loss_sum"], stats["loss_count"], 0.0)
         if callbacks.on_epoch_start is not None and dist_info.is_main:
             callbacks.on_epoch_start(info)
         started = time.perf_counter() - stats["seconds"]
         for images, labels in loader:
-            images = normalise(images.to(device, non_blocking=True))
-            labels = labels.to(device, non_blocking=True).long()
-            with autocast(device, amp):
-                logits = trained(images)
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(trained, optimizer, model_input(images, device, channels_last),
+                              labels.to(device, non_blocking=True), amp)
             global_step += 1
             position["batch"] += 1
             stats["images"] += images.shape[0]
-            stats["loss_sum"] += float(loss.detach())
+            stats["loss_sum"] += loss
             stats["loss_count"] += 1
             stats["seconds"] = time.perf_counter() - started
-            info.batch, info.loss = position["batch"], stats["loss_sum"] / stats["loss_count"]
+            info.batch, info.loss_count = position["batch"], stats["loss_count"]
             info.images_per_s = stats["images"] * dist_info.world / stats["seconds"]
             if callbacks.on_step is not None and dist_info.is_main:
                 callbacks.on_step(info)
-        seconds = stats["seconds"]
+        stats["loss_sum"] = float(stats["loss_sum"])  # waits for the epoch's last step
+        seconds = stats["seconds"] = time.perf_counter() - started
         val_miou = None
         if val_sets is not None:
-            val_miou = validate(trained, *stage_loader(val_loaders, val_sets, stage_index), device, dist_info, amp)
+            broadcast_buffers(model, dist_info)  # every rank validates the weights that rank 0 saves
+            val_miou = validate(model, *stage_loader(val_loaders, val_sets, stage_index), device, dist_info, amp,
+                                channels_last)
         metrics = {
             "stage": stage_index + 1, "epoch": epoch + 1, "step": global_step,
             "loss": stats["loss_sum"] / max(1, stats["loss_count"]), "val_miou": val_miou,
@@ -451,8 +476,5 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
                     raise Interrupted(f"interrupted; saved {run.last}: continue with the same command and --resume",
                                       run.last) from None
             epochs_run += 1
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    barrier(dist_info)
     return TrainResult(run.path, epochs_run, best, last_metrics, dist_info.is_main)

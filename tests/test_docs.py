@@ -59,7 +59,8 @@ def command_problems(line: str, makefile: str) -> tuple[bool, list[str]]:
             command = GROUPS[name].commands.get(words[start + 1])
             if command is None:
                 return True, [f"no command `{name} {words[start + 1]}`"]
-            known = {opt for param in command.params for opt in getattr(param, "opts", [])} | {"--help", "-h"}
+            known = {opt for param in command.params
+                     for opt in (*getattr(param, "opts", []), *getattr(param, "secondary_opts", []))} | {"--help", "-h"}
             used = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", " ".join(words[start + 2:]))
             return True, [f"`{name} {words[start + 1]}` has no {opt}" for opt in used if opt not in known]
         if word == "make" and start + 1 < len(words) and re.fullmatch(r"[a-z][a-z-]*", words[start + 1]):

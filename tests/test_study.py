@@ -54,6 +54,22 @@ def test_every_variant_is_trained_evaluated_and_tabulated(study):
     assert sum("training in" in line for line in lines) == 4
 
 
+def test_the_study_passes_its_options_to_the_build_and_the_runs(study, tmp_path):
+    config = StudyConfig(root="cityscapes", out=str(tmp_path), schedule=parse_schedule("32x64:4:1"), device="cpu",
+                         amp=True, hed_precision="bf16", hed_batch_size=3, workers=2, levels=2, frames_per_shard=5)
+    build = config.build_config("val")
+    assert (build.split, build.out, build.device, build.precision, build.batch_size, build.workers, build.levels,
+            build.frames_per_shard) == ("val", str(tmp_path / "shards"), "cpu", "bf16", 3, 2, 2, 5)
+    run = config.train_config("dlse")
+    assert (run.variant, run.out, run.device, run.amp, run.schedule) == (
+        "dlse", str(tmp_path / "runs" / "dlse"), "cpu", True, config.schedule)
+    base, _, _ = study  # the fixture's study: built and trained as its config says
+    saved = json.loads((base / "out" / "runs" / "dlse" / "config.json").read_text())
+    assert saved["device"] == "cpu" and saved["amp"] is False and saved["lr"] == 1e-3
+    manifest = json.loads((base / "out" / "shards" / "val" / "manifest.json").read_text())
+    assert manifest["params"]["precision"] == "fp32" and manifest["params"]["frames_per_shard"] == 4
+
+
 def test_a_rerun_reuses_everything(study):
     base, first, _ = study
     runs = base / "out" / "runs"

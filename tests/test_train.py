@@ -123,6 +123,16 @@ def test_every_variant_trains_and_resumes(segnet_shards, tmp_path, variant):
     assert checkpoint["metrics"]["val_miou"] is not None
 
 
+def test_deterministic_run_on_a_cpu_trains_as_the_default_one(segnet_shards, tmp_path):
+    """--deterministic turns on torch's deterministic algorithms for the run (and off after it); on a CPU
+    the run was exact already, so its weights are the default run's."""
+    runs = {flag: tmp_path / f"deterministic-{flag}" for flag in (False, True)}
+    for flag, out in runs.items():
+        train(config(segnet_shards, out, schedule="32x64:4:1", deterministic=flag))
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert same_weights(runs[False] / "last.pt", runs[True] / "last.pt")
+
+
 def test_run_folder_errors(segnet_shards, uninterrupted, tmp_path):
     with pytest.raises(SegnetError, match="holds another run; add --resume"):
         train(config(segnet_shards, uninterrupted))
@@ -269,21 +279,60 @@ def test_ctrl_c_saves_and_exits_130(segnet_shards, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["variant"] == "vanilla"
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_train_and_checkpoint(segnet_shards, tmp_path):
+@pytest.fixture(scope="module")
+def odd_val_shards(segnet_shards, tmp_path_factory) -> Path:
+    """segnet_shards' train split beside a val split of 5 frames (64x128): an odd number for 2 ranks."""
+    from hedprep.build_plan import BuildConfig
+    from hedprep.fixture import make_fixture
+    from pipelines.build import build_split
+
+    base = tmp_path_factory.mktemp("odd-val")
+    make_fixture(base / "cityscapes", {"val": 5}, size=(64, 128), seed=12)
+    build_split(BuildConfig(root=str(base / "cityscapes"), split="val", out=str(base / "shards"),
+                            frames_per_shard=2, device="cpu"))
+    (base / "shards" / "train").symlink_to(segnet_shards / "train", target_is_directory=True)
+    return base / "shards"
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
     import socket
 
     with socket.socket() as probe:  # a free loopback port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    command = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", port,
-               "--no-python", str(BIN / "segnet"), "train", "--variant", "vanilla", "--shards", str(segnet_shards),
-               "--out", str(tmp_path / "run"), "--schedule", "32x64:2:2", "--backbone-weights", "none",
-               "--device", "cpu", "--workers", "0", "--lr", "1e-3"]
+    command = [str(BIN / "torchrun"), "--nproc-per-node", str(processes), "--master-addr", "127.0.0.1",
+               "--master-port", port, "--no-python", str(BIN / "segnet"), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_validate_and_evaluate_each_frame_once(odd_val_shards, tmp_path):
+    """Two gloo ranks, 5 val frames: validation and `segnet evaluate` count each frame once and sum
+    the ranks' matrices, so both equal a one-process evaluation (a padded sampler counted a frame twice)."""
+    from segnet.evaluate import evaluate
+
+    torchrun("train", "--variant", "vanilla", "--shards", str(odd_val_shards), "--out", str(tmp_path / "run"),
+             "--schedule", "64x128:2:2", "--backbone-weights", "none", "--device", "cpu", "--workers", "0",
+             "--lr", "1e-3")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and rows[-1]["step"] == 4  # 8 frames, 2 ranks x batch 2: 2 steps per epoch
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     assert not any(k.startswith("module.") for k in checkpoint["model"])  # the bare model, loadable anywhere
+    torchrun("evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--shards", str(odd_val_shards),
+             "--device", "cpu", "--workers", "0", "--json", str(tmp_path / "ranks.json"),
+             "--save-predictions", str(tmp_path / "predictions"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank ran
+    try:
+        single = evaluate(tmp_path / "run" / "last.pt", odd_val_shards, "val", device="cpu", workers=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert single.frames == 5
+    ranks = json.loads((tmp_path / "ranks.json").read_text())
+    assert ranks["pixels"] == single.result.to_json()["pixels"] == int(single.result.matrix.sum())
+    assert ranks["miou"] == pytest.approx(single.result.miou, abs=1e-12)
+    assert rows[-1]["val_miou"] == pytest.approx(single.result.miou, abs=1e-12)
+    assert len(list((tmp_path / "predictions").glob("*_pred_labelIds.png"))) == 5

@@ -15,6 +15,7 @@ from hedprep.hed.inference import (
     bf16_supported,
     cached_detector,
     detect_edges,
+    release_cached_detectors,
     resolve_device,
 )
 from hedprep.hed.network import HED, WeightsInfo, edges_to_uint8, preprocess
@@ -34,5 +35,6 @@ __all__ = [
     "load_hed",
     "preprocess",
     "read_weights",
+    "release_cached_detectors",
     "resolve_device",
 ]

@@ -344,3 +344,12 @@ def detect_edges(
     if len({r.shape for r in results}) <= 1:
         return np.stack(results) if results else np.zeros((0, 0, 0), np.float32)
     return results
+
+
+def release_cached_detectors() -> None:
+    """Drop this process's cached detectors (`cached_detector`) and, on CUDA, return the memory they
+    held to the GPU: for work after a build in the same process, such as `segnet study`'s training."""
+    with _DETECTORS_LOCK:
+        _DETECTORS.clear()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
