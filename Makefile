@@ -15,7 +15,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # h5dump, for the tests that check shards open in standard HDF5 tools (Debian package hdf5-tools).
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv tools test test-fast demo bench lint clean viewers
+.PHONY: venv tools test test-fast demo bench lint clean viewers gpu-check gpu-wheels
 
 venv: $(STAMP)
 
@@ -87,3 +87,27 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) out
+
+# The GPU check (benchmarks/gpu_check.py; docs/performance.md, "The GPU check"): HED, build, training-step,
+# torchrun and evaluation figures on one NVIDIA GPU in at most 8 minutes, written to GPU_CHECK_OUT as JSON and
+# Markdown. Run it with a Python that has CUDA torch and this project (no network needed: see gpu-wheels).
+GPU_PYTHON    ?= python3
+GPU_CHECK_OUT ?= out/gpu-check
+GPU_WEIGHTS   ?= bsds500
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) --weights $(GPU_WEIGHTS)
+
+# Wheels of everything but torch for a GPU machine without a registry (Python GPU_PY_VERSION, x86-64 Linux),
+# and of this project: there, `pip install --no-index --no-deps wheels/*.whl` beside its CUDA torch.
+GPU_PY_VERSION ?= 3.12
+GPU_WHEELS     ?= wheels
+
+gpu-wheels: venv
+	$(PIP) wheel --no-deps -w $(GPU_WHEELS) .
+	$(PIP) download -d $(GPU_WHEELS) --only-binary=:all: --python-version $(GPU_PY_VERSION) \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  'numpy>=1.24' 'opencv-python-headless>=4.8' 'h5py>=3.8' 'isal>=1.6' 'dask[distributed]>=2024.1' \
+	  'click>=8.1' 'rich>=13' 'matplotlib>=3.7' 'hdf5plugin>=4.4'
+	$(PIP) download -d $(GPU_WHEELS) --no-deps $(HED_WEIGHTS)
+

@@ -12,6 +12,10 @@ Sections (each prints a Markdown table for docs/performance.md):
   `--levels` resolution levels (default 3) and the default DataLoader workers (0 on a CPU), validation off)
   over the same model's in-memory step rate, per stage; goal >= 0.9.
 - memory: peak RSS (VmHWM) of a fresh process training vanilla at 512x912, batch 4, for 2 steps.
+- layout: the in-memory step in NCHW and in channels-last (`--channels-last`), interleaved, per
+  variant at the first stages; the ratio decides `segnet.backends.CHANNELS_LAST_ON_CPU`.
+- compile: `torch.compile` of the model (`--compile`): the first step's time (compilation) and the
+  step rate after it, beside eager, at 128x224 batch 4.
 """
 
 from __future__ import annotations
@@ -55,6 +59,62 @@ def step_rate(variant: str, size: tuple[int, int], batch: int, steps: int, dtype
         if i:
             best = min(best, time.perf_counter() - start)
     return batch / best
+
+
+class Step:
+    """forward + backward + Adam on one in-memory batch, in a chosen memory layout, eager or compiled."""
+
+    def __init__(self, variant: str, size: tuple[int, int], batch: int, channels_last: bool = False,
+                 compiled: bool = False) -> None:
+        torch.manual_seed(0)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = build_model(variant).train().to(memory_format=layout)
+        self.network = torch.compile(self.model) if compiled else self.model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5)
+        self.images = torch.randn(batch, self.model.in_channels, *size).contiguous(memory_format=layout)
+        self.labels = torch.randint(0, 19, (batch, *size))
+
+    def __call__(self) -> float:
+        """Seconds of one step."""
+        start = time.perf_counter()
+        loss = F.cross_entropy(self.network(self.images).float(), self.labels, ignore_index=255)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return time.perf_counter() - start
+
+
+def layout(args) -> None:
+    print(f"\n### Memory layout: images/s, NCHW and channels-last interleaved, best of {args.steps} steps\n")
+    print("| variant | size, batch | NCHW | channels-last | channels-last / NCHW |")
+    print("|---|---|---|---|---|")
+    for variant in ("vanilla", "dlse-hed"):
+        for stage in args.stages[:2]:
+            steps = {last: Step(variant, stage.size, stage.batch_size, channels_last=last) for last in (False, True)}
+            best = {last: float("inf") for last in steps}
+            for i in range(args.steps + 1):
+                for last, step in steps.items():
+                    seconds = step()
+                    if i:  # the first step of each warms up
+                        best[last] = min(best[last], seconds)
+            rates = {last: stage.batch_size / best[last] for last in steps}
+            print(f"| {variant} | {stage.height}x{stage.width}, {stage.batch_size} | {rates[False]:.2f} | "
+                  f"{rates[True]:.2f} | {rates[True] / rates[False]:.2f} |", flush=True)
+
+
+def compile_section(args) -> None:
+    size, batch = (128, 224), 4
+    print(f"\n### torch.compile: {size[0]}x{size[1]} batch {batch}, best of {args.steps} steps after the first\n")
+    print("| variant | mode | first step (s) | images/s after | / eager |")
+    print("|---|---|---|---|---|")
+    for variant in ("vanilla", "dlse-hed"):
+        rates = {}
+        for mode in ("eager", "compile"):
+            step = Step(variant, size, batch, compiled=mode == "compile")
+            first = step()
+            rates[mode] = batch / min(step() for _ in range(args.steps))
+            ratio = rates[mode] / rates["eager"]
+            print(f"| {variant} | {mode} | {first:.1f} | {rates[mode]:.2f} | {ratio:.2f} |", flush=True)
 
 
 def speed(args) -> None:
@@ -126,8 +186,8 @@ def memory(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=("speed", "overhead", "memory"),
-                        default=["speed", "overhead", "memory"])
+    parser.add_argument("--only", nargs="+", choices=("speed", "overhead", "memory", "layout", "compile"),
+                        default=["speed", "overhead", "memory", "layout", "compile"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--frames", type=int, default=32, help="frames of the overhead section's shards")
     parser.add_argument("--levels", type=int, default=3, help="resolution levels of the overhead section's shards")
@@ -138,7 +198,8 @@ def main() -> None:
     tuning = tune_process_for_hed()
     print(f"torch {torch.__version__}, {tuning.threads} threads, native bf16: {native_bf16(torch.device('cpu'))}")
     for section in args.only:
-        {"speed": speed, "overhead": overhead, "memory": memory}[section](args)
+        {"speed": speed, "overhead": overhead, "memory": memory, "layout": layout,
+         "compile": compile_section}[section](args)
 
 
 if __name__ == "__main__":

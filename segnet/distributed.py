@@ -19,6 +19,7 @@ class Distribution:
     rank: int = 0
     world: int = 1
     device: torch.device | None = None
+    grouped: bool = False  # in a torchrun process group (also with one process)
 
     @property
     def is_main(self) -> bool:
@@ -31,20 +32,20 @@ def process_group_backend(device: torch.device) -> str:
 
 
 def init_distribution(device: torch.device) -> Distribution:
-    """Join the torchrun process group when WORLD_SIZE > 1 (once per process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the torchrun process group (once per process) when started by torchrun, even as its only
+    process: the data-parallel paths then run as on many GPUs (`make gpu-check` uses that)."""
+    if "WORLD_SIZE" not in os.environ or "MASTER_ADDR" not in os.environ:
         return Distribution(device=device)
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group(backend=process_group_backend(device))
-    return Distribution(dist.get_rank(), dist.get_world_size(), device)
+    return Distribution(dist.get_rank(), dist.get_world_size(), device, grouped=True)
 
 
 def barrier(dist_info: Distribution) -> None:
-    """Wait for every rank (nothing to wait for in a world of one)."""
-    if dist_info.world <= 1:
+    """Wait for every rank (nothing to wait for outside a process group)."""
+    if not dist_info.grouped:
         return
     import torch.distributed as dist
 
@@ -56,8 +57,8 @@ def barrier(dist_info: Distribution) -> None:
 
 
 def sum_over_ranks(value: int, dist_info: Distribution) -> int:
-    """`value` summed over every rank (itself in a world of one)."""
-    if dist_info.world <= 1:
+    """`value` summed over every rank (itself outside a process group)."""
+    if not dist_info.grouped:
         return value
     import torch.distributed as dist
 
@@ -73,7 +74,7 @@ def broadcast_buffers(model: torch.nn.Module, dist_info: Distribution) -> None:
     and each rank then updates them with its own batch: after the last step of an epoch every rank
     holds statistics of its own last batch, while the checkpoint holds rank 0's.
     """
-    if dist_info.world <= 1:
+    if not dist_info.grouped:
         return
     import torch.distributed as dist
 

@@ -93,10 +93,10 @@ class DeviceConfusion:
                                         self.ignore_index)
 
     def reduce(self) -> None:
-        """Sum the counts of every rank in place (a no-op outside a process group of several ranks)."""
+        """Sum the counts of every rank in place (a no-op outside a process group)."""
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.counts)
 
     def numpy(self) -> np.ndarray:

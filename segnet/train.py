@@ -367,7 +367,7 @@ def _train(config: TrainConfig, device: torch.device, resume: bool, callbacks: T
         run.keep_metrics_until(*checkpoint["done"])
         log(f"resumed from {run.last} at stage {start_stage + 1}, epoch {start_epoch + 1}, batch {skip_batches}")
     trained = model
-    if dist_info.world > 1:
+    if dist_info.grouped:
         trained = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
