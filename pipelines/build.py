@@ -64,11 +64,14 @@ class BuildResult:
 Task = ShardSpec | RelevelSpec
 
 
-def run_task(spec: Task, on_frames: Callable[[int], None] | None = None) -> ShardRecord:
-    """Do one task of the graph: build a shard with HED, or rewrite one with other levels."""
+def run_task(spec: Task, on_frames: Callable[[int], None] | None = None, threads: int | None = None) -> ShardRecord:
+    """Do one task of the graph: build a shard with HED, or rewrite one with other levels.
+
+    `threads`: the task's share of the cores, for the build's reader and preparing pools (default: all).
+    """
     if isinstance(spec, RelevelSpec):
         return relevel_shard(spec, on_frames=on_frames)
-    return build_shard(spec, on_frames=on_frames)
+    return build_shard(spec, on_frames=on_frames, threads=threads)
 
 
 def build_split(
@@ -168,8 +171,9 @@ def run_shard_task(spec: Task, threads: dict[str, int]) -> tuple[int, ShardRecor
     from distributed import get_worker
 
     worker = get_worker()
-    tune_process_for_hed(threads.get(worker.address))  # the task is the build's entry point in the worker
-    record = run_task(spec, on_frames=lambda n: worker.log_event(PROGRESS_TOPIC, {"frames": n}))
+    share = threads.get(worker.address)
+    tune_process_for_hed(share)  # the task is the build's entry point in the worker
+    record = run_task(spec, on_frames=lambda n: worker.log_event(PROGRESS_TOPIC, {"frames": n}), threads=share)
     return spec.index, record
 
 

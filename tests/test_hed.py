@@ -14,11 +14,13 @@ from hedprep.hed import (
     bf16_supported,
     cached_detector,
     detect_edges,
+    edges_to_uint8,
     inference,
     load_hed,
     preprocess,
 )
 from hedprep.hed.inference import _DirectConvRelu, _WinogradConvRelu, max_pool_2x2_nchw, nnpack_available
+from hedprep.hed.network import edge_tensor_to_uint8
 from tests.conftest import GOLDEN_NAMES, golden_edges, golden_photo
 
 
@@ -211,3 +213,16 @@ def test_fp32_edges_do_not_depend_on_the_thread_count(hed_model):
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(maps[0], maps[1]) and np.array_equal(maps[0], maps[2])
+
+
+def test_edges_rounded_on_the_device_equal_edges_to_uint8(hed_model):
+    """`EdgeDetector.edges` rounds where the map lies (a GPU sends back bytes); on the CPU it must give
+    the values `edges_to_uint8` gives the float map, halves (k + 0.5) / 255 and out-of-range values too."""
+    detector = EdgeDetector(hed_model, precision="fp32", device="cpu")
+    photo = golden_photo(GOLDEN_NAMES[0])[None]
+    assert np.array_equal(detector.edges(photo), edges_to_uint8(detector(photo)))
+    halves = ((np.arange(256) + 0.5) / 255).astype(np.float32)
+    p = np.concatenate([halves, np.nextafter(halves, np.float32(2)), np.nextafter(halves, np.float32(-1)),
+                        np.random.default_rng(1).random(10000, dtype=np.float32), [-0.5, 0, 1, 1.5]])
+    p = p.astype(np.float32)
+    assert np.array_equal(edge_tensor_to_uint8(torch.from_numpy(p)).numpy(), edges_to_uint8(p))

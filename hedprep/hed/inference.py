@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hedprep.errors import HedprepError, OptionError
-from hedprep.hed.network import HED, conv_relu, max_pool_2x2, preprocess, side_conv
+from hedprep.hed.network import HED, conv_relu, edge_tensor_to_uint8, max_pool_2x2, preprocess, side_conv
 from hedprep.hed.weights import load_hed
 
 PRECISIONS = ("fp32", "bf16")
@@ -238,10 +238,21 @@ class EdgeDetector:
 
     def __call__(self, images: np.ndarray, scales: Sequence[float] = (1.0,)) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) -> float32 probabilities (N, H, W), averaged over `scales`."""
+        return self._on_device(images, scales).cpu().numpy()
+
+    def edges(self, images: np.ndarray, scales: Sequence[float] = (1.0,)) -> np.ndarray:
+        """uint8 RGB (N, H, W, 3) -> uint8 edges (N, H, W), `edges_to_uint8` of `self(images)`.
+
+        Rounded on the device: a GPU sends back a byte per pixel instead of a float.
+        """
+        return edge_tensor_to_uint8(self._on_device(images, scales)).cpu().numpy()
+
+    def _on_device(self, images: np.ndarray, scales: Sequence[float]) -> torch.Tensor:
+        """Probabilities (N, H, W) as a float32 tensor on `self.device`."""
         n, h, w = images.shape[:3]
         per_pass = max(1, self.CPU_PIXELS_PER_PASS // (h * w)) if self.device.type == "cpu" else n
         if n > per_pass:
-            return np.concatenate([self(images[i : i + per_pass], scales) for i in range(0, n, per_pass)])
+            return torch.cat([self._on_device(images[i : i + per_pass], scales) for i in range(0, n, per_pass)])
         batch = torch.from_numpy(np.ascontiguousarray(images))
         total = None
         for scale in scales:
@@ -250,7 +261,7 @@ class EdgeDetector:
             else:
                 p = self._at_scale(batch, scale, (h, w))
             total = p if total is None else total + p
-        return (total / len(scales)).float().cpu().numpy()
+        return (total / len(scales)).float()
 
     def _at_scale(self, batch: torch.Tensor, scale: float, size: tuple[int, int]) -> torch.Tensor:
         """Resize the frames by `scale`, detect, resize the probabilities back to `size`."""
