@@ -15,7 +15,10 @@ from hedprep.hed.inference import (
     bf16_supported,
     cached_detector,
     detect_edges,
+    float32_math,
     resolve_device,
+    supported_precision,
+    tf32_supported,
 )
 from hedprep.hed.network import HED, WeightsInfo, edges_to_uint8, preprocess
 from hedprep.hed.weights import LoadedWeights, load_hed, read_weights
@@ -35,4 +38,7 @@ __all__ = [
     "preprocess",
     "read_weights",
     "resolve_device",
+    "supported_precision",
+    "tf32_supported",
+    "float32_math",
 ]
