@@ -27,7 +27,7 @@ import numpy as np
 
 from hedprep.cityscapes import Frame, read_frame
 from hedprep.errors import HedprepError
-from hedprep.hed import cached_detector
+from hedprep.hed import HedRun, cached_detector
 from hedprep.process_tuning import available_cpus
 from hedprep.shards import Compression, PreparedFrame, ShardInfo, ShardRecord, ShardWriter, SkippedFrame
 
@@ -41,6 +41,10 @@ IN_FLIGHT_PER_THREAD = 2
 
 class EdgeSource(Protocol):
     """What computes a build's edges: `hedprep.hed.EdgeDetector`, or a stand-in in a benchmark."""
+
+    @property
+    def hed_run(self) -> HedRun:
+        """The device kind and precision it runs."""
 
     def edges(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) -> uint8 edges (N, H, W)."""
@@ -119,6 +123,7 @@ def build_shard(
     report = on_frames or (lambda n: None)
     engine = spec.engine
     detector = detector or cached_detector(engine.weights, engine.precision, engine.device)
+    _check_hed_run(spec, detector.hed_run)
     threads = threads or available_cpus()
     size = (spec.info.frame_height, spec.info.frame_width)
     ahead = READ_AHEAD_PER_THREAD * threads + engine.batch_size
@@ -150,6 +155,17 @@ def build_shard(
             _detect_and_queue(detector, batch, frames)
         frames.finish()
         return shard.close()
+
+
+def _check_hed_run(spec: ShardSpec, hed_run: HedRun) -> None:
+    """Edges made as the build's plan (and manifest) says, or none: a shard records what made it."""
+    planned = HedRun(spec.info.device, spec.info.precision)
+    if hed_run != planned:
+        raise HedprepError(
+            f"{Path(spec.path).name}: HED runs on {hed_run.device} in {hed_run.precision} here, but the build "
+            f"was planned for {planned.device} in {planned.precision}: every worker must run the same "
+            "(docs/scaling.md)"
+        )
 
 
 def _detect_and_queue(detector: EdgeSource, batch: Sequence[tuple[Frame, np.ndarray, np.ndarray | None]],

@@ -329,7 +329,7 @@ def test_sigkill_midway_then_rerun_gives_the_clean_build(slow_dataset, slow_clea
     assert not done.complete and 2 <= len(done.shards) < 8
     for shard in split_dir.glob("shard-*.h5"):  # whatever is under a final name is whole
         with h5py.File(shard, "r") as f:
-            assert f["frames"].shape[0] == 1 and f.attrs["format_version"] == 2
+            assert f["frames"].shape[0] == 1 and f.attrs["format_version"] == 3
 
     result = build(slow_dataset, tmp_path, frames_per_shard=1)
     assert result.returncode == 0, result.stderr

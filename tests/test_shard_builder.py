@@ -16,6 +16,7 @@ import pytest
 from hedprep.build_plan import BuildConfig, plan_build
 from hedprep.cityscapes import read_frame
 from hedprep.fixture import make_fixture
+from hedprep.hed import HedRun
 from hedprep.shard_builder import ShardSpec, build_shard
 from hedprep.shards import ShardWriter
 from tests.test_build import shard_contents
@@ -23,6 +24,8 @@ from tests.test_build import shard_contents
 
 class GreyEdges:
     """A stand-in for HED: the mean of each pixel's RGB, as a uint8 'edge'."""
+
+    hed_run = HedRun("cpu", "fp32")  # as the specs below are planned
 
     def edges(self, images: np.ndarray) -> np.ndarray:
         return images.mean(axis=-1).astype(np.uint8)
@@ -107,4 +110,20 @@ def test_a_failing_frame_leaves_no_file_with_two_threads(specs, tmp_path):
     built = ShardSpec(spec.index, str(path), spec.frames, spec.info, spec.compression, spec.engine)
     with pytest.raises(RuntimeError, match="stand-in failure"):
         build_shard(built, threads=2, detector=FailsOnSecondBatch())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_running_hed_otherwise_than_planned_writes_nothing(specs, tmp_path):
+    """A shard records the device kind and precision that made it, so a worker that would run HED
+    otherwise than the manifest says (no bf16 there, say) fails its task with one line."""
+    from hedprep.errors import HedprepError
+
+    class Bf16GreyEdges(GreyEdges):
+        hed_run = HedRun("cuda", "bf16")
+
+    spec = specs["train"]
+    built = ShardSpec(spec.index, str(tmp_path / "s.h5"), spec.frames, spec.info, spec.compression, spec.engine)
+    message = "s.h5: HED runs on cuda in bf16 here, but the build was planned for cpu in fp32"
+    with pytest.raises(HedprepError, match=message):
+        build_shard(built, detector=Bf16GreyEdges())
     assert list(tmp_path.iterdir()) == []

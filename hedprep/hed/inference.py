@@ -31,6 +31,7 @@ import os
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -80,6 +81,26 @@ def supported_precision(precision: str, device: torch.device) -> str:
                       stacklevel=3)
         return "fp32"
     return precision
+
+
+@dataclass(frozen=True)
+class HedRun:
+    """What HED runs as: the device kind (`cpu` or `cuda`) and the precision that runs there (bf16 or
+    tf32 asked for where unsupported: fp32). Every shard and manifest records both."""
+
+    device: str
+    precision: str
+
+
+def resolve_hed_run(device: str = "auto", precision: str = "fp32") -> HedRun:
+    """The `HedRun` that `device` and `precision` give in this process (a build asks its workers).
+
+    Raises the one-line errors of `resolve_device` (e.g. cuda without a GPU) and of an unknown precision.
+    """
+    resolved = resolve_device(device)
+    with warnings.catch_warnings():  # the detector warns when it is made; a plan need not warn too
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return HedRun(resolved.type, supported_precision(precision, resolved))
 
 
 @contextlib.contextmanager
@@ -233,6 +254,11 @@ class EdgeDetector:
         self.precision = supported_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.kernels = self._choose_kernels()
+
+    @property
+    def hed_run(self) -> HedRun:
+        """The device kind and precision this detector runs."""
+        return HedRun(self.device.type, self.precision)
 
     def _choose_kernels(self) -> dict[nn.Conv2d, object]:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32

@@ -1,4 +1,4 @@
-"""The shard file format, v2 (v1 still read): the one owner of how frames, edges and labels sit in HDF5 files.
+"""The shard file format, v3 (v1 and v2 still read): the one owner of how frames, edges and labels sit in HDF5 files.
 
 A split is a folder `OUT/{split}/` of `shard-00000.h5`, `shard-00001.h5`, ... and a `manifest.json`;
 `docs/shard-format.md` specifies every dataset and attribute. The package's files follow its jobs:
