@@ -223,9 +223,11 @@ INTERRUPTED_BUILD = "interrupted; every finished shard is recorded: rerun the sa
 @click.option("--compression", default="gzip", help=COMPRESSION_HELP)
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (workers must see "
-                   "--root and --out at the same paths).")
+                   "--root and --out at the same paths). The workers resolve --device; on cuda each task asks "
+                   "for a GPU resource: start GPU workers with `dask worker ADDRESS --resources GPU=1`.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Start a local dask.distributed cluster of N worker processes sharing this machine's cores. "
+              help="Start a local dask.distributed cluster of N worker processes sharing this machine's cores; "
+                   "on cuda, worker i sees only GPU i mod GPUs (N a multiple of the GPUs puts several on each). "
                    "Default: Dask's local scheduler in this process, one shard at a time with HED on every core.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Only the first N frames of the split (in frame-id order).")

@@ -71,6 +71,9 @@ def check_config(config: BuildConfig) -> None:
         raise OptionError(f"--on-error {config.on_error}: choose one of {', '.join(ON_ERROR)}")
     if config.workers is not None and config.scheduler:
         raise OptionError("--workers and --scheduler exclude each other: --workers starts a local cluster")
+    if config.device.startswith("cuda:") and (config.workers or config.scheduler):
+        raise OptionError(f"--device {config.device}: each worker of a cluster sees its own GPU as cuda; "
+                          "use --device cuda (docs/scaling.md)")
     parse_compression(config.compression)
 
 

@@ -81,10 +81,11 @@ BACKGROUND_NICENESS = 19
 
 
 def _run_in_background() -> None:
-    """Lower this (reader or writer) thread's CPU priority (Linux: per-thread nice 19).
+    """Lower this (reader or preparing) thread's CPU priority (Linux: per-thread nice 19).
 
-    Meant to let decoding and compressing fill HED's idle moments rather than compete with it; on
-    2 cores it made no measurable difference (docs/performance.md), and it cannot slow HED down.
+    Meant to let decoding and compressing fill HED's idle moments rather than compete with it when
+    HED runs on the CPU; on 2 cores it made no measurable difference (docs/performance.md), and it
+    cannot slow HED down. Not on a GPU worker, where these threads are the work.
     """
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
@@ -127,11 +128,12 @@ def build_shard(
     threads = threads or available_cpus()
     size = (spec.info.frame_height, spec.info.frame_width)
     ahead = READ_AHEAD_PER_THREAD * threads + engine.batch_size
+    priority = _run_in_background if detector.hed_run.device == "cpu" else None
     # The executors are inner, so on an error they finish before the writer removes its file; the
     # writer thread exits first, as its tasks wait for the preparing pool's.
     with ShardWriter(spec.path, len(spec.frames), spec.info, spec.compression) as shard, \
-            ThreadPoolExecutor(threads, "hedprep-read", _run_in_background) as readers, \
-            ThreadPoolExecutor(threads, "hedprep-prepare", _run_in_background) as preparers, \
+            ThreadPoolExecutor(threads, "hedprep-read", priority) as readers, \
+            ThreadPoolExecutor(threads, "hedprep-prepare", priority) as preparers, \
             ThreadPoolExecutor(1, "hedprep-write") as writer:
         frames = _FrameQueue(shard, preparers, writer, report, IN_FLIGHT_PER_THREAD * threads)
         pending_reads = deque(readers.submit(_read_checked, f, size) for f in spec.frames[:ahead])
