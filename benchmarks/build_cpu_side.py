@@ -1,7 +1,7 @@
 """The CPU side of a shard build alone: how many frames/s the cores of a GPU worker can read and write.
 
-    python benchmarks/build_cpu_side.py                         # 16 frames of 1024x2048, 1 and 2 cores
-    python benchmarks/build_cpu_side.py --frames 8 --cores 1 2 --repeats 2
+    python benchmarks/build_cpu_side.py                  # 16 frames of 1024x2048, 1 and 2 cores
+    python benchmarks/build_cpu_side.py --frames 8 --cores 1 2 4 --repeats 5
 
 On a GPU worker HED takes a few ms per frame, and what bounds the build is the CPU work around it:
 decoding the PNGs and, per frame, the resolution levels, majority labels, label colours and ISA-L
@@ -10,8 +10,11 @@ zero cost (an edge map computed once by HED and handed back for every frame), an
 (`threads`) sized to the cores it may use: with `--cores N` this process is pinned to N CPUs and the
 pools have N threads each. The build is planned and run as on a GPU worker (the stand-in says it
 runs on cuda, so the pools run at normal priority, as they do there); no GPU is used. It prints a
-Markdown table for docs/performance.md: frames/s, CPU seconds per frame, and each row's speed-up
-over the first.
+Markdown table for docs/performance.md: frames/s, CPU seconds per frame, the cores other processes
+kept busy meanwhile (the machine may be shared: a busy one caps the speed-up), and each row's
+speed-up over the first. A second table times `ShardWriter.prepare` alone on 1 and more threads at
+once, with the time its threads spent asleep, which is waiting for the GIL (from the kernel's
+per-thread counters, so it holds on a busy machine too). Takes about a minute on 2 cores.
 
 Frames are `hedprep fixture` street scenes (Cityscapes layout), made once under --work.
 """
@@ -20,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,22 +82,82 @@ def shard_spec(root: Path, out: Path, levels: int):
     return spec
 
 
-def timed_build(spec, cores: int, edges: PrecomputedEdges) -> tuple[float, float]:
-    """(frames/s, CPU seconds per frame) of one shard built on the first `cores` CPUs."""
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (all processes, /proc/stat), None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_build(spec, cores: int, edges: PrecomputedEdges) -> tuple[float, float, float | None]:
+    """(frames/s, CPU seconds per frame, cores other processes kept busy meanwhile) of one shard built
+    on the first `cores` CPUs. The last says whether the machine was free: it is shared."""
     from hedprep.shard_builder import build_shard
 
     allowed = sorted(os.sched_getaffinity(0))
     # Set on this thread before the task's pools start: their threads inherit it.
     os.sched_setaffinity(0, allowed[:cores])
     try:
-        wall, cpu = time.perf_counter(), time.process_time()
+        busy, wall, cpu = busy_cpu_seconds(), time.perf_counter(), time.process_time()
         build_shard(spec, threads=cores, detector=edges)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        busy_after = busy_cpu_seconds()
     finally:
         os.sched_setaffinity(0, allowed)
     Path(spec.path).unlink()
     n = len(spec.frames)
-    return n / wall, cpu / n
+    others = None if busy is None or busy_after is None else max(0.0, (busy_after - busy - cpu) / wall)
+    return n / wall, cpu / n, others
+
+
+def thread_schedstat() -> tuple[float, float]:
+    """(CPU seconds, seconds waiting for a CPU while runnable) of this thread so far (Linux)."""
+    stat = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text()
+    cpu, waiting, _ = (int(v) for v in stat.split())
+    return cpu / 1e9, waiting / 1e9
+
+
+def prepare_alone(spec, threads: int, rounds: int) -> tuple[float, float, float]:
+    """`ShardWriter.prepare` alone (levels, colours, ISA-L chunks) on `threads` threads at once, each
+    preparing `rounds` frames: (frames/s, CPU s per frame, s per frame asleep while preparing).
+
+    A thread preparing a frame is running, waiting for a CPU (another process has it) or asleep:
+    waiting for the GIL, as nothing else in `prepare` blocks. So the last figure is the GIL's share,
+    and it does not depend on what else the machine runs."""
+    from hedprep.cityscapes import read_frame
+    from hedprep.shards import ShardWriter
+
+    frames = []
+    for frame in spec.frames[:4]:
+        rgb, label = read_frame(frame)
+        frames.append((frame.frame_id, np.concatenate([rgb, rgb[..., :1]], axis=-1), label))
+    totals = [[0.0, 0.0, 0.0] for _ in range(threads)]  # per thread: wall, CPU, waiting for a CPU
+
+    def work(i: int) -> None:
+        for k in range(rounds):
+            cpu, waiting = thread_schedstat()
+            start = time.perf_counter()
+            writer.prepare(*frames[(i + k) % len(frames)])
+            wall = time.perf_counter() - start
+            cpu_after, waiting_after = thread_schedstat()
+            for j, value in enumerate((wall, cpu_after - cpu, waiting_after - waiting)):
+                totals[i][j] += value
+
+    with ShardWriter(spec.path, len(spec.frames), spec.info, spec.compression) as writer:
+        pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        start = time.perf_counter()
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        elapsed = time.perf_counter() - start
+        writer.abort()
+    n = threads * rounds
+    asleep = sum(wall - cpu - waiting for wall, cpu, waiting in totals)
+    return n / elapsed, sum(t[1] for t in totals) / n, max(0.0, asleep) / n
 
 
 def main() -> None:
@@ -104,6 +167,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=3, help="resolution levels (default 3, the build's)")
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2], help="cores per run (default 1 2)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per row, interleaved; best kept (default 3)")
+    parser.add_argument("--rounds", type=int, default=8, help="frames per thread for prepare alone (default 8)")
     parser.add_argument("--work", default="out/bench", help="folder for the frames (default out/bench)")
     args = parser.parse_args()
     if max(args.cores) > len(os.sched_getaffinity(0)):
@@ -115,21 +179,28 @@ def main() -> None:
     spec = shard_spec(root, work / "out", args.levels)
     Path(spec.path).parent.mkdir(parents=True, exist_ok=True)
     timed_build(spec, max(args.cores), edges)  # warm-up: page cache, imports, allocator
-    rates: dict[int, list[float]] = {c: [] for c in args.cores}
-    cpu: dict[int, list[float]] = {c: [] for c in args.cores}
+    runs: dict[int, list[tuple[float, float, float | None]]] = {c: [] for c in args.cores}
     for _ in range(args.repeats):  # interleaved: the machine is shared and noisy
         for cores in args.cores:
-            fps, seconds = timed_build(spec, cores, edges)
-            rates[cores].append(fps)
-            cpu[cores].append(seconds)
+            runs[cores].append(timed_build(spec, cores, edges))
     print(f"\n### CPU side of a build, HED replaced by a zero-cost stand-in ({args.size}, {args.frames} frames, "
           f"--levels {args.levels}, gzip:1 with ISA-L, best of {args.repeats})\n")
-    print("| cores (= reader and preparing threads) | frames/s | CPU s per frame (median) | speed-up |")
-    print("|---|---|---|---|")
-    first = max(rates[args.cores[0]])
+    print("| cores (= reader and preparing threads) | frames/s | CPU s per frame | other processes' load (cores) "
+          "| speed-up |")
+    print("|---|---|---|---|---|")
+    first = max(runs[args.cores[0]])[0]
     for cores in args.cores:
-        best = max(rates[cores])
-        print(f"| {cores} | {best:.2f} | {statistics.median(cpu[cores]):.3f} | **{best / first:.2f}x** |")
+        fps, cpu, others = max(runs[cores])  # the best run, with its own CPU time and the load beside it
+        load = "?" if others is None else f"{others:.2f}"
+        print(f"| {cores} | {fps:.2f} | {cpu:.3f} | {load} | **{fps / first:.2f}x** |")
+
+
+    print(f"\n### `ShardWriter.prepare` alone, on 1 and more threads at once ({args.size}, --levels {args.levels})\n")
+    print("| threads | frames/s | CPU s per frame | asleep (GIL) s per frame | speed-up |")
+    print("|---|---|---|---|---|")
+    alone = {cores: prepare_alone(spec, cores, args.rounds) for cores in args.cores}
+    for cores, (fps, cpu, asleep) in alone.items():
+        print(f"| {cores} | {fps:.2f} | {cpu:.3f} | {asleep:.3f} | **{fps / alone[args.cores[0]][0]:.2f}x** |")
 
 
 if __name__ == "__main__":
