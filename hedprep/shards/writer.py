@@ -51,7 +51,9 @@ class ShardWriter:
     below it (`levels/{k}/frames`, `levels/{k}/labels`), computed here from level 0
     (`hedprep.shards.levels`). `append` does a frame's work in the calling thread; a builder may
     instead `prepare` frames on several threads (levels, colours, compressed chunks) and `write`
-    them in frame order from one: the file is the same, byte for byte.
+    them in frame order from one: the file is the same, chunk for chunk (the same bytes at the same
+    addresses). Only gzip levels 1-3 through ISA-L are compressed in `prepare`; other filters run
+    in `write`, inside HDF5.
 
     The HDF5 file is built in memory (HDF5's core driver; compressed, so about the shard's final
     size) and written to disk in one piece by `close()`. A full disk then fails a plain file write,
