@@ -125,7 +125,7 @@ def hed_options(precision_help: str):
     def decorate(command):
         command = click.option("--device", default="auto", show_default=True,
                                help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")(command)
-        command = click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+        command = click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
                                show_default=True, help=precision_help)(command)
         return click.option("--weights", default="bsds500", show_default=True, help=WEIGHTS_HELP)(command)
 
@@ -145,7 +145,8 @@ def hedprep() -> None:
 @hedprep.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the edge maps.")
-@hed_options("fp32 matches the reference to 1e-4; bf16 is faster on CPUs with AVX512-BF16/AMX and on GPUs.")
+@hed_options("fp32 matches the reference to 1e-4 (on GPUs too: TF32 is switched off); tf32 is TF32 on GPUs of "
+             "compute capability 8.0+ (elsewhere fp32); bf16 is faster on CPUs with AVX512-BF16/AMX and on GPUs.")
 @click.option("--scales", default="1.0",
               help="Multi-scale testing, e.g. 0.5,1,1.5: detect at each scale, resize back, average.")
 @click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default="png",
@@ -214,16 +215,20 @@ INTERRUPTED_BUILD = "interrupted; every finished shard is recorded: rerun the sa
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Output folder; shards go to OUT/SPLIT/shard-NNNNN.h5 with OUT/SPLIT/manifest.json.")
 @click.option("--labels", type=click.Choice(["fine", "coarse"]), default="fine", help="gtFine or gtCoarse labels.")
-@hed_options("HED precision; fp32 matches the reference to 1e-4, bf16 is faster on CPUs with AVX512-BF16/AMX.")
+@hed_options("HED precision; fp32 matches the reference to 1e-4 (on GPUs too: TF32 is switched off), tf32 is "
+             "TF32 on GPUs of compute capability 8.0+ (elsewhere fp32), bf16 is faster on CPUs with "
+             "AVX512-BF16/AMX and on GPUs.")
 @click.option("--frames-per-shard", type=click.IntRange(min=1), default=32,
               help="Frames per shard file (the unit of work and of resume).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, help="Frames per HED forward pass.")
 @click.option("--compression", default="gzip", help=COMPRESSION_HELP)
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (workers must see "
-                   "--root and --out at the same paths).")
+                   "--root and --out at the same paths). The workers resolve --device; on cuda each task asks "
+                   "for a GPU resource: start GPU workers with `dask worker ADDRESS --resources GPU=1`.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Start a local dask.distributed cluster of N worker processes sharing this machine's cores. "
+              help="Start a local dask.distributed cluster of N worker processes sharing this machine's cores; "
+                   "on cuda, worker i sees only GPU i mod GPUs (N a multiple of the GPUs puts several on each). "
                    "Default: Dask's local scheduler in this process, one shard at a time with HED on every core.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Only the first N frames of the split (in frame-id order).")

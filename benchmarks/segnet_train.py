@@ -89,7 +89,7 @@ def layout(args) -> None:
     print("| variant | size, batch | NCHW | channels-last | channels-last / NCHW |")
     print("|---|---|---|---|---|")
     for variant in ("vanilla", "dlse-hed"):
-        for stage in args.stages[:2]:
+        for stage in args.stages[: args.layout_stages]:
             steps = {last: Step(variant, stage.size, stage.batch_size, channels_last=last) for last in (False, True)}
             best = {last: float("inf") for last in steps}
             for i in range(args.steps + 1):
@@ -104,17 +104,21 @@ def layout(args) -> None:
 
 def compile_section(args) -> None:
     size, batch = (128, 224), 4
-    print(f"\n### torch.compile: {size[0]}x{size[1]} batch {batch}, best of {args.steps} steps after the first\n")
-    print("| variant | mode | first step (s) | images/s after | / eager |")
+    print(f"\n### torch.compile: {size[0]}x{size[1]} batch {batch}, eager and compiled steps interleaved, "
+          f"best of {args.steps}\n")
+    print("| variant | compilation, first step (s) | eager images/s | compiled images/s | compiled / eager |")
     print("|---|---|---|---|---|")
     for variant in ("vanilla", "dlse-hed"):
-        rates = {}
-        for mode in ("eager", "compile"):
-            step = Step(variant, size, batch, compiled=mode == "compile")
-            first = step()
-            rates[mode] = batch / min(step() for _ in range(args.steps))
-            ratio = rates[mode] / rates["eager"]
-            print(f"| {variant} | {mode} | {first:.1f} | {rates[mode]:.2f} | {ratio:.2f} |", flush=True)
+        steps = {mode: Step(variant, size, batch, compiled=mode == "compile") for mode in ("eager", "compile")}
+        steps["eager"]()  # warm-up
+        first = steps["compile"]()
+        best = {mode: step() for mode, step in steps.items()}
+        for _ in range(args.steps - 1):
+            for mode, step in steps.items():
+                best[mode] = min(best[mode], step())
+        rates = {mode: batch / seconds for mode, seconds in best.items()}
+        print(f"| {variant} | {first:.0f} | {rates['eager']:.2f} | {rates['compile']:.2f} | "
+              f"{rates['compile'] / rates['eager']:.2f} |", flush=True)
 
 
 def speed(args) -> None:
@@ -189,6 +193,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=("speed", "overhead", "memory", "layout", "compile"),
                         default=["speed", "overhead", "memory", "layout", "compile"])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--layout-stages", type=int, default=2, help="stages the layout section measures")
     parser.add_argument("--frames", type=int, default=32, help="frames of the overhead section's shards")
     parser.add_argument("--levels", type=int, default=3, help="resolution levels of the overhead section's shards")
     parser.add_argument("--work", default=None, help="folder for the overhead section's data (default: temporary)")

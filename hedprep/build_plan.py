@@ -13,7 +13,7 @@ from typing import Any
 
 from hedprep.cityscapes import list_frames, resolve_root
 from hedprep.errors import OptionError
-from hedprep.hed import PRECISIONS, read_weights, resolve_device
+from hedprep.hed import PRECISIONS, HedRun, read_weights, resolve_hed_run
 from hedprep.options import parse_compression
 from hedprep.shard_builder import EngineSpec, ShardSpec, first_frame_size
 from hedprep.shards import DEFAULT_LEVELS, MAX_LEVELS, ShardInfo, max_levels, shard_name
@@ -71,13 +71,21 @@ def check_config(config: BuildConfig) -> None:
         raise OptionError(f"--on-error {config.on_error}: choose one of {', '.join(ON_ERROR)}")
     if config.workers is not None and config.scheduler:
         raise OptionError("--workers and --scheduler exclude each other: --workers starts a local cluster")
+    if config.device.startswith("cuda:") and (config.workers or config.scheduler):
+        raise OptionError(f"--device {config.device}: each worker of a cluster sees its own GPU as cuda; "
+                          "use --device cuda (docs/scaling.md)")
     parse_compression(config.compression)
 
 
-def plan_build(config: BuildConfig) -> BuildPlan:
+def plan_build(config: BuildConfig, hed_run: HedRun | None = None) -> BuildPlan:
     """List the split's frames, fix the frame size, and cut the frames into shard specs.
 
     Reads the dataset's folders, the first frame and the weights file; writes nothing.
+
+    Args:
+        config: the build's options.
+        hed_run: the device kind and precision HED will run as where the tasks run (a remote
+            cluster's workers are asked, `pipelines.build`); default: resolved in this process.
     """
     check_config(config)
     compression = parse_compression(config.compression)
@@ -85,7 +93,7 @@ def plan_build(config: BuildConfig) -> BuildPlan:
     frames = list_frames(root, config.split, config.labels, require_labels=config.on_error == "fail")
     if config.limit is not None:
         frames = frames[: config.limit]
-    resolve_device(config.device)
+    hed_run = hed_run or resolve_hed_run(config.device, config.precision)
     weights = read_weights(config.weights).info
     height, width = first_frame_size(frames, config.on_error)
     if config.levels > max_levels(height, width):
@@ -98,11 +106,12 @@ def plan_build(config: BuildConfig) -> BuildPlan:
         dataset_root=str(root),
         hed_weights=weights.name,
         hed_weights_sha256=weights.sha256,
-        precision=config.precision,
+        precision=hed_run.precision,
         compression=str(compression),
         frame_height=height,
         frame_width=width,
         levels=config.levels,
+        device=hed_run.device,
     )
     params = {
         **asdict(info),
@@ -112,7 +121,10 @@ def plan_build(config: BuildConfig) -> BuildPlan:
         "on_error": config.on_error,
         "filter_plugin": compression.plugin_note(),
     }
-    engine = EngineSpec(config.weights, config.precision, config.device, config.batch_size)
+    # `auto` becomes the kind it resolved to: a worker without that device then fails instead of
+    # making edges on another one.
+    device = hed_run.device if config.device == "auto" else config.device
+    engine = EngineSpec(config.weights, hed_run.precision, device, config.batch_size)
     split_dir = Path(config.out).absolute() / config.split  # workers on other hosts see the same path
     step = config.frames_per_shard
     specs = [

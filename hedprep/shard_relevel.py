@@ -10,7 +10,7 @@ the shard's name, both whole; the build's resume rules adopt whichever it finds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from hedprep.shards import (
     ShardRecord,
     ShardWriter,
     open_shard,
+    read_attrs,
 )
 
 
@@ -43,15 +44,19 @@ def relevel_shard(spec: RelevelSpec, on_frames: Callable[[int], None] | None = N
     """Rewrite one shard with `spec.info.levels` levels computed from its level-0 frames. Returns its record.
 
     Frames whose labels are all ignore (the test split's) keep no label chunks, as the build writes them.
+    The shard keeps the HED device and precision it records (none, for v1 and v2 shards): its edges
+    are the ones that HED run made.
     """
     report = on_frames or (lambda n: None)
     with open_shard(spec.path) as source:
+        attrs = read_attrs(source)
+        info = replace(spec.info, device=attrs.get("device", ""), precision=attrs.get("precision", spec.info.precision))
         frames, labels = source["frames"], source["labels"]
         ids = [i.decode("ascii") for i in source["frame_ids"][()]]
         # The planned frames, skipped ones included, as the build sizes a shard (and never 0: chunks of
         # one frame need room for one).
         planned = len(ids) + len(spec.record.skipped)
-        with ShardWriter(spec.path, planned, spec.info, spec.compression) as shard:
+        with ShardWriter(spec.path, planned, info, spec.compression) as shard:
             for i, frame_id in enumerate(ids):
                 label = labels[i]
                 shard.append(frame_id, frames[i], None if np.all(label == IGNORE_INDEX) else label)

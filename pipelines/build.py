@@ -8,27 +8,32 @@ shard finishes.
 
 Schedulers:
 - default: Dask's local scheduler in this process (one task at a time; HED uses every core).
-- `workers=N`: a dask.distributed `LocalCluster` of N single-threaded worker processes on 127.0.0.1,
-  each running HED with cores/N torch threads.
+- `workers=N`: a dask.distributed cluster of N single-threaded worker processes on 127.0.0.1
+  (`local_cluster`), each running HED with cores/N torch threads. When HED runs on cuda, worker i
+  sees only GPU `worker_cuda_visible_devices(i, local_gpus())` (the GPUs in turn).
 - `scheduler="tcp://host:port"`: an existing dask.distributed cluster (`dask scheduler`,
   `dask worker`). Workers must see the dataset and OUT at the same paths (a shared filesystem).
+  The device and precision are resolved by the workers (`workers_hed_run`), not by this process;
+  on cuda each HED task asks for one `GPU` resource (`dask worker ... --resources GPU=1`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import dask
 
 from hedprep.allocator import retain_freed_memory
-from hedprep.build_plan import BuildConfig, plan_build
-from hedprep.errors import HedprepError, OptionError
+from hedprep.build_plan import BuildConfig, BuildPlan, check_config, plan_build
+from hedprep.errors import HedprepError, OptionError, one_line
+from hedprep.hed import HedRun, resolve_hed_run
 from hedprep.process_tuning import available_cpus, tune_process_for_hed
 from hedprep.shard_builder import ShardSpec, build_shard
 from hedprep.shard_relevel import RelevelSpec, relevel_shard
@@ -64,11 +69,14 @@ class BuildResult:
 Task = ShardSpec | RelevelSpec
 
 
-def run_task(spec: Task, on_frames: Callable[[int], None] | None = None) -> ShardRecord:
-    """Do one task of the graph: build a shard with HED, or rewrite one with other levels."""
+def run_task(spec: Task, on_frames: Callable[[int], None] | None = None, threads: int | None = None) -> ShardRecord:
+    """Do one task of the graph: build a shard with HED, or rewrite one with other levels.
+
+    `threads`: the task's share of the cores, for the build's reader and preparing pools (default: all).
+    """
     if isinstance(spec, RelevelSpec):
         return relevel_shard(spec, on_frames=on_frames)
-    return build_shard(spec, on_frames=on_frames)
+    return build_shard(spec, on_frames=on_frames, threads=threads)
 
 
 def build_split(
@@ -88,9 +96,20 @@ def build_split(
         on_start: called once before the work starts with (frames to build or relevel, frames kept
             from before as they are).
     """
-    if config.scheduler:
-        check_scheduler_address(config.scheduler)
-    plan = plan_build(config)
+    if not config.scheduler:
+        return _build(config, plan_build(config), None, on_frames, on_start)
+    check_scheduler_address(config.scheduler)
+    check_config(config)
+    with _remote_client(config.scheduler) as client:
+        # The device is the workers' to resolve: this process (a login node, say) may have no GPU.
+        hed_run = workers_hed_run(client, config)
+        return _build(config, plan_build(config, hed_run), client, on_frames, on_start)
+
+
+def _build(config: BuildConfig, plan: BuildPlan, client, on_frames: Callable[[int], None] | None,
+           on_start: Callable[[int, int], None] | None) -> BuildResult:
+    """Run a planned build: keep, relevel and build shards, on `client` (a remote cluster's), a
+    cluster of `--workers` started here, or this process."""
     split_dir = prepare_split_dir(config.out, config.split)
     with build_lock(split_dir):
         kept = kept_shards(split_dir, plan.planned, earlier_manifest(split_dir, plan.params, config.force))
@@ -105,8 +124,13 @@ def build_split(
             on_start(sum(len(s.frame_ids) for s in todo), sum(len(plan.specs[i].frames) for i in untouched))
         keeper = ManifestKeeper(split_dir, plan.params, kept)
         keeper.write(complete=False)
-        if todo and (config.scheduler or config.workers):
-            _run_distributed(todo, config, keeper, on_frames)
+        on_gpu = plan.params["device"] == "cuda"
+        if todo and client is not None:
+            _run_distributed(client, todo, keeper, on_frames, gpu_resource=on_gpu)
+        elif todo and config.workers:
+            # One GPU per worker, in turn: each worker's cuda is its own GPU.
+            with _local_client(config.workers, local_gpus() if on_gpu else None) as local_client:
+                _run_distributed(local_client, todo, keeper, on_frames, gpu_resource=False)
         elif todo:
             _run_local(todo, keeper, on_frames)
         manifest = keeper.write(complete=True)
@@ -168,8 +192,9 @@ def run_shard_task(spec: Task, threads: dict[str, int]) -> tuple[int, ShardRecor
     from distributed import get_worker
 
     worker = get_worker()
-    tune_process_for_hed(threads.get(worker.address))  # the task is the build's entry point in the worker
-    record = run_task(spec, on_frames=lambda n: worker.log_event(PROGRESS_TOPIC, {"frames": n}))
+    share = threads.get(worker.address)
+    tune_process_for_hed(share)  # the task is the build's entry point in the worker
+    record = run_task(spec, on_frames=lambda n: worker.log_event(PROGRESS_TOPIC, {"frames": n}), threads=share)
     return spec.index, record
 
 
@@ -183,6 +208,34 @@ def _torch_threads(client) -> dict[str, int]:
     return {a: max(1, cpus.get(a, 1) // per_host[w["host"]]) for a, w in workers.items()}
 
 
+# ------------------------------------------------------------------------------------------ GPUs
+
+GPU_RESOURCE = "GPU"  # the Dask resource a GPU worker advertises: dask worker ... --resources GPU=1
+
+
+def visible_gpus(cuda_visible_devices: str | None, device_count: int) -> list[str]:
+    """The GPUs a process here may use, as CUDA_VISIBLE_DEVICES entries: those the variable lists
+    (indices, UUIDs or MIG ids, in its order; "" lists none), else 0 .. device_count - 1."""
+    if cuda_visible_devices is None:
+        return [str(i) for i in range(device_count)]
+    return [entry.strip() for entry in cuda_visible_devices.split(",") if entry.strip()]
+
+
+def worker_cuda_visible_devices(index: int, gpus: Sequence[str]) -> str:
+    """The CUDA_VISIBLE_DEVICES of local worker `index`: the GPUs taken in turn, `gpus[index % len(gpus)]`,
+    so N workers on G GPUs put N / G (rounded up or down) on each; the worker sees it as cuda:0."""
+    if not gpus:
+        raise HedprepError("--device cuda: no GPU is visible here (CUDA_VISIBLE_DEVICES lists none)")
+    return gpus[index % len(gpus)]
+
+
+def local_gpus() -> list[str]:
+    """`visible_gpus` of this process: its CUDA_VISIBLE_DEVICES, or torch's device count."""
+    import torch
+
+    return visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+
+
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """Ctrl-C reaches the whole foreground process group; worker processes started meanwhile inherit
@@ -194,54 +247,115 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-@contextlib.contextmanager
-def _client(config: BuildConfig):
-    from distributed import Client, LocalCluster
+def local_cluster(workers: int, gpus: Sequence[str] | None = None):
+    """A dask.distributed cluster of `workers` single-threaded worker processes on 127.0.0.1, as
+    `LocalCluster` makes one; with `gpus`, worker i sees only `worker_cuda_visible_devices(i, gpus)`
+    (its own `CUDA_VISIBLE_DEVICES`, set by its nanny before the worker starts). Close it (`with`)."""
+    from distributed import Nanny, Scheduler, SpecCluster
+    from distributed.worker_memory import parse_memory_limit
 
-    if config.scheduler:
-        try:
-            client = Client(config.scheduler, timeout="20s")
-        except (OSError, TimeoutError) as error:
-            raise HedprepError(f"--scheduler {config.scheduler}: cannot connect ({error})") from None
-        with client:
-            try:
-                client.wait_for_workers(1, timeout=60)
-            except TimeoutError:
-                raise HedprepError(f"--scheduler {config.scheduler}: no worker joined within 60 s") from None
-            yield client
-        return
+    # silence_logs: the workers' warnings about tasks cancelled by Ctrl-C are noise to a user.
+    memory_limit = parse_memory_limit("auto", 1, workers, logger=logging.getLogger(__name__))  # as LocalCluster
+    options = {"nthreads": 1, "host": "127.0.0.1", "dashboard": False, "dashboard_address": None,
+               "silence_logs": logging.ERROR, "memory_limit": memory_limit}
+    specs = {
+        i: {"cls": Nanny, "options": {
+            **options, **({"env": {"CUDA_VISIBLE_DEVICES": worker_cuda_visible_devices(i, gpus)}} if gpus else {}),
+        }}
+        for i in range(workers)
+    }
+    # Its HTTP server (metrics, even without a dashboard) on a free port of 127.0.0.1, not on :8787.
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
+                                               "dashboard_address": "127.0.0.1:0"}}
     with _sigint_ignored():
-        # silence_logs: the workers' warnings about tasks cancelled by Ctrl-C are noise to a user.
-        cluster = LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR)
-    with cluster, Client(cluster) as client:
+        return SpecCluster(scheduler=scheduler, workers=specs, silence_logs=logging.ERROR)
+
+
+@contextlib.contextmanager
+def _local_client(workers: int, gpus: Sequence[str] | None):
+    from distributed import Client
+
+    with local_cluster(workers, gpus) as cluster, Client(cluster) as client:
         yield client
 
 
-def _run_distributed(specs: list[Task], config: BuildConfig, keeper: ManifestKeeper,
-                     on_frames: Callable[[int], None] | None) -> None:
+@contextlib.contextmanager
+def _remote_client(address: str):
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="20s")
+    except (OSError, TimeoutError) as error:
+        raise HedprepError(f"--scheduler {address}: cannot connect ({error})") from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=60)
+        except TimeoutError:
+            raise HedprepError(f"--scheduler {address}: no worker joined within 60 s") from None
+        yield client
+
+
+def workers_hed_run(client, config: BuildConfig) -> HedRun:
+    """The device kind and precision HED runs as on a remote cluster's workers, asked of them.
+
+    `--device cpu`: every worker. `--device cuda[:N]`: the workers that advertise a GPU resource
+    (the only ones a GPU task goes to); none is an error. `--device auto`: every worker, and they
+    must agree (all with a GPU, advertised as a resource, or all without). Each worker's own error
+    (cuda without a GPU there) is reported as one line naming it.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    with_gpu = [a for a, w in workers.items() if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1]
+    asked = with_gpu if config.device.startswith("cuda") else list(workers)
+    where = f"--scheduler {config.scheduler}"
+    if not asked:
+        raise HedprepError(f"{where}: no worker advertises a {GPU_RESOURCE} resource; start each GPU worker with "
+                           f"`dask worker {config.scheduler} --resources {GPU_RESOURCE}=1` (docs/scaling.md)")
+    runs = client.run(resolve_hed_run, config.device, config.precision, workers=asked, on_error="return")
+    for address, run in sorted(runs.items()):
+        if isinstance(run, BaseException):
+            raise HedprepError(f"{where}: worker {address}: {one_line(run)}") from None
+    kinds = sorted({(run.device, run.precision) for run in runs.values()})
+    if len(kinds) > 1:
+        counts = ", ".join(f"{sum(1 for r in runs.values() if (r.device, r.precision) == k)} run {k[0]} {k[1]}"
+                           for k in kinds)
+        raise HedprepError(f"{where}: the workers run HED differently ({counts}); every shard of a build must be "
+                           "made alike: choose --device and --precision, or workers that agree")
+    run = next(iter(runs.values()))
+    if run.device == "cuda" and not set(runs) <= set(with_gpu):
+        raise HedprepError(f"{where}: --device {config.device} resolves to cuda on the workers, but not every one "
+                           f"advertises a {GPU_RESOURCE} resource; start them with --resources {GPU_RESOURCE}=1 "
+                           "(docs/scaling.md)")
+    return run
+
+
+def _run_distributed(client, specs: list[Task], keeper: ManifestKeeper, on_frames: Callable[[int], None] | None,
+                     gpu_resource: bool) -> None:
+    """Run the tasks on a cluster; with `gpu_resource`, each HED task asks for one GPU resource."""
     from distributed import as_completed
 
-    with _client(config) as client:
-        if on_frames is not None:
-            client.subscribe_topic(PROGRESS_TOPIC, lambda event: on_frames(event[1]["frames"]))
-        threads = _torch_threads(client)
-        # glibc's one-arena setting must come before a worker starts its task thread; each task then
-        # sets its torch threads (run_shard_task).
-        client.run(retain_freed_memory)
-        futures = client.compute(shard_graph(specs, threads))
-        recorded: set[int] = set()
-        try:
-            for future in as_completed(futures):
+    if on_frames is not None:
+        client.subscribe_topic(PROGRESS_TOPIC, lambda event: on_frames(event[1]["frames"]))
+    threads = _torch_threads(client)
+    # glibc's one-arena setting must come before a worker starts its task thread; each task then
+    # sets its torch threads (run_shard_task).
+    client.run(retain_freed_memory)
+    relevel = [s for s in specs if isinstance(s, RelevelSpec)]  # no HED: any worker
+    build = [s for s in specs if not isinstance(s, RelevelSpec)]
+    futures = client.compute(shard_graph(relevel, threads)) + client.compute(
+        shard_graph(build, threads), resources={GPU_RESOURCE: 1} if gpu_resource else None)
+    recorded: set[int] = set()
+    try:
+        for future in as_completed(futures):
+            index, record = future.result()
+            keeper.add(index, record)
+            recorded.add(index)
+    finally:
+        # Interrupted or failed: shards that finished meanwhile are on disk; record them too.
+        for future in futures:
+            if future.status == "finished":
                 index, record = future.result()
-                keeper.add(index, record)
-                recorded.add(index)
-        finally:
-            # Interrupted or failed: shards that finished meanwhile are on disk; record them too.
-            for future in futures:
-                if future.status == "finished":
-                    index, record = future.result()
-                    if index not in recorded:
-                        keeper.add(index, record)
-            client.cancel(futures)
+                if index not in recorded:
+                    keeper.add(index, record)
+        client.cancel(futures)
+        if on_frames is not None:
             client.unsubscribe_topic(PROGRESS_TOPIC)

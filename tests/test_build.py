@@ -19,8 +19,10 @@ import h5py
 import numpy as np
 import pytest
 
+from hedprep.build_plan import BuildConfig
 from hedprep.fixture import make_fixture
 from hedprep.shards import read_attrs, read_manifest
+from pipelines.build import build_split
 from tests.conftest import BIN, assert_one_line_error, default_sigint, invoke, run
 
 FRAMES_PER_SHARD = 2
@@ -329,7 +331,7 @@ def test_sigkill_midway_then_rerun_gives_the_clean_build(slow_dataset, slow_clea
     assert not done.complete and 2 <= len(done.shards) < 8
     for shard in split_dir.glob("shard-*.h5"):  # whatever is under a final name is whole
         with h5py.File(shard, "r") as f:
-            assert f["frames"].shape[0] == 1 and f.attrs["format_version"] == 2
+            assert f["frames"].shape[0] == 1 and f.attrs["format_version"] == 3
 
     result = build(slow_dataset, tmp_path, frames_per_shard=1)
     assert result.returncode == 0, result.stderr
@@ -358,12 +360,17 @@ def test_distributed_relevel_equals_local_relevel(dataset, local_build, cluster,
         shutil.copytree(local_build, out / "train")
     result = build(dataset, local, "--levels", "1")
     assert result.returncode == 0, result.stderr
-    result = build(dataset, distributed, "--levels", "1", "--scheduler", cluster(1).address)
+    address = cluster(1).address
+    result = build(dataset, distributed, "--levels", "1", "--scheduler", address)
     assert result.returncode == 0, result.stderr
     assert "0 built, 0 kept, 3 rewritten with 1 resolution level(s)" in result.stdout
     assert_same_shards(distributed / "train", local / "train")
     with h5py.File(distributed / "train" / "shard-00000.h5", "r") as f:
         assert f.attrs["levels"] == 1 and list(f["levels"]) == ["1"]
+    # The library without progress hooks, as segnet study and the GPU check call it
+    again = build_split(BuildConfig(root=str(dataset), split="train", out=str(distributed), levels=2,
+                                    frames_per_shard=FRAMES_PER_SHARD, scheduler=address))
+    assert again.relevelled == 3 and again.built == 0
 
 
 @pytest.mark.slow
@@ -620,3 +627,98 @@ def test_ctrl_c_records_every_finished_shard_and_the_rerun_resumes(slow_dataset,
     assert f"{len(on_disk)} kept" in result.stdout  # none of the finished shards is built again
     assert all((split_dir / name).stat().st_mtime_ns == mtime for name, mtime in on_disk.items())
     assert_same_shards(split_dir, slow_clean_build)
+
+
+# ------------------------------------------------------------------------------------------ GPU workers
+
+
+def test_visible_gpus_come_from_cuda_visible_devices_or_the_device_count():
+    from pipelines.build import visible_gpus
+
+    assert visible_gpus(None, 0) == [] and visible_gpus(None, 3) == ["0", "1", "2"]
+    assert visible_gpus("2,0", 8) == ["2", "0"]  # its order, whatever the count
+    assert visible_gpus("GPU-5d1c, MIG-0a3f", 0) == ["GPU-5d1c", "MIG-0a3f"]
+    assert visible_gpus("", 4) == []  # set but empty: no GPU
+
+
+def test_local_workers_take_the_gpus_in_turn():
+    from hedprep.errors import HedprepError
+    from pipelines.build import worker_cuda_visible_devices
+
+    assert [worker_cuda_visible_devices(i, ["0", "1", "2"]) for i in range(3)] == ["0", "1", "2"]
+    assert [worker_cuda_visible_devices(i, ["3", "1"]) for i in range(5)] == ["3", "1", "3", "1", "3"]
+    assert [worker_cuda_visible_devices(i, ["GPU-5d1c"]) for i in range(2)] == ["GPU-5d1c"] * 2
+    with pytest.raises(HedprepError, match="no GPU is visible"):
+        worker_cuda_visible_devices(0, [])
+
+
+@pytest.mark.slow
+def test_each_local_worker_process_sees_its_own_gpu():
+    """A real local cluster (worker processes on 127.0.0.1), given a GPU list as `local_gpus` would
+    read it: each worker process's CUDA_VISIBLE_DEVICES is the one assigned to it. No GPU is needed."""
+    from distributed import Client
+
+    from pipelines.build import local_cluster
+
+    with local_cluster(3, ["7", "GPU-5d1c"]) as cluster, Client(cluster, timeout="60s") as client:
+        client.wait_for_workers(3, timeout=120)
+        names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+        seen = client.run(os.getenv, "CUDA_VISIBLE_DEVICES")  # os.getenv: looked up in the worker
+    assert {names[a]: v for a, v in seen.items()} == {0: "7", 1: "GPU-5d1c", 2: "7"}
+
+
+@pytest.fixture(scope="module")
+def in_process_cluster():
+    """One scheduler with two in-process workers on 127.0.0.1 over TCP: one advertises a GPU
+    resource (this machine may have no GPU: it is asked, and answers), one does not."""
+    from distributed import LocalCluster, Worker
+
+    cluster = LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0")
+    options = {"nthreads": 1, "host": "127.0.0.1", "dashboard": False}
+    cluster.worker_spec["gpu"] = {"cls": Worker, "options": {**options, "resources": {"GPU": 1}}}
+    cluster.worker_spec["cpu"] = {"cls": Worker, "options": options}
+    cluster.scale(2)
+    with cluster:
+        yield cluster
+
+
+def test_auto_on_a_remote_cluster_is_resolved_by_its_workers(in_process_cluster):
+    from distributed import Client
+
+    from hedprep.build_plan import BuildConfig
+    from hedprep.hed import HedRun
+    from pipelines.build import workers_hed_run
+
+    config = BuildConfig(root=None, split="train", out="unused", scheduler=in_process_cluster.scheduler_address,
+                         precision="tf32")
+    with Client(in_process_cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        if __import__("torch").cuda.is_available():
+            pytest.skip("needs a machine without a GPU")
+        assert workers_hed_run(client, config) == HedRun("cpu", "fp32")  # tf32 on a CPU: fp32
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_on_a_remote_cluster_is_checked_on_its_gpu_workers(dataset, in_process_cluster, tmp_path):
+    """The device check runs on the workers that advertise a GPU (here one that has none), not in this
+    process: the error names that worker. Nothing is written."""
+    result = build(dataset, tmp_path / "out", "--device", "cuda", "--scheduler", in_process_cluster.scheduler_address)
+    assert_one_line_error(result, f"--scheduler {in_process_cluster.scheduler_address}: worker tcp://127.0.0.1:",
+                          "--device cuda: no CUDA GPU is available here")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_on_a_remote_cluster_without_gpu_resources_fails_at_once(dataset, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster:
+        result = build(dataset, tmp_path / "out", "--device", "cuda", "--scheduler", cluster.scheduler_address)
+    assert_one_line_error(result, "no worker advertises a GPU resource", "--resources GPU=1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_numbered_gpu_with_a_cluster_is_a_usage_error(dataset, tmp_path):
+    result = build(dataset, tmp_path / "out", "--device", "cuda:1", "--workers", "2")
+    assert_one_line_error(result, "--device cuda:1", "use --device cuda", status=2)

@@ -14,11 +14,14 @@ from hedprep.hed import (
     bf16_supported,
     cached_detector,
     detect_edges,
+    edges_to_uint8,
+    float32_math,
     inference,
     load_hed,
     preprocess,
 )
 from hedprep.hed.inference import _DirectConvRelu, _WinogradConvRelu, max_pool_2x2_nchw, nnpack_available
+from hedprep.hed.network import edge_tensor_to_uint8
 from tests.conftest import GOLDEN_NAMES, golden_edges, golden_photo
 
 
@@ -211,3 +214,39 @@ def test_fp32_edges_do_not_depend_on_the_thread_count(hed_model):
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(maps[0], maps[1]) and np.array_equal(maps[0], maps[2])
+
+
+def test_edges_rounded_on_the_device_equal_edges_to_uint8(hed_model):
+    """`EdgeDetector.edges` rounds where the map lies (a GPU sends back bytes); on the CPU it must give
+    the values `edges_to_uint8` gives the float map, halves (k + 0.5) / 255 and out-of-range values too."""
+    detector = EdgeDetector(hed_model, precision="fp32", device="cpu")
+    photo = golden_photo(GOLDEN_NAMES[0])[None]
+    assert np.array_equal(detector.edges(photo), edges_to_uint8(detector(photo)))
+    halves = ((np.arange(256) + 0.5) / 255).astype(np.float32)
+    p = np.concatenate([halves, np.nextafter(halves, np.float32(2)), np.nextafter(halves, np.float32(-1)),
+                        np.random.default_rng(1).random(10000, dtype=np.float32), [-0.5, 0, 1, 1.5]])
+    p = p.astype(np.float32)
+    assert np.array_equal(edge_tensor_to_uint8(torch.from_numpy(p)).numpy(), edges_to_uint8(p))
+
+
+def test_tf32_on_a_cpu_runs_fp32_with_a_warning(hed_model):
+    with pytest.warns(RuntimeWarning, match="tf32 is not supported natively on cpu; running fp32"):
+        detector = EdgeDetector(hed_model, precision="tf32", device="cpu")
+    assert detector.precision == "fp32"
+    photo = golden_photo(GOLDEN_NAMES[0])[None]
+    assert np.array_equal(detector(photo), EdgeDetector(hed_model, precision="fp32", device="cpu")(photo))
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_float32_math_sets_cuda_precision_for_the_block_only(tf32):
+    """HED's fp32 on a GPU must not run TF32 convolutions (cuDNN's default); the settings, PyTorch's
+    per-operator ones, are set for the block and restored after it, even when it raises."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with pytest.raises(ValueError), float32_math(torch.device("cuda"), tf32=tf32):
+        expected = "tf32" if tf32 else "ieee"
+        assert (conv.fp32_precision, matmul.fp32_precision) == (expected, expected)
+        raise ValueError
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+    with float32_math(torch.device("cpu"), tf32=tf32):
+        assert (conv.fp32_precision, matmul.fp32_precision) == before

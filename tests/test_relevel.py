@@ -29,6 +29,7 @@ from pipelines.build import build_split
 from tests.conftest import assert_one_line_error, invoke
 
 V1_SHARDS = Path(__file__).parent / "data" / "v1-shards"
+V2_SHARDS = Path(__file__).parent / "data" / "v2-shards"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def assert_same_level0(a: dict, b: dict) -> None:
 def assert_levels_derive_from_level0(split_dir: Path, levels: int) -> None:
     for path in sorted(split_dir.glob("shard-*.h5")):
         with h5py.File(path, "r") as f:
-            assert f.attrs["levels"] == levels and f.attrs["format_version"] == 2
+            assert f.attrs["levels"] == levels and f.attrs["format_version"] == 3
             assert sorted(f["levels"]) == [str(k) for k in range(1, levels + 1)] if levels else "levels" not in f
             for i in range(f["frames"].shape[0]):
                 for k in range(1, levels + 1):
@@ -147,10 +148,18 @@ def test_a_shard_relevelled_before_the_manifest_was_rewritten_is_adopted(dataset
     assert verify_split(out / "train").ok
 
 
-def test_other_hed_parameters_still_need_force(dataset, out):
+@pytest.mark.parametrize("earlier, now", [({"precision": "bf16"}, "fp32"), ({"device": "cuda"}, "cpu")])
+def test_other_hed_parameters_still_need_force(dataset, out, earlier, now):
+    """An earlier build made on another device kind or in another precision (its manifest says so;
+    this one runs fp32 on the CPU) is refused, naming the manifest and what differs."""
+    manifest = out / "train" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["params"].update(earlier)
+    manifest.write_text(json.dumps(data))
     result = invoke("hedprep", "build", "--root", str(dataset), "--split", "train", "--out", str(out),
-                    "--frames-per-shard", "2", "--levels", "2", "--precision", "bf16")
-    assert_one_line_error(result, "precision 'fp32' -> 'bf16'", "--force")
+                    "--frames-per-shard", "2", "--levels", "2", "--device", "cpu", "--precision", "fp32")
+    (name, value), = earlier.items()
+    assert_one_line_error(result, str(manifest), f"{name} '{value}' -> '{now}'", "--force")
     assert read_manifest(out / "train").params["levels"] == 0  # nothing was touched
 
 
@@ -168,15 +177,16 @@ def test_levels_beyond_the_frame_size_are_refused(dataset, tmp_path):
     assert not (tmp_path / "train").exists()
 
 
-def v1_build_of(root: Path, out: Path) -> Path:
-    """The real v1 shards of tests/data/v1-shards, as if built from `root`: the same fixture frames
-    (seed 5, 64x128) made again there, so only `dataset_root` (manifest, shard attributes) changes."""
+def v1_build_of(root: Path, out: Path, shards: Path = V1_SHARDS) -> Path:
+    """The real v1 shards of tests/data/v1-shards (or the v2 ones of `shards`), as if built from
+    `root`: the same fixture frames (seed 5, 64x128) made again there, so only `dataset_root`
+    (manifest, shard attributes) changes."""
     from hedprep.digests import file_sha256
     from hedprep.shards.format import set_string_attr
 
     make_fixture(root, {"train": 4, "val": 2, "test": 0}, size=(64, 128), seed=5)
     split_dir = out / "train"
-    shutil.copytree(V1_SHARDS / "train", split_dir)
+    shutil.copytree(shards / "train", split_dir)
     manifest_path = split_dir / "manifest.json"
     data = json.loads(manifest_path.read_text())
     data["params"]["dataset_root"] = str(root.resolve())
@@ -201,7 +211,7 @@ def test_v1_builds_get_levels_without_hed(tmp_path):
 
     hed_inference._DETECTORS.clear()
     same = build_split(v1_config(0))  # v1 shards hold 0 levels: kept as they are
-    assert (same.built, same.kept, same.relevelled) == (0, 2, 0) and read_manifest(split_dir).format_version == 2
+    assert (same.built, same.kept, same.relevelled) == (0, 2, 0) and read_manifest(split_dir).format_version == 3
     result = build_split(v1_config(2))
     assert not hed_inference._DETECTORS  # HED was never loaded
     assert (result.built, result.kept, result.relevelled) == (0, 0, 2)
@@ -209,7 +219,35 @@ def test_v1_builds_get_levels_without_hed(tmp_path):
     assert_levels_derive_from_level0(split_dir, 2)
     assert verify_split(split_dir).ok
     with h5py.File(split_dir / shard_name(0), "r") as f:  # now a v2 shard, viewer pictures included
-        assert f.attrs["format_version"] == 2 and "label_colors" in f and f.attrs["default"] == "browse"
+        assert f.attrs["format_version"] == 3 and "label_colors" in f and f.attrs["default"] == "browse"
+
+
+def test_v2_builds_resume_and_get_other_levels_keeping_no_device(tmp_path):
+    """v2 shards record no device and the precision asked for: a v3 build over them keeps them (the
+    device is not compared with a manifest that lacks it), and a rewrite with other levels records
+    no device either (their edges were made before one was recorded)."""
+    root = tmp_path / "cityscapes"
+    split_dir = v1_build_of(root, tmp_path / "out", V2_SHARDS)
+    assert read_manifest(split_dir).format_version == 2 and verify_split(split_dir).ok
+    before = level0(split_dir)
+
+    def v2_config(levels: int) -> BuildConfig:
+        return BuildConfig(root=str(root), split="train", out=str(tmp_path / "out"), frames_per_shard=3,
+                           device="cpu", levels=levels)
+
+    hed_inference._DETECTORS.clear()
+    same = build_split(v2_config(3))
+    assert (same.built, same.kept, same.relevelled) == (0, 2, 0)
+    manifest = read_manifest(split_dir)
+    assert manifest.format_version == 3 and manifest.params["device"] == "cpu"
+    result = build_split(v2_config(1))
+    assert not hed_inference._DETECTORS  # HED was never loaded
+    assert (result.built, result.kept, result.relevelled) == (0, 0, 2)
+    assert_same_level0(level0(split_dir), before)
+    assert verify_split(split_dir).ok
+    with h5py.File(split_dir / shard_name(0), "r") as f:
+        assert f.attrs["format_version"] == 3 and f.attrs["levels"] == 1
+        assert f.attrs["device"] == b"" and f.attrs["precision"] == b"fp32"
 
 
 def test_a_shard_whose_frames_were_all_skipped_gets_levels_too(tmp_path):

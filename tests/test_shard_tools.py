@@ -113,7 +113,7 @@ def test_summarize_shard(built):
     assert s.file_bytes == shard(built).stat().st_size
     assert 0 < s.stored_bytes < s.file_bytes
     assert s.ratio == pytest.approx(PER_SHARD * LEVEL_PIXELS * 5 / shard(built).stat().st_size) and s.ratio > 1
-    assert s.attrs["format"] == "hedseg-shards" and s.attrs["format_version"] == 2 and s.attrs["levels"] == 3
+    assert s.attrs["format"] == "hedseg-shards" and s.attrs["format_version"] == 3 and s.attrs["levels"] == 3
     assert s.levels == 3 and s.level_shapes == ((64, 128), (32, 64), (16, 32), (8, 16))
     assert sum(s.level_stored_bytes) == s.stored_bytes and s.level_stored_bytes[0] > s.level_stored_bytes[1] > 0
     rows = {d.name: d for d in s.datasets}
@@ -181,7 +181,8 @@ def test_inspect_refuses_other_files(tmp_path):
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["frames"] = np.zeros((1, 2, 2, 4), np.uint8)
-    assert_one_line_error(invoke("hedprep", "inspect", str(other)), str(other), "not a hedseg-shards v1 or v2 shard")
+    assert_one_line_error(invoke("hedprep", "inspect", str(other)), str(other),
+                          "not a hedseg-shards v1, v2 or v3 shard")
     with pytest.raises(HedprepError, match="no such file or folder"):
         summarize(tmp_path / "missing")
 

@@ -88,7 +88,7 @@ def test_shard_holds_frames_labels_ids_and_attributes(tmp_path):
         assert [c.decode() for c in f["frames"].attrs["channel_names"]] == list(CHANNELS)
         assert "CLASS" not in f["frames"].attrs  # viewers would draw the edge channel as alpha
         attrs = f.attrs
-        assert attrs["format"] == b"hedseg-shards" and attrs["format_version"] == 2 and attrs["levels"] == 0
+        assert attrs["format"] == b"hedseg-shards" and attrs["format_version"] == 3 and attrs["levels"] == 0
         assert "levels" not in f  # INFO asks for no resolution levels
         assert attrs["hed_weights_sha256"] == b"ab" * 32 and attrs["frame_height"] == H
         for name in ("split", "dataset_root", "hed_weights", "precision", "compression", "package_version",
@@ -299,7 +299,7 @@ def test_check_shard_names_what_is_wrong(tmp_path, split):
     assert "not a readable HDF5 file" in check_shard(tmp_path / "text.h5")[0]
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = 1
-    assert check_shard(tmp_path / "other.h5") == ["not a hedseg-shards v1 or v2 shard"]
+    assert check_shard(tmp_path / "other.h5") == ["not a hedseg-shards v1, v2 or v3 shard"]
     wrong = record.__class__(record.file, record.sha256, ["other_000000_000019"] * 2, record.bytes)
     assert "frame ids differ from the manifest" in check_shard(split_dir / record.file, wrong)
 
@@ -317,8 +317,8 @@ def test_manifest_errors(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(HedprepError, match="not a readable manifest"):
         read_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text('{"format": "hedseg-shards", "format_version": 3}')
-    with pytest.raises(HedprepError, match="format version 3, this hedprep reads versions 1 and 2"):
+    (tmp_path / "manifest.json").write_text('{"format": "hedseg-shards", "format_version": 4}')
+    with pytest.raises(HedprepError, match="format version 4, this hedprep reads versions 1, 2 and 3"):
         read_manifest(tmp_path)
 
 
@@ -335,7 +335,7 @@ def test_manifest_write_is_atomic_and_round_trips(tmp_path):
     assert back == manifest and back.skipped == [skipped] and back.num_frames == 3
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk["num_frames"] == 3 and on_disk["skipped"] == [vars(skipped)]
-    assert on_disk["format"] == "hedseg-shards" and on_disk["format_version"] == 2
+    assert on_disk["format"] == "hedseg-shards" and on_disk["format_version"] == 3
 
 
 # --------------------------------------------------------------------------------- resolution levels
@@ -350,7 +350,7 @@ def test_levels_are_stored_as_level_0_downsampled(tmp_path):
         record = writer.close()
     assert record.levels == 2
     with h5py.File(tmp_path / "s.h5", "r") as f:
-        assert f.attrs["format_version"] == 2 and f.attrs["levels"] == 2 and list(f["levels"]) == ["1", "2"]
+        assert f.attrs["format_version"] == 3 and f.attrs["levels"] == 2 and list(f["levels"]) == ["1", "2"]
         for k, (h, w) in ((1, (12, 20)), (2, (6, 10))):
             group = f[f"levels/{k}"]
             assert group.attrs["downsample_factor"] == 2**k
@@ -461,6 +461,37 @@ def test_every_frame_check_decodes_the_frames_between_first_and_last(tmp_path):
 # ------------------------------------------------------------------------------ format v1 (no levels)
 
 V1_SHARDS = Path(__file__).parent / "data" / "v1-shards"
+V2_SHARDS = Path(__file__).parent / "data" / "v2-shards"
+
+
+def test_v2_shards_are_read_and_verified():
+    """v2 shards (no `device`, `precision` as asked for) read and verify as they are."""
+    manifest = read_manifest(V2_SHARDS / "train")
+    assert manifest.format_version == 2 and "device" not in manifest.params
+    reader = open_split(V2_SHARDS, "train")
+    assert len(reader) == 4 and reader.levels == 3 and reader.frame_size == (64, 128)
+    assert reader.read(3, (16, 32)).frame.shape == (16, 32, 4)
+    with h5py.File(V2_SHARDS / "train" / shard_name(0), "r") as f:
+        assert f.attrs["format_version"] == 2 and "device" not in f.attrs
+    for split in ("train", "val"):
+        check = verify_split(V2_SHARDS / split)
+        assert check.ok and not check.unlisted, check
+
+
+def test_verify_names_a_shard_made_on_another_device_or_precision(tmp_path):
+    ids, frames, labels = random_frames(2)
+    records = []
+    for index, (device, precision) in enumerate([("cpu", "fp32"), ("cuda", "bf16")]):
+        with ShardWriter(tmp_path / shard_name(index), 1, replace(INFO, device=device, precision=precision),
+                         GZIP) as writer:
+            writer.append(ids[index], frames[index], labels[index])
+            records.append(writer.close())
+    params = {**vars(replace(INFO, device="cpu")), "frames_per_shard": 1}
+    write_manifest(tmp_path, Manifest("train", params, records, complete=True))
+    check = verify_split(tmp_path)
+    assert [(b.file, b.problems) for b in check.bad] == [
+        (shard_name(1), ["made by HED on cuda bf16, the manifest says cpu fp32"])
+    ]
 
 
 def test_v1_shards_are_read_verified_and_read_at_any_size():

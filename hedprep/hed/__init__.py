@@ -12,11 +12,16 @@ from hedprep.hed.inference import (
     DEVICES,
     PRECISIONS,
     EdgeDetector,
+    HedRun,
     bf16_supported,
     cached_detector,
     detect_edges,
+    float32_math,
     release_cached_detectors,
     resolve_device,
+    resolve_hed_run,
+    supported_precision,
+    tf32_supported,
 )
 from hedprep.hed.network import HED, WeightsInfo, edges_to_uint8, preprocess
 from hedprep.hed.weights import LoadedWeights, load_hed, read_weights
@@ -26,6 +31,7 @@ __all__ = [
     "HED",
     "PRECISIONS",
     "EdgeDetector",
+    "HedRun",
     "LoadedWeights",
     "WeightsInfo",
     "bf16_supported",
@@ -35,6 +41,10 @@ __all__ = [
     "load_hed",
     "preprocess",
     "read_weights",
+    "float32_math",
     "release_cached_detectors",
     "resolve_device",
+    "resolve_hed_run",
+    "supported_precision",
+    "tf32_supported",
 ]

@@ -15,6 +15,10 @@ Kernels of the 3x3 convolutions, chosen by measurement (docs/performance.md):
   convolution, channels-last, weights converted once: oneDNN on CPU (bfloat16 through AVX512-BF16 /
   AMX), cuDNN on CUDA.
 
+On CUDA, fp32 means float32 products: cuDNN may use TF32 for float32 convolutions by default, so each
+pass runs with TF32 switched off for convolutions and matrix products (`float32_math`), and `tf32`
+is the explicit choice of TF32 (GPUs of compute capability 8.0 and later; elsewhere fp32, with a warning).
+
 Side outputs: in fp32, each is one matrix product over the channels (`pointwise_conv`); in bf16 they
 are 1x1 convolutions in bfloat16 on the bfloat16 features (`side_conv`). Their logits are then
 converted to float32, resized and fused in float32.
@@ -22,10 +26,12 @@ converted to float32, resized and fused in float32.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,10 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hedprep.errors import HedprepError, OptionError
-from hedprep.hed.network import HED, conv_relu, max_pool_2x2, preprocess, side_conv
+from hedprep.hed.network import HED, conv_relu, edge_tensor_to_uint8, max_pool_2x2, preprocess, side_conv
 from hedprep.hed.weights import load_hed
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -57,6 +63,65 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def tf32_supported(device: torch.device) -> bool:
+    """True where float32 convolutions can run as TF32: CUDA GPUs of compute capability 8.0 and later."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def supported_precision(precision: str, device: torch.device) -> str:
+    """The precision that runs on `device` when `precision` is asked for: bf16 and tf32 fall back to
+    fp32, with a warning, where the hardware has no native support."""
+    if precision not in PRECISIONS:
+        raise OptionError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    supported = {"bf16": bf16_supported, "tf32": tf32_supported}.get(precision)
+    if supported is not None and not supported(device):
+        warnings.warn(f"{precision} is not supported natively on {device}; running fp32", RuntimeWarning,
+                      stacklevel=3)
+        return "fp32"
+    return precision
+
+
+@dataclass(frozen=True)
+class HedRun:
+    """What HED runs as: the device kind (`cpu` or `cuda`) and the precision that runs there (bf16 or
+    tf32 asked for where unsupported: fp32). Every shard and manifest records both."""
+
+    device: str
+    precision: str
+
+
+def resolve_hed_run(device: str = "auto", precision: str = "fp32") -> HedRun:
+    """The `HedRun` that `device` and `precision` give in this process (a build asks its workers).
+
+    Raises the one-line errors of `resolve_device` (e.g. cuda without a GPU) and of an unknown precision.
+    """
+    resolved = resolve_device(device)
+    with warnings.catch_warnings():  # the detector warns when it is made; a plan need not warn too
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return HedRun(resolved.type, supported_precision(precision, resolved))
+
+
+@contextlib.contextmanager
+def float32_math(device: torch.device, tf32: bool) -> Iterator[None]:
+    """On CUDA, float32 convolutions (cuDNN) and matrix products (cuBLAS) with TF32 (`tf32`) or in
+    full float32 for the block, then the settings as they were; on other devices, nothing.
+
+    PyTorch lets cuDNN run float32 convolutions as TF32 by default. The settings are process-wide
+    while the block runs (PyTorch has no per-thread ones): CUDA work on another thread of this
+    process meanwhile gets them too. Only PyTorch's per-operator settings are read and written.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
 
 
 def nnpack_available() -> bool:
@@ -179,23 +244,21 @@ class EdgeDetector:
 
     Args:
         model: a `HED` (e.g. from `hedprep.hed.load_hed`).
-        precision: `fp32` or `bf16`. bf16 falls back to fp32, with a warning, where the hardware has
-            no native bfloat16; `self.precision` tells which one runs.
+        precision: `fp32`, `tf32` (CUDA only) or `bf16`. bf16 and tf32 fall back to fp32, with a
+            warning, where the hardware has no native support; `self.precision` tells which one runs.
         device: `auto`, `cpu` or `cuda[:N]`.
     """
 
     def __init__(self, model: HED, precision: str = "fp32", device: str | torch.device = "auto") -> None:
-        if precision not in PRECISIONS:
-            raise OptionError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
-        if precision == "bf16" and not bf16_supported(self.device):
-            warnings.warn(
-                f"bf16 is not supported natively on {self.device}; running fp32", RuntimeWarning, stacklevel=2
-            )
-            precision = "fp32"
-        self.precision = precision
+        self.precision = supported_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.kernels = self._choose_kernels()
+
+    @property
+    def hed_run(self) -> HedRun:
+        """The device kind and precision this detector runs."""
+        return HedRun(self.device.type, self.precision)
 
     def _choose_kernels(self) -> dict[nn.Conv2d, object]:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
@@ -219,12 +282,12 @@ class EdgeDetector:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB (N, H, W, 3) tensor -> float32 edge probabilities (N, H, W), on `self.device`."""
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_math(self.device, tf32=self.precision == "tf32"):
             x = preprocess(images.to(self.device))
             size = (x.shape[-2], x.shape[-1])
-            # fp32: matrix products, the same bits with any thread count; they read the NCHW features
+            # float32: matrix products, the same bits with any thread count; they read the NCHW features
             # of the Winograd path in place (channels-last ones are copied first).
-            side = pointwise_conv if self.precision == "fp32" else side_conv
+            side = side_conv if self.precision == "bf16" else pointwise_conv
             sides = self.model.side_outputs(x, self._conv_relu, max_pool_2x2_nchw, side)
             logits = self.model.fuse_sides(sides, size, side)
             # In float64: torch's vectorised and scalar sigmoids differ in the last bit, and which elements
@@ -238,10 +301,21 @@ class EdgeDetector:
 
     def __call__(self, images: np.ndarray, scales: Sequence[float] = (1.0,)) -> np.ndarray:
         """uint8 RGB (N, H, W, 3) -> float32 probabilities (N, H, W), averaged over `scales`."""
+        return self._on_device(images, scales).cpu().numpy()
+
+    def edges(self, images: np.ndarray, scales: Sequence[float] = (1.0,)) -> np.ndarray:
+        """uint8 RGB (N, H, W, 3) -> uint8 edges (N, H, W), `edges_to_uint8` of `self(images)`.
+
+        Rounded on the device: a GPU sends back a byte per pixel instead of a float.
+        """
+        return edge_tensor_to_uint8(self._on_device(images, scales)).cpu().numpy()
+
+    def _on_device(self, images: np.ndarray, scales: Sequence[float]) -> torch.Tensor:
+        """Probabilities (N, H, W) as a float32 tensor on `self.device`."""
         n, h, w = images.shape[:3]
         per_pass = max(1, self.CPU_PIXELS_PER_PASS // (h * w)) if self.device.type == "cpu" else n
         if n > per_pass:
-            return np.concatenate([self(images[i : i + per_pass], scales) for i in range(0, n, per_pass)])
+            return torch.cat([self._on_device(images[i : i + per_pass], scales) for i in range(0, n, per_pass)])
         batch = torch.from_numpy(np.ascontiguousarray(images))
         total = None
         for scale in scales:
@@ -250,7 +324,7 @@ class EdgeDetector:
             else:
                 p = self._at_scale(batch, scale, (h, w))
             total = p if total is None else total + p
-        return (total / len(scales)).float().cpu().numpy()
+        return (total / len(scales)).float()
 
     def _at_scale(self, batch: torch.Tensor, scale: float, size: tuple[int, int]) -> torch.Tensor:
         """Resize the frames by `scale`, detect, resize the probabilities back to `size`."""

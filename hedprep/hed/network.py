@@ -158,3 +158,11 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
 def edges_to_uint8(probabilities: np.ndarray) -> np.ndarray:
     """Edge probabilities in [0, 1] -> uint8 round(255 * p), as stored in PNGs and shards."""
     return np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def edge_tensor_to_uint8(probabilities: torch.Tensor) -> torch.Tensor:
+    """`edges_to_uint8` on a float32 tensor, where it lies (a GPU sends back bytes, not floats).
+
+    The same values: both clip, multiply in float32 and round halves to even.
+    """
+    return probabilities.float().clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)

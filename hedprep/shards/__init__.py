@@ -1,4 +1,4 @@
-"""The shard file format, v2 (v1 still read): the one owner of how frames, edges and labels sit in HDF5 files.
+"""The shard file format, v3 (v1 and v2 still read): the one owner of how frames, edges and labels sit in HDF5 files.
 
 A split is a folder `OUT/{split}/` of `shard-00000.h5`, `shard-00001.h5`, ... and a `manifest.json`;
 `docs/shard-format.md` specifies every dataset and attribute. The package's files follow its jobs:
@@ -6,7 +6,7 @@ A split is a folder `OUT/{split}/` of `shard-00000.h5`, `shard-00001.h5`, ... an
 - `format`: names, layout constants, root attributes (`ShardInfo`).
 - `compression`: the HDF5 filters a shard may use.
 - `levels`: the resolution levels (1/2, 1/4, ... of the frame) and reading a frame at any size.
-- `writer`: `ShardWriter`, one shard written atomically.
+- `writer`: `ShardWriter`, one shard written atomically (frames prepared on any thread, stored in order).
 - `manifest`: `manifest.json` (`Manifest`, `ShardRecord`, `SkippedFrame`).
 - `reader`: `open_shard` for one file, `open_split` / `SplitReader` for a split.
 - `verify`: checks of shards against their manifest.
@@ -70,7 +70,7 @@ from hedprep.shards.verify import (
     verify_output,
     verify_split,
 )
-from hedprep.shards.writer import ShardWriter
+from hedprep.shards.writer import PreparedFrame, ShardWriter
 
 __all__ = [
     # reading
@@ -131,6 +131,7 @@ __all__ = [
     "INCOMPLETE_BUILD",
     # writing and resuming a build
     "ShardWriter",
+    "PreparedFrame",
     "prepare_split_dir",
     "earlier_manifest",
     "kept_shards",

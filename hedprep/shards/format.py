@@ -1,4 +1,4 @@
-"""Shard format v2 (v1 still read): names, layout constants, root attributes (`docs/shard-format.md` specifies them)."""
+"""Shard format v3 (v1, v2 still read): names, layout constants, root attributes (`docs/shard-format.md`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 
 FORMAT_NAME = "hedseg-shards"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # v1: no resolution levels
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # v1: no resolution levels; v1 and v2: no `device`, `precision` as asked
 CHANNELS = ("R", "G", "B", "edge")
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-*.h5"
@@ -74,7 +74,7 @@ def read_attrs(obj: h5py.HLObject) -> dict[str, Any]:
 
 
 def is_shard_attrs(attrs: dict[str, Any]) -> bool:
-    """True if root attributes name this format and a version this package reads (1 or 2)."""
+    """True if root attributes name this format and a version this package reads (1 to 3)."""
     return attrs.get("format") == FORMAT_NAME and attrs.get("format_version") in READABLE_VERSIONS
 
 
@@ -96,6 +96,9 @@ class ShardInfo:
     frame_height: int
     frame_width: int
     levels: int = 0  # resolution levels besides level 0 (format v2; v1 shards have none)
+    # HED's device kind, `cpu` or `cuda` (format v3; "" where not recorded: rewritten from a v1 or v2
+    # shard). Since v3 `precision` is the one that ran (bf16 or tf32 asked for where unsupported: fp32).
+    device: str = ""
     package_version: str = ""
 
     def __post_init__(self) -> None:

@@ -54,8 +54,9 @@ class ShardRecord:
 class Manifest:
     """A split's manifest: build parameters, the shards done so far in index order, completeness.
 
-    Read from a v1 or v2 file; always written as the current version (v1 differs only in lacking
-    `params.levels` and the shards' `levels`, which mean 0 there).
+    Read from a v1, v2 or v3 file; always written as the current version (v1 differs only in lacking
+    `params.levels` and the shards' `levels`, which mean 0 there; v1 and v2 lack `params.device`, and
+    their `params.precision` is the one asked for).
     """
 
     split: str
@@ -111,7 +112,8 @@ def read_manifest(split_dir: str | os.PathLike) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise HedprepError(f"{path}: not a {FORMAT_NAME} manifest", path)
     if data.get("format_version") not in READABLE_VERSIONS:
-        versions = " and ".join(str(v) for v in READABLE_VERSIONS)
+        *earlier, last = (str(v) for v in READABLE_VERSIONS)
+        versions = f"{', '.join(earlier)} and {last}"
         raise HedprepError(
             f"{path}: format version {data.get('format_version')}, this hedprep reads versions {versions}", path
         )

@@ -41,7 +41,7 @@ class ShardError(HedprepError):
 
 
 def open_shard(path: str | os.PathLike, chunk_cache_bytes: int | None = None) -> h5py.File:
-    """Open a shard read-only, with the filter plugins loaded, after checking it is a v1 or v2 shard
+    """Open a shard read-only, with the filter plugins loaded, after checking it is a v1, v2 or v3 shard
     with every dataset its version and levels call for.
 
     Args:
@@ -62,7 +62,8 @@ def open_shard(path: str | os.PathLike, chunk_cache_bytes: int | None = None) ->
     try:
         attrs = read_attrs(f)
         if not is_shard_attrs(attrs):
-            versions = " or ".join(f"v{v}" for v in READABLE_VERSIONS)
+            *earlier, last = (f"v{v}" for v in READABLE_VERSIONS)
+            versions = f"{', '.join(earlier)} or {last}"
             raise ShardError(path, f"not a {FORMAT_NAME} {versions} shard")
         required = [*REQUIRED_DATASETS] + [
             level_dataset(k, name) for k in range(1, stored_levels(attrs) + 1) for name in ("frames", "labels")

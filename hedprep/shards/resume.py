@@ -21,9 +21,11 @@ from hedprep.shards.verify import check_shard, shard_is_complete
 
 # Parameters that change what a shard holds: a rerun with other values is refused unless --force.
 COMPARED_PARAMS = (
-    "split", "labels", "dataset_root", "hed_weights_sha256", "precision", "compression",
+    "split", "labels", "dataset_root", "hed_weights_sha256", "device", "precision", "compression",
     "frame_height", "frame_width", "frames_per_shard",
 )
+# Compared only where the earlier manifest records them: a build of an earlier format resumes.
+RECORDED_SINCE_V3 = ("device",)
 LOCK_NAME = ".build.lock"
 
 
@@ -55,7 +57,8 @@ def earlier_manifest(split_dir: Path, params: Mapping[str, Any], force: bool) ->
         if force:
             return None
         raise
-    changed = [k for k in COMPARED_PARAMS if earlier.params.get(k) != params.get(k)]
+    changed = [k for k in COMPARED_PARAMS if earlier.params.get(k) != params.get(k)
+               and (k in earlier.params or k not in RECORDED_SINCE_V3)]
     if changed and not force:
         what = ", ".join(f"{k} {earlier.params.get(k)!r} -> {params.get(k)!r}" for k in changed)
         raise HedprepError(
@@ -117,8 +120,10 @@ def _adopt(path: Path, info: ShardInfo, frame_ids: Sequence[str], record: ShardR
     if stored_ids != [i for i in frame_ids if i not in skipped_ids]:
         return None
     wanted = asdict(info)
-    for free in ("package_version", "levels"):
+    for free in ("package_version", "levels", *RECORDED_SINCE_V3):
         wanted.pop(free)
+    if attrs.get("device") and attrs["device"] != info.device:  # "" or none: not recorded (rewritten v1/v2)
+        return None
     if any(attrs.get(name) != value for name, value in wanted.items()):
         return None
     return ShardRecord(path.name, file_sha256(path), stored_ids, path.stat().st_size, list(skipped),

@@ -77,6 +77,8 @@ def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | 
         problems.append(f"frames are {h}x{w}, the manifest says {info.frame_height}x{info.frame_width}")
     if record is not None and record.levels != levels:
         problems.append(f"holds {levels} resolution level(s), the manifest says {record.levels}")
+    if info is not None:
+        problems += _check_hed_run(read_attrs(f), info)
     for k in range(levels + 1):
         lh, lw = level_size(h, w, k)
         frames, labels = f[level_dataset(k, "frames")], f[level_dataset(k, "labels")]
@@ -109,6 +111,16 @@ def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | 
     except H5PY_DAMAGE_ERRORS as error:
         problems.append(f"data does not decode ({one_line(error)})")
     return problems
+
+
+def _check_hed_run(attrs: dict, info: ShardInfo) -> list[str]:
+    """The shard was made on the device kind and in the precision its manifest says (where both
+    record a device: shards of format v3; rewritten older ones record none)."""
+    device = attrs.get("device", "")
+    if not device or not info.device:
+        return []
+    made, said = f"{device} {attrs.get('precision')}", f"{info.device} {info.precision}"
+    return [] if made == said else [f"made by HED on {made}, the manifest says {said}"]
 
 
 def _check_views(f: h5py.File, i: int, frame_id: str, frame: np.ndarray, label: np.ndarray) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
@@ -32,13 +32,28 @@ from hedprep.shards.format import (
 from hedprep.shards.levels import IMAGE_FILTER, LABEL_RULE, downsample_frame, downsample_labels, level_size
 from hedprep.shards.manifest import ShardRecord, SkippedFrame
 
+ChunkPayload = Sequence[tuple[tuple[int, int], bytes]] | np.ndarray
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """A frame ready to be stored (`ShardWriter.prepare`): for each target dataset, its compressed
+    chunks ((y, x), bytes), or the image itself where HDF5's filter compresses it."""
+
+    frame_id: str
+    parts: tuple[tuple[int, ChunkPayload], ...]
+
 
 class ShardWriter:
     """Write one shard frame by frame; `close()` puts it on disk under a temporary name, then renames it.
 
     Each frame is stored at level 0 (`frames`, `labels`) and at the `info.levels` resolution levels
     below it (`levels/{k}/frames`, `levels/{k}/labels`), computed here from level 0
-    (`hedprep.shards.levels`).
+    (`hedprep.shards.levels`). `append` does a frame's work in the calling thread; a builder may
+    instead `prepare` frames on several threads (levels, colours, compressed chunks) and `write`
+    them in frame order from one: the file is the same, chunk for chunk (the same bytes at the same
+    addresses). Only gzip levels 1-3 through ISA-L are compressed in `prepare`; other filters run
+    in `write`, inside HDF5.
 
     The HDF5 file is built in memory (HDF5's core driver; compressed, so about the shard's final
     size) and written to disk in one piece by `close()`. A full disk then fails a plain file write,
@@ -87,6 +102,11 @@ class ShardWriter:
             chunks=(1, *tile_shape(h, w), 3), **options,
         )
         self._deflate = fast_deflate(compression)
+        # Where `prepare` puts each part: frames and labels of each level, then the label colours.
+        self._targets: list[h5py.Dataset] = [d for pair in zip(self.frames, self.labels, strict=True) for d in pair]
+        self._targets.append(self.label_colors)
+        self._tiles = [d.chunks[1:3] for d in self._targets]  # read once: prepare() touches no HDF5 object
+        self._frame_shape = self.frames[0].shape[1:]
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -97,25 +117,44 @@ class ShardWriter:
 
     def append(self, frame_id: str, rgbe: np.ndarray, label: np.ndarray | None) -> None:
         """Add a frame: (H, W, 4) uint8 RGB+edge and (H, W) uint8 trainIds (None: all ignore)."""
-        i = len(self.frame_ids)
-        expected = self.frames[0].shape[1:]
-        if rgbe.shape != expected or rgbe.dtype != np.uint8:
-            raise HedprepError(
-                f"{frame_id}: frame is {rgbe.dtype} {rgbe.shape}, shard {self.path.name} takes uint8 {expected}"
-            )
-        for level, (frames, labels) in enumerate(zip(self.frames, self.labels, strict=True)):
-            self._write(frames, i, downsample_frame(rgbe, level), fill=0)
-            if label is not None:
-                self._write(labels, i, downsample_labels(label, level), fill=IGNORE_INDEX)
-        if label is not None:  # else black, the colour of ignore, as the fill value
-            self._write(self.label_colors, i, trainid_to_color(label), fill=0)
-        self.frame_ids.append(frame_id)
+        self.write(self.prepare(frame_id, rgbe, label))
 
-    def _write(self, dataset: h5py.Dataset, index: int, image: np.ndarray, fill: int) -> None:
-        if self._deflate is not None:
-            _write_deflated_tiles(dataset, index, image, self._deflate, fill)
-        else:
-            dataset[index] = image
+    def prepare(self, frame_id: str, rgbe: np.ndarray, label: np.ndarray | None) -> PreparedFrame:
+        """A frame's CPU work, ready for `write`: its levels, label colours and compressed chunks.
+
+        Touches no HDF5 object, so threads may prepare frames at once (OpenCV, ISA-L and numpy's
+        large operations release the GIL); `write` then stores them in frame order.
+        """
+        if rgbe.shape != self._frame_shape or rgbe.dtype != np.uint8:
+            raise HedprepError(
+                f"{frame_id}: frame is {rgbe.dtype} {rgbe.shape}, "
+                f"shard {self.path.name} takes uint8 {self._frame_shape}"
+            )
+        parts: list[tuple[int, ChunkPayload]] = []
+        for level in range(self.info.levels + 1):
+            parts.append(self._part(2 * level, downsample_frame(rgbe, level), fill=0))
+            if label is not None:
+                parts.append(self._part(2 * level + 1, downsample_labels(label, level), fill=IGNORE_INDEX))
+        if label is not None:  # else black, the colour of ignore, as the fill value
+            parts.append(self._part(len(self._targets) - 1, trainid_to_color(label), fill=0))
+        return PreparedFrame(frame_id, tuple(parts))
+
+    def _part(self, target: int, image: np.ndarray, fill: int) -> tuple[int, ChunkPayload]:
+        if self._deflate is None:  # HDF5's filter compresses it in `write`
+            return target, image
+        return target, deflated_tiles(image, self._tiles[target], self._deflate, fill)
+
+    def write(self, frame: PreparedFrame) -> None:
+        """Store a prepared frame as the next one (one thread at a time, in frame order)."""
+        i = len(self.frame_ids)
+        for target, payload in frame.parts:
+            dataset = self._targets[target]
+            if isinstance(payload, np.ndarray):
+                dataset[i] = payload
+                continue
+            for (y, x), chunk in payload:
+                dataset.id.write_direct_chunk((i, y, x) + (0,) * (dataset.ndim - 3), chunk)
+        self.frame_ids.append(frame.frame_id)
 
     def skip(self, frame: SkippedFrame) -> None:
         """Record a frame left out (`--on-error skip`)."""
@@ -211,25 +250,26 @@ class ShardWriter:
             self.file.close()
 
 
-def _write_deflated_tiles(
-    dataset: h5py.Dataset, index: int, image: np.ndarray, deflate: Callable[[bytes], bytes], fill: int
-) -> None:
-    """Compress `image` chunk by chunk ourselves and store the chunks as they are (no HDF5 filter run).
+def deflated_tiles(
+    image: np.ndarray, tile: tuple[int, int], deflate: Callable[[bytes], bytes], fill: int
+) -> list[tuple[tuple[int, int], bytes]]:
+    """`image` cut into chunks of `tile` (rows, cols), each compressed: ((y, x), bytes), row by row.
 
-    Chunks at the right and bottom edges are padded to the full chunk shape with the fill value, as
-    HDF5 stores them.
+    The chunks are stored as they are (no HDF5 filter runs). Chunks at the right and bottom edges
+    are padded to the full chunk shape with the fill value, as HDF5 stores them.
     """
-    _, rows, cols = dataset.chunks[:3]
+    rows, cols = tile
     h, w = image.shape[:2]
+    chunks = []
     for y in range(0, h, rows):
         for x in range(0, w, cols):
-            tile = image[y : y + rows, x : x + cols]
-            if tile.shape[:2] != (rows, cols):
+            piece = image[y : y + rows, x : x + cols]
+            if piece.shape[:2] != (rows, cols):
                 padded = np.full((rows, cols, *image.shape[2:]), fill, np.uint8)
-                padded[: tile.shape[0], : tile.shape[1]] = tile
-                tile = padded
-            offset = (index, y, x) + (0,) * (image.ndim - 2)
-            dataset.id.write_direct_chunk(offset, deflate(np.ascontiguousarray(tile).tobytes()))
+                padded[: piece.shape[0], : piece.shape[1]] = piece
+                piece = padded
+            chunks.append(((y, x), deflate(np.ascontiguousarray(piece).tobytes())))
+    return chunks
 
 
 def _nxdata(group: h5py.Group, layout: h5py.VirtualLayout, axes: list[str], height: int, title: str,
