@@ -52,6 +52,11 @@ def default_workers(device_type: str, cpus: int, local_ranks: int = 1) -> int:
     return min(MAX_DEFAULT_WORKERS, max(1, cpus // max(1, local_ranks) - 1))
 
 
+def loader_workers(requested: int | None, device_type: str) -> int:
+    """DataLoader workers per rank: `--workers`, else `default_workers` for this machine and job."""
+    return requested if requested is not None else default_workers(device_type, available_cpus(), local_ranks())
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on."""
     try:

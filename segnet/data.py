@@ -29,6 +29,7 @@ number of DataLoader workers or processes, and a resumed run replays them exactl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -247,27 +248,39 @@ def loader_settings(device_type: str, workers: int) -> LoaderSettings:
     return LoaderSettings(workers=workers, pin_memory=device_type == "cuda")
 
 
-def init_loader_worker(worker_id: int) -> None:
-    """A DataLoader worker process computes one sample at a time on one core: OpenCV's own thread pool
-    (used by the resizes of `read`) would only compete with the other workers and the training process."""
+@contextlib.contextmanager
+def opencv_single_threaded(enabled: bool = True) -> Iterator[None]:
+    """OpenCV on one thread in this process while the block runs (and in the DataLoader workers it
+    forks meanwhile, which inherit the setting); the earlier thread count after.
+
+    A worker process prepares one sample at a time on one core: OpenCV's own thread pool (used by
+    the resizes of `read`) would only compete with the other workers and the training process. It
+    must be set before the fork: a forked worker that reconfigures the pool it inherited waits for
+    threads that do not exist in it (a test run hung so). Use it where the workers do all the
+    loading, so this process's own OpenCV calls are few.
+    """
+    if not enabled:
+        yield
+        return
     import cv2
 
+    previous = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
-def make_loader(dataset: Dataset, batch_size: int, settings: LoaderSettings,
-                persistent: bool = True) -> tuple[DataLoader, EpochItems]:
+def make_loader(dataset: Dataset, batch_size: int, settings: LoaderSettings) -> tuple[DataLoader, EpochItems]:
     """A DataLoader over `dataset` and the `EpochItems` to set before each epoch.
 
-    With workers, each keeps `prefetch_factor` batches ready; with `persistent` they live across
-    epochs (training), else they end after each pass (validation: its workers then never sit beside
-    the training loader's busy ones).
+    With workers, they persist across epochs and each keeps `prefetch_factor` batches ready.
     """
     items = EpochItems()
     extra = {}
     if settings.workers > 0:
-        extra = {"persistent_workers": persistent, "prefetch_factor": settings.prefetch_factor,
-                 "worker_init_fn": init_loader_worker}
+        extra = {"persistent_workers": True, "prefetch_factor": settings.prefetch_factor}
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=items, num_workers=settings.workers,
         pin_memory=settings.pin_memory,

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from segnet.checkpoint import load_checkpoint
-from segnet.config import TrainConfig, available_cpus, default_workers, local_ranks
-from segnet.data import EpochSampler, ShardDataset, init_loader_worker, normalise
+from segnet.config import TrainConfig, loader_workers
+from segnet.data import EpochSampler, ShardDataset, normalise, opencv_single_threaded
 from segnet.deeplab import build_model
 from segnet.devices import amp_dtype, resolve_device, resolve_rank_device
 from segnet.distributed import init_distribution, sum_over_ranks
@@ -101,7 +101,8 @@ def evaluate(
     if on_start is not None and dist_info.is_main:
         on_start(len(dataset))
     written = 0
-    with torch.inference_mode(), _autocast(torch_device, autocast_dtype):
+    loading_here = loader.num_workers == 0
+    with torch.inference_mode(), _autocast(torch_device, autocast_dtype), opencv_single_threaded(not loading_here):
         for images, labels in loader:
             predictions = predict_batch(model, images.to(torch_device, non_blocking=True), labels.shape[-2:])
             if labeled:
@@ -120,11 +121,8 @@ def evaluate(
 def evaluation_loader(dataset: ShardDataset, indices: list[int], batch_size: int, device: torch.device,
                       workers: int | None) -> DataLoader:
     """The frames `indices` of `dataset` in order, in batches; workers as for training by default."""
-    if workers is None:
-        workers = default_workers(device.type, available_cpus(), local_ranks())
-    extra = {"worker_init_fn": init_loader_worker} if workers > 0 else {}
-    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                      pin_memory=device.type == "cuda", **extra)
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=loader_workers(workers, device.type),
+                      pin_memory=device.type == "cuda")
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

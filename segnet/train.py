@@ -37,8 +37,16 @@ from torch.utils.data import DataLoader
 
 from segnet.backends import backend_settings, use_channels_last
 from segnet.checkpoint import interrupts_deferred, link_checkpoint, load_checkpoint, save_checkpoint
-from segnet.config import Stage, TrainConfig, available_cpus, default_workers, local_ranks
-from segnet.data import EpochItems, EpochSampler, ShardDataset, loader_settings, make_loader, model_input
+from segnet.config import Stage, TrainConfig, loader_workers
+from segnet.data import (
+    EpochItems,
+    EpochSampler,
+    ShardDataset,
+    loader_settings,
+    make_loader,
+    model_input,
+    opencv_single_threaded,
+)
 from segnet.deeplab import build_model
 from segnet.devices import amp_dtype, resolve_rank_device
 from segnet.distributed import Distribution, barrier, broadcast_buffers, init_distribution
@@ -291,16 +299,16 @@ def sync_batch_norm(requested: bool | None, device: torch.device, world: int) ->
 def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult:
     """Train (or resume) a run as `config` says; see the module docstring for the run folder."""
     device = resolve_rank_device(config.device)
-    with backend_settings(device, config.deterministic):
-        return _train(config, device, resume, callbacks or TrainCallbacks())
+    workers = loader_workers(config.workers, device.type)
+    with backend_settings(device, config.deterministic), opencv_single_threaded(workers > 0):
+        return _train(config, device, workers, resume, callbacks or TrainCallbacks())
 
 
-def _train(config: TrainConfig, device: torch.device, resume: bool, callbacks: TrainCallbacks) -> TrainResult:
+def _train(config: TrainConfig, device: torch.device, workers: int, resume: bool,
+           callbacks: TrainCallbacks) -> TrainResult:
     # Everything that can be wrong with the options fails here, before the run folder is touched.
     amp = amp_dtype(device) if config.amp else None
     channels_last = use_channels_last(device, config.channels_last)
-    workers = config.workers if config.workers is not None else default_workers(device.type, available_cpus(),
-                                                                                  local_ranks())
     settings = loader_settings(device.type, workers)
     seed_everything(config.seed)
     weights = config.backbone_weights if not (resume and (Path(config.out) / "last.pt").is_file()) else "none"
@@ -320,7 +328,7 @@ def _train(config: TrainConfig, device: torch.device, resume: bool, callbacks: T
         if stage_index not in loaders:
             loaders.clear()  # the previous stage's workers end
             loaders[stage_index] = make_loader(datasets[stage_index], config.schedule[stage_index].batch_size,
-                                               settings, persistent=loaders is train_loaders)
+                                               settings)
         return loaders[stage_index]
 
     if val_sets is not None and val_sets[0].frame_size != train_sets[0].frame_size:
