@@ -267,15 +267,34 @@ def local_cluster(workers: int, gpus: Sequence[str] | None = None):
     # Its HTTP server (metrics, even without a dashboard) on a free port of 127.0.0.1, not on :8787.
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
                                                "dashboard_address": "127.0.0.1:0"}}
-    with _sigint_ignored():
+    with _sigint_ignored(), environment_kept():
         return SpecCluster(scheduler=scheduler, workers=specs, silence_logs=logging.ERROR)
+
+
+@contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """This process's environment as it was before the block, whatever the block set.
+
+    A nanny runs in the process that starts a local cluster and, before it spawns its worker, sets
+    its `distributed.nanny.pre-spawn-environ` (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, ...) in this
+    process's own `os.environ`: every later subprocess (a `segnet train` after `segnet study`'s build,
+    say) would then run torch on one thread.
+    """
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        if dict(os.environ) != before:
+            os.environ.clear()
+            os.environ.update(before)
 
 
 @contextlib.contextmanager
 def _local_client(workers: int, gpus: Sequence[str] | None):
     from distributed import Client
 
-    with local_cluster(workers, gpus) as cluster, Client(cluster) as client:
+    # Kept for the cluster's life too: a nanny sets the variables again when it restarts a worker.
+    with environment_kept(), local_cluster(workers, gpus) as cluster, Client(cluster) as client:
         yield client
 
 

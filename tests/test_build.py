@@ -660,11 +660,16 @@ def test_each_local_worker_process_sees_its_own_gpu():
 
     from pipelines.build import local_cluster
 
+    environment = dict(os.environ)
     with local_cluster(3, ["7", "GPU-5d1c"]) as cluster, Client(cluster, timeout="60s") as client:
         client.wait_for_workers(3, timeout=120)
         names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
         seen = client.run(os.getenv, "CUDA_VISIBLE_DEVICES")  # os.getenv: looked up in the worker
+        worker_threads = set(client.run(os.getenv, "OMP_NUM_THREADS").values())
     assert {names[a]: v for a, v in seen.items()} == {0: "7", 1: "GPU-5d1c", 2: "7"}
+    # The nannies set OMP_NUM_THREADS=1 for their workers; this process keeps its own environment
+    # (it leaked once, and later `segnet train` subprocesses of the suite trained on one thread).
+    assert worker_threads == {"1"} and dict(os.environ) == environment
 
 
 @pytest.fixture(scope="module")
