@@ -14,7 +14,6 @@ on CUDA, optionally bfloat16 autocast (`amp`), and the confusion matrix is count
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from segnet.backends import autocast
 from segnet.checkpoint import load_checkpoint
 from segnet.config import TrainConfig, loader_workers
 from segnet.data import EpochSampler, ShardDataset, normalise, opencv_single_threaded
@@ -102,7 +102,7 @@ def evaluate(
         on_start(len(dataset))
     written = 0
     loading_here = loader.num_workers == 0
-    with torch.inference_mode(), _autocast(torch_device, autocast_dtype), opencv_single_threaded(not loading_here):
+    with torch.inference_mode(), autocast(torch_device, autocast_dtype), opencv_single_threaded(not loading_here):
         for images, labels in loader:
             predictions = predict_batch(model, images.to(torch_device, non_blocking=True), labels.shape[-2:])
             if labeled:
@@ -123,10 +123,6 @@ def evaluation_loader(dataset: ShardDataset, indices: list[int], batch_size: int
     """The frames `indices` of `dataset` in order, in batches; workers as for training by default."""
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=loader_workers(workers, device.type),
                       pin_memory=device.type == "cuda")
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def predict_batch(model: torch.nn.Module, images: torch.Tensor, label_size: tuple[int, int]) -> torch.Tensor:

@@ -18,7 +18,6 @@ for it (`StepInfo.loss`) and at the end of the epoch.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from segnet.backends import backend_settings, use_channels_last
+from segnet.backends import autocast, backend_settings, use_channels_last
 from segnet.checkpoint import interrupts_deferred, link_checkpoint, load_checkpoint, save_checkpoint
 from segnet.config import Stage, TrainConfig, loader_workers
 from segnet.data import (
@@ -277,11 +276,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
     loss.backward()
     optimizer.step()
     return loss.detach()
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision in `dtype`, or nothing."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def model_num_classes(model: torch.nn.Module) -> int:

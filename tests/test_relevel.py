@@ -199,20 +199,22 @@ def v1_build_of(root: Path, out: Path, shards: Path = V1_SHARDS) -> Path:
     return split_dir
 
 
+def old_build_config(root: Path, tmp_path: Path, levels: int) -> BuildConfig:
+    """A build over the earlier version's shards in `tmp_path / "out"`, with `levels`."""
+    return BuildConfig(root=str(root), split="train", out=str(tmp_path / "out"), frames_per_shard=3,
+                       device="cpu", levels=levels)
+
+
 def test_v1_builds_get_levels_without_hed(tmp_path):
     root = tmp_path / "cityscapes"
     split_dir = v1_build_of(root, tmp_path / "out")
     assert read_manifest(split_dir).format_version == 1 and verify_split(split_dir).ok
     before = level0(split_dir)
 
-    def v1_config(levels: int) -> BuildConfig:
-        return BuildConfig(root=str(root), split="train", out=str(tmp_path / "out"), frames_per_shard=3,
-                           device="cpu", levels=levels)
-
     hed_inference._DETECTORS.clear()
-    same = build_split(v1_config(0))  # v1 shards hold 0 levels: kept as they are
+    same = build_split(old_build_config(root, tmp_path, 0))  # v1 shards hold 0 levels: kept as they are
     assert (same.built, same.kept, same.relevelled) == (0, 2, 0) and read_manifest(split_dir).format_version == 3
-    result = build_split(v1_config(2))
+    result = build_split(old_build_config(root, tmp_path, 2))
     assert not hed_inference._DETECTORS  # HED was never loaded
     assert (result.built, result.kept, result.relevelled) == (0, 0, 2)
     assert_same_level0(level0(split_dir), before)
@@ -231,16 +233,12 @@ def test_v2_builds_resume_and_get_other_levels_keeping_no_device(tmp_path):
     assert read_manifest(split_dir).format_version == 2 and verify_split(split_dir).ok
     before = level0(split_dir)
 
-    def v2_config(levels: int) -> BuildConfig:
-        return BuildConfig(root=str(root), split="train", out=str(tmp_path / "out"), frames_per_shard=3,
-                           device="cpu", levels=levels)
-
     hed_inference._DETECTORS.clear()
-    same = build_split(v2_config(3))
+    same = build_split(old_build_config(root, tmp_path, 3))
     assert (same.built, same.kept, same.relevelled) == (0, 2, 0)
     manifest = read_manifest(split_dir)
     assert manifest.format_version == 3 and manifest.params["device"] == "cpu"
-    result = build_split(v2_config(1))
+    result = build_split(old_build_config(root, tmp_path, 1))
     assert not hed_inference._DETECTORS  # HED was never loaded
     assert (result.built, result.kept, result.relevelled) == (0, 0, 2)
     assert_same_level0(level0(split_dir), before)
