@@ -139,12 +139,27 @@ def test_winograd_strips_equal_whole_image(monkeypatch):
     conv = torch.nn.Conv2d(16, 8, 3, padding=1)
     x = torch.randn(2, 16, 45, 37)
     kernel = _WinogradConvRelu(conv)
+    monkeypatch.setattr(_WinogradConvRelu, "MIN_WINOGRAD_PIXELS", 0)  # NNPACK even for this small input
     whole = kernel(x)
     monkeypatch.setattr(_WinogradConvRelu, "STRIP_BYTES", 16 * 37 * 4 * 10)  # strips of 10 rows, per image
     strips = kernel(x)
     direct = F.relu(conv(x)).detach()
     assert strips.shape == whole.shape == direct.shape
     assert torch.allclose(strips, direct, atol=1e-4) and torch.allclose(whole, direct, atol=1e-4)
+
+
+@pytest.mark.skipif(not nnpack_available(), reason="no NNPACK in this torch build or on this CPU")
+def test_small_inputs_run_the_direct_convolution_and_large_ones_winograd(monkeypatch):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 8, 3, padding=1)
+    kernel = _WinogradConvRelu(conv)
+    direct = _DirectConvRelu(conv, torch.float32, torch.contiguous_format)
+    small, large = torch.randn(2, 64, 16, 24), torch.randn(1, 64, 48, 64)  # 384 and 3,072 pixels
+    assert torch.equal(kernel(small), direct(small))
+    winograd = kernel(large)
+    assert torch.allclose(winograd, direct(large), atol=1e-4)
+    monkeypatch.setattr(_WinogradConvRelu, "MIN_WINOGRAD_PIXELS", 1 << 30)
+    assert torch.equal(kernel(large), direct(large)) and not torch.equal(kernel(large), winograd)
 
 
 def test_batches_and_lists(hed_model):

@@ -157,7 +157,8 @@ def max_pool_2x2_nchw(x: torch.Tensor, ceil_mode: bool) -> torch.Tensor:
 
 
 class _WinogradConvRelu:
-    """3x3/1 pad-1 convolution + ReLU through NNPACK's Winograd kernels; NCHW float32 in and out.
+    """3x3/1 pad-1 convolution + ReLU through NNPACK's Winograd kernels (oneDNN's direct convolution for
+    small inputs); NCHW float32 in and out.
 
     NNPACK transforms the whole input at once, so its workspace grows with the image (3.3 GiB for the
     64-channel 1024x2048 layer); large inputs run in horizontal strips of at most `STRIP_BYTES`, each
@@ -165,18 +166,26 @@ class _WinogradConvRelu:
     """
 
     STRIP_BYTES = 64 << 20
+    # On maps of fewer pixels than this, NNPACK's fixed costs per call (the weights' transform among
+    # them) outweigh what Winograd saves, and oneDNN's direct convolution is faster (1.4-4.5x on 16x32
+    # maps, whatever the channels; benchmarks/hed_winograd_crossover.py, docs/performance.md). Every
+    # layer of a 1024x2048 frame is above it, so full-size frames run as before.
+    MIN_WINOGRAD_PIXELS = 2048
 
     def __init__(self, conv: nn.Conv2d) -> None:
         if not nnpack_available():  # also initialises NNPACK, without which every call fails
             raise RuntimeError("NNPACK is not available in this PyTorch build")
         self.weight = conv.weight.detach().float().contiguous()
         self.bias = conv.bias.detach().float().contiguous()
+        self.direct = _DirectConvRelu(conv, torch.float32, torch.contiguous_format)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         return torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias, [1, 1])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
+        if h * w < self.MIN_WINOGRAD_PIXELS:
+            return self.direct(x)
         rows = max(8, self.STRIP_BYTES // (c * w * x.element_size()))
         if n == 1 and rows >= h:
             return self._conv(x).relu_()
