@@ -16,6 +16,8 @@ Sections (each prints a Markdown table for docs/performance.md):
   variant at the first stages; the ratio decides `segnet.backends.CHANNELS_LAST_ON_CPU`.
 - compile: `torch.compile` of the model (`--compile`): the first step's time (compilation) and the
   step rate after it, beside eager, at 128x224 batch 4.
+- optimizer: Adam's three CPU implementations (a loop over parameters, `foreach`, `fused`), interleaved:
+  the optimizer step's milliseconds and the whole step's images/s, vanilla at the first stages.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ from segnet.devices import native_bf16  # noqa: E402
 
 
 def step_rate(variant: str, size: tuple[int, int], batch: int, steps: int, dtype: torch.dtype | None) -> float:
-    """Images/s of forward + backward + Adam on one in-memory batch (best of `steps` after a warm-up)."""
+    """Images/s of forward + backward + Adam (fused, as segnet train) on one in-memory batch (best of `steps`
+    after a warm-up)."""
     torch.manual_seed(0)
     model = build_model(variant).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, fused=True)
     images = torch.randn(batch, model.in_channels, *size)
     labels = torch.randint(0, 19, (batch, *size))
     best = float("inf")
@@ -65,12 +68,13 @@ class Step:
     """forward + backward + Adam on one in-memory batch, in a chosen memory layout, eager or compiled."""
 
     def __init__(self, variant: str, size: tuple[int, int], batch: int, channels_last: bool = False,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, **adam: bool) -> None:
         torch.manual_seed(0)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         self.model = build_model(variant).train().to(memory_format=layout)
         self.network = torch.compile(self.model) if compiled else self.model
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5, **adam)
+        self.optimizer_seconds = 0.0  # of the last step
         self.images = torch.randn(batch, self.model.in_channels, *size).contiguous(memory_format=layout)
         self.labels = torch.randint(0, 19, (batch, *size))
 
@@ -80,8 +84,31 @@ class Step:
         loss = F.cross_entropy(self.network(self.images).float(), self.labels, ignore_index=255)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        stepping = time.perf_counter()
         self.optimizer.step()
-        return time.perf_counter() - start
+        end = time.perf_counter()
+        self.optimizer_seconds = end - stepping
+        return end - start
+
+
+ADAMS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def optimizer_section(args) -> None:
+    print(f"\n### Adam on the CPU: vanilla, the three implementations interleaved, best of {args.steps} steps\n")
+    print("| size, batch | " + " | ".join(f"{name}: Adam ms, images/s" for name in ADAMS) + " | fused / loop |")
+    print("|---|" + "---|" * (len(ADAMS) + 1))
+    for stage in args.stages[: args.layout_stages]:
+        steps = {name: Step("vanilla", stage.size, stage.batch_size, **adam) for name, adam in ADAMS.items()}
+        best = {name: (float("inf"), float("inf")) for name in steps}
+        for i in range(args.steps + 1):
+            for name, step in steps.items():
+                seconds = step()
+                if i:  # the first step of each warms up
+                    best[name] = (min(best[name][0], step.optimizer_seconds), min(best[name][1], seconds))
+        cells = [f"{adam * 1000:.0f}, {stage.batch_size / whole:.2f}" for adam, whole in best.values()]
+        print(f"| {stage.height}x{stage.width}, {stage.batch_size} | " + " | ".join(cells) +
+              f" | {best['loop'][1] / best['fused'][1]:.2f} |", flush=True)
 
 
 def layout(args) -> None:
@@ -171,7 +198,7 @@ import sys, torch, torch.nn.functional as F
 sys.path.insert(0, sys.argv[1])
 from segnet.deeplab import build_model
 model = build_model("vanilla").train()
-optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, fused=True)
 images, labels = torch.randn(4, 3, 512, 912), torch.randint(0, 19, (4, 512, 912))
 for _ in range(2):
     loss = F.cross_entropy(model(images), labels, ignore_index=255)
@@ -190,8 +217,8 @@ def memory(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=("speed", "overhead", "memory", "layout", "compile"),
-                        default=["speed", "overhead", "memory", "layout", "compile"])
+    parser.add_argument("--only", nargs="+", choices=("speed", "overhead", "memory", "layout", "compile", "optimizer"),
+                        default=["speed", "overhead", "memory", "layout", "compile", "optimizer"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--layout-stages", type=int, default=2, help="stages the layout section measures")
     parser.add_argument("--frames", type=int, default=32, help="frames of the overhead section's shards")
@@ -204,7 +231,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {tuning.threads} threads, native bf16: {native_bf16(torch.device('cpu'))}")
     for section in args.only:
         {"speed": speed, "overhead": overhead, "memory": memory, "layout": layout,
-         "compile": compile_section}[section](args)
+         "compile": compile_section, "optimizer": optimizer_section}[section](args)
 
 
 if __name__ == "__main__":

@@ -353,8 +353,9 @@ def _train(config: TrainConfig, device: torch.device, workers: int, resume: bool
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # Fused Adam: one kernel for every parameter's update on CUDA, instead of several per parameter.
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
+    # Fused Adam: one kernel for every parameter's update, on CUDA and on CPUs alike (on a CPU, 4x faster
+    # than the loop over parameters, a 20% faster step at 64x128: docs/performance.md).
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cuda", "cpu"))
     start_stage, start_epoch, skip_batches, best, resumed_stats = 0, 0, 0, None, None
     global_step = 0
     if checkpoint is not None:
