@@ -187,9 +187,9 @@ def build_section(ctx: dict[str, Any]) -> list[dict[str, Any]]:
 
 def step_rate(variant: str, size: tuple[int, int], batch: int, device: torch.device, amp: bool,
               channels_last: bool, compiled: bool) -> dict[str, float]:
-    """Images/s of the training step (`segnet.train.train_step`) on one batch already on the device."""
+    """Images/s of the training step (`segnet.engine.train_step`) on one batch already on the device."""
     from segnet.deeplab import build_model
-    from segnet.train import train_step
+    from segnet.engine import train_step
 
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format

@@ -30,12 +30,12 @@ from hedprep.errors import HedprepError
 from hedprep.hed import release_cached_detectors
 from hedprep.shards import TRAIN_CLASSES, open_split
 from pipelines.build import build_split
-from segnet.checkpoint import load_checkpoint
 from segnet.config import Stage, TrainConfig
 from segnet.deeplab import VARIANTS
 from segnet.errors import SegnetError
 from segnet.evaluate import evaluate, predict_frames
 from segnet.predictions import write_text_atomic
+from segnet.run_folder import RunFolder
 from segnet.train import TrainCallbacks, train
 
 # mIoU (%) the study reported for each variant, on the full Cityscapes val with ImageNet weights.
@@ -149,14 +149,15 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
                   callbacks: TrainCallbacks | None, progress: StudyProgress) -> VariantResult:
     """Train (or resume, or reuse) one variant's run and evaluate its best checkpoint on val."""
     train_config = config.train_config(variant)
-    if run_finished(run_dir, train_config):
+    run = RunFolder(run_dir)
+    # the shards are always OUT/shards: a study folder may be moved or copied
+    if run.finished(train_config, ignore=("shards",)):
         log(f"{variant}: run finished before, reused")
     else:
-        resume = (run_dir / "last.pt").is_file() or (run_dir / "config.json").is_file()  # a run was started
+        resume = run.started()
         log(f"{variant}: {'resuming' if resume else 'training'} in {run_dir}")
         train(train_config, resume=resume, callbacks=callbacks)
-    scores = run_dir / "val.json"
-    best = run_dir / "best.pt"
+    scores, best = run.evaluation, run.best
     if not (scores.is_file() and scores.stat().st_mtime >= best.stat().st_mtime):
         def start(total: int) -> None:
             if progress.on_eval_start is not None:
@@ -167,7 +168,7 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
         write_text_atomic(scores, json.dumps(evaluation.result.to_json(), indent=1) + "\n")
         log(f"{variant}: evaluated on val, mIoU {100 * evaluation.result.miou:.2f}")
     figures = json.loads(scores.read_text(encoding="utf-8"))
-    seconds, rate = training_figures(run_dir)
+    seconds, rate = training_figures(run.metrics())
     return VariantResult(variant, run_dir, figures["miou"], figures["pixel_accuracy"], figures["iou"], seconds, rate)
 
 
@@ -224,27 +225,10 @@ def write_sheet(frames: list[SheetFrame], variants: Sequence[str], path: Path) -
     return plot_qualitative_sheet(frames, list(variants), path)
 
 
-def run_finished(run_dir: Path, config: TrainConfig) -> bool:
-    """True if `run_dir/last.pt` is past the schedule's last epoch. A run of other options (schedule,
-    lr, seed, ...) is a SegnetError: its figures are not the study's, and it is not overwritten."""
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        return False
-    checkpoint = load_checkpoint(last)
-    # the shards are always OUT/shards: a study folder may be moved or copied
-    what = config.changes_from(TrainConfig.from_json(checkpoint["config"]), ignore=("shards",))
-    if checkpoint["variant"] != config.variant or what:
-        raise SegnetError(f"{run_dir}: a run with other options ({what or 'variant'}); rerun the study with them, "
-                          "or choose another --out", run_dir)
-    return checkpoint["next"]["stage"] >= len(config.schedule)
-
-
-def training_figures(run_dir: Path) -> tuple[float | None, float | None]:
-    """Total training seconds and images/s over the run's epochs (metrics.jsonl)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+def training_figures(rows: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """Total training seconds and images/s over a run's metrics rows."""
+    if not rows:
         return None, None
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     seconds = sum(r["seconds"] for r in rows)
     images = sum(r["images_per_s"] * r["seconds"] for r in rows if r.get("images_per_s"))
     return seconds, (images / seconds if seconds else None)

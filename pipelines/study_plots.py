@@ -4,7 +4,6 @@ figure, per-class IoU as a heatmap, training curves with the stages marked, and 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from hedprep.shards import TRAIN_CLASSES, trainid_to_color  # noqa: E402
+from segnet.run_folder import RunFolder  # noqa: E402
 
 OURS_COLOR = "#1f77b4"
 REPORTED_COLOR = "#bbbbbb"
@@ -58,10 +58,9 @@ def plot_training_curves(rows, path: Path) -> Path:
     fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     boundaries: set[int] = set()
     for row in rows:
-        metrics = row.run_dir / "metrics.jsonl"
-        if not metrics.is_file():
+        epochs = RunFolder(row.run_dir).metrics()
+        if not epochs:
             continue
-        epochs = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
         x = np.arange(1, len(epochs) + 1)
         loss_ax.plot(x, [e["loss"] for e in epochs], marker="o", label=row.variant)
         miou_ax.plot(x, [100 * e["val_miou"] if e["val_miou"] is not None else np.nan for e in epochs], marker="o",

@@ -11,7 +11,10 @@ runs code). Keys:
   next; `done`: the last (stage, epoch) finished; `step`: optimizer steps so far
 - `rng`: random states (torch, numpy, python) for an exact resume; `metrics`: the last epoch's figures,
   `best_miou`: the best validation mIoU so far; `epoch_stats`: the unfinished epoch's running figures
-  (saved on Ctrl-C, else None)
+  (saved on Ctrl-C, else None); `lr_schedule`: the learning-rate schedule's state (None: constant)
+
+`TrainingState` is what a run changes as it trains; `training_checkpoint` and `restore_training_state`
+convert it to and from a checkpoint.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import random
 import shutil
 import signal
 import threading
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from segnet.errors import SegnetError
@@ -133,3 +139,115 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if key not in state:
             raise SegnetError(f"{path}: not a complete segnet checkpoint (no {key})", path)
     return state
+
+
+# ------------------------------------------------------------------------------- the training state
+
+
+@dataclass
+class Position:
+    """Where a run stands: the stage, epoch (0-based) and batch it trains next."""
+
+    stage: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"stage": self.stage, "epoch": self.epoch, "batch": self.batch}
+
+
+@dataclass
+class EpochStats:
+    """The running figures of an epoch: images and loss summed so far, seconds spent training.
+
+    `loss_sum` stays on the training device while the epoch runs (reading it waits for the device)."""
+
+    images: int = 0
+    loss_sum: float | torch.Tensor = 0.0
+    loss_count: int = 0
+    seconds: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        """The mean loss so far."""
+        return float(self.loss_sum) / max(1, self.loss_count)
+
+    def to_json(self) -> dict[str, float]:
+        return {"images": self.images, "loss_sum": float(self.loss_sum), "loss_count": self.loss_count,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> EpochStats:
+        return cls(**data) if data else cls()
+
+
+@dataclass
+class TrainingState:
+    """Everything a run changes as it trains, kept current step by step, so that a checkpoint of it (at an
+    epoch's end or on Ctrl-C anywhere) resumes exactly where the run stood.
+
+    `position` is the next batch to train; `done` the last finished (stage, epoch), (-1, -1) before any;
+    `epoch_stats` the figures of the epoch in progress; `metrics` the last finished epoch's row.
+    """
+
+    model: torch.nn.Module  # the bare model (not a DistributedDataParallel or compiled wrapper)
+    optimizer: torch.optim.Optimizer
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+    position: Position = field(default_factory=Position)
+    done: tuple[int, int] = (-1, -1)
+    step: int = 0
+    best: float | None = None
+    epoch_stats: EpochStats = field(default_factory=EpochStats)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random state the run draws from: torch's CPU generator, numpy's, Python's, and on CUDA the
+    training device's generator (dropout draws from it there)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+             "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore `rng_state`'s states. The CUDA state goes to this process's device: every rank's device
+    generator is seeded alike and draws alike, so rank 0's state is every rank's."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    python = random.getstate()
+    random.setstate((python[0], tuple(state["python"]), None))
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def training_checkpoint(state: TrainingState, config: dict[str, Any], device: torch.device,
+                        in_epoch: bool) -> dict[str, Any]:
+    """The checkpoint of `state` (with the run's `config` as JSON and the random states as they are now).
+    `in_epoch`: saved inside an epoch (Ctrl-C), so its running figures are kept for the resume."""
+    model = state.model
+    return {
+        "variant": model.variant, "model_args": dict(model.model_args), "model": model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "lr_schedule": None if state.lr_schedule is None else state.lr_schedule.state_dict(),
+        "config": config, "next": state.position.to_json(), "done": list(state.done), "step": state.step,
+        "rng": rng_state(device), "metrics": state.metrics, "best_miou": state.best,
+        "epoch_stats": state.epoch_stats.to_json() if in_epoch else None,
+    }
+
+
+def restore_training_state(state: TrainingState, checkpoint: dict[str, Any], device: torch.device) -> None:
+    """Load a `training_checkpoint` into `state` (its model, optimizer and schedule already built) and
+    restore the random states."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    if state.lr_schedule is not None and checkpoint.get("lr_schedule") is not None:
+        state.lr_schedule.load_state_dict(checkpoint["lr_schedule"])
+    state.position = Position(**checkpoint["next"])
+    state.done = tuple(checkpoint["done"])
+    state.step = checkpoint["step"]
+    state.best = checkpoint.get("best_miou")
+    state.metrics = checkpoint.get("metrics") or {}
+    state.epoch_stats = EpochStats.from_json(checkpoint.get("epoch_stats"))
+    set_rng_state(checkpoint["rng"], device)

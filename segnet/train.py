@@ -18,12 +18,7 @@ for it (`StepInfo.loss`) and at the end of the epoch.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 import random
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,28 +29,35 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from segnet.backends import autocast, backend_settings, use_channels_last
-from segnet.checkpoint import interrupts_deferred, link_checkpoint, load_checkpoint, save_checkpoint
+from segnet.backends import backend_settings, use_channels_last
+from segnet.checkpoint import (
+    EpochStats,
+    Position,
+    TrainingState,
+    interrupts_deferred,
+    link_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_checkpoint,
+)
 from segnet.config import Stage, TrainConfig, loader_workers
 from segnet.data import (
     EpochItems,
     EpochSampler,
+    LoaderSettings,
     ShardDataset,
     loader_settings,
     make_loader,
-    model_input,
     opencv_single_threaded,
 )
 from segnet.deeplab import build_model
 from segnet.devices import amp_dtype, resolve_rank_device
 from segnet.distributed import Distribution, barrier, broadcast_buffers, init_distribution
+from segnet.engine import train_one_epoch, training_items, validate
 from segnet.errors import SegnetError, SegnetOptionError
-from segnet.metrics import DeviceConfusion, mean_iou
-from segnet.ops import cross_entropy
-from segnet.predictions import write_text_atomic
-
-IGNORE = 255
-METRIC_FIELDS = ("stage", "epoch", "step", "loss", "val_miou", "images_per_s", "lr", "seconds")
+from segnet.losses import make_loss
+from segnet.optim import make_lr_schedule, make_optimizer
+from segnet.run_folder import RunFolder
 
 
 @dataclass
@@ -106,181 +108,10 @@ class Interrupted(SegnetError):
     exit_code = 130
 
 
-# ----------------------------------------------------------------------------------------- run folder
-
-
-class RunFolder:
-    """The files of one run; only rank 0 writes them."""
-
-    def __init__(self, path: Path, writer: bool) -> None:
-        self.path = path
-        self.writer = writer
-        self.last = path / "last.pt"
-        self.best = path / "best.pt"
-        self.config = path / "config.json"
-        self.metrics_jsonl = path / "metrics.jsonl"
-        self.metrics_csv = path / "metrics.csv"
-        self.log_file = path / "log.txt"
-        self.restarted = False  # --resume found no checkpoint yet: the run starts over
-
-    def prepare(self, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
-        """Check the folder for a new run or a resume; returns the checkpoint to resume from (None: start
-        from the first epoch)."""
-        if resume:
-            if not self.last.is_file():
-                return self._restart(config)
-            checkpoint = load_checkpoint(self.last)
-            if checkpoint["variant"] != config.variant:
-                raise SegnetError(
-                    f"{self.last}: a {checkpoint['variant']} run; --resume needs --variant {checkpoint['variant']}",
-                    self.last,
-                )
-            what = config.changes_from(TrainConfig.from_json(checkpoint["config"]))
-            if what:
-                raise SegnetError(f"{self.last}: the run used other options ({what}); resume with the same ones",
-                                  self.last)
-            return checkpoint
-        if not self.writer:  # rank 0 decides, and may have written config.json already
-            return None
-        if self.path.exists() and (self.config.exists() or self.last.exists()):
-            raise SegnetError(
-                f"{self.path}: holds another run; add --resume to continue it, or choose another --out", self.path
-            )
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError as error:
-            raise SegnetError(f"{self.path}: run folder is not writable ({error.strerror or error})",
-                              self.path) from None
-        write_text_atomic(self.config, json.dumps(config.to_json(), indent=1) + "\n")
-        return None
-
-    def _restart(self, config: TrainConfig) -> None:
-        """--resume on a run stopped before its first checkpoint (config.json, no last.pt): start it over,
-        if it was started with the same options."""
-        if not self.config.is_file():
-            raise SegnetError(f"{self.last}: nothing to resume (no last.pt in {self.path})", self.last)
-        try:
-            earlier = TrainConfig.from_json(json.loads(self.config.read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise SegnetError(f"{self.config}: not a run's config.json ({error}); choose another --out",
-                              self.config) from None
-        what = config.changes_from(earlier)
-        if what:
-            raise SegnetError(f"{self.config}: the run used other options ({what}); resume with the same ones",
-                              self.config)
-        self.restarted = True
-        if self.writer and self.metrics_jsonl.exists():
-            self._write_metrics([])  # rows of epochs no checkpoint kept
-
-    def log(self, line: str) -> None:
-        if self.writer:
-            with open(self.log_file, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-
-    def keep_metrics_until(self, stage: int, epoch: int) -> None:
-        """Drop metric rows written after the checkpoint being resumed (a run killed in between)."""
-        if not self.writer or not self.metrics_jsonl.exists():
-            return
-        rows = [json.loads(line) for line in self.metrics_jsonl.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if (r["stage"] - 1, r["epoch"] - 1) <= (stage, epoch)]  # rows count from 1
-        self._write_metrics(kept)
-
-    def add_metrics(self, row: dict[str, Any]) -> None:
-        if not self.writer:
-            return
-        rows = []
-        if self.metrics_jsonl.exists():
-            rows = [json.loads(line) for line in self.metrics_jsonl.read_text().splitlines() if line.strip()]
-        self._write_metrics(rows + [row])
-
-    def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        write_text_atomic(self.metrics_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
-        table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(self.metrics_csv, table.getvalue())
-
-
-# ------------------------------------------------------------------------------------------- training
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """Every random state the run draws from: torch's CPU generator, numpy's, Python's, and on CUDA the
-    training device's generator (dropout draws from it there)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-             "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restore `rng_state`'s states. The CUDA state goes to this process's device: every rank's device
-    generator is seeded alike and draws alike, so rank 0's state is every rank's."""
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
-    python = random.getstate()
-    random.setstate((python[0], tuple(state["python"]), None))
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def training_items(sampler: EpochSampler, batch_size: int, skip_items: int = 0) -> list[tuple[int, bool]]:
-    """This epoch's items for training, from item `skip_items` on (a resumed epoch)."""
-    items = sampler.items()
-    if len(items) % batch_size == 1 and len(items) > 1:
-        # BatchNorm cannot train on one sample (ASPP's image pooling has one value per channel).
-        items = items[:-1]
-    return items[skip_items:]
-
-
-def validate(model: torch.nn.Module, loader: DataLoader, items: EpochItems, device: torch.device,
-             dist_info: Distribution, amp: torch.dtype | None, channels_last: bool = False) -> float:
-    """mIoU on the loader's dataset at its size (labels resized to it): each rank scores its share of
-    the frames, every frame exactly once, and the confusion matrices are summed across ranks.
-
-    `model` is the bare model, not its DistributedDataParallel wrapper: ranks may get one frame fewer,
-    and the wrapper's forward would wait for the others.
-    """
-    sampler = EpochSampler(len(loader.dataset), shuffle=False, num_replicas=dist_info.world, rank=dist_info.rank,
-                           pad=False)
-    items.set_items(sampler.items())
-    matrix = DeviceConfusion(model_num_classes(model), device)
-    model.eval()
-    with torch.inference_mode(), autocast(device, amp):
-        for images, labels in loader:
-            logits = model(model_input(images, device, channels_last))
-            matrix.update(logits.argmax(1), labels)
-    matrix.reduce()
-    model.train()
-    return float(mean_iou(matrix.numpy()))
-
-
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               amp: torch.dtype | None) -> torch.Tensor:
-    """One optimizer step on a batch; returns the batch's loss, detached, on the device (not read)."""
-    with autocast(images.device, amp):
-        logits = model(images)
-    loss = cross_entropy(logits.float(), labels.long(), IGNORE)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def model_num_classes(model: torch.nn.Module) -> int:
-    inner = getattr(model, "module", model)
-    return int(inner.model_args["num_classes"])
 
 
 def sync_batch_norm(requested: bool | None, device: torch.device, world: int) -> bool:
@@ -288,6 +119,52 @@ def sync_batch_norm(requested: bool | None, device: torch.device, world: int) ->
     if requested and device.type != "cuda" and world > 1:
         raise SegnetOptionError("--sync-bn: SyncBatchNorm runs on GPUs only; train on CUDA or add --no-sync-bn")
     return world > 1 and (requested if requested is not None else device.type == "cuda")
+
+
+class StageLoaders:
+    """The DataLoader of each stage of one split, made when first used; its workers (if any) persist
+    across the stage's epochs and end when the next stage's loader is made."""
+
+    def __init__(self, config: TrainConfig, split: str, channels: int, settings: LoaderSettings) -> None:
+        self.datasets = [ShardDataset(config.shards, split, channels, stage.size, config.strict)
+                         for stage in config.schedule]
+        self.batch_sizes = [stage.batch_size for stage in config.schedule]
+        self.settings = settings
+        self._current: tuple[int, DataLoader, EpochItems] | None = None
+
+    def __call__(self, stage_index: int) -> tuple[DataLoader, EpochItems]:
+        if self._current is None or self._current[0] != stage_index:
+            self._current = None  # the previous stage's workers end
+            loader, items = make_loader(self.datasets[stage_index], self.batch_sizes[stage_index], self.settings)
+            self._current = (stage_index, loader, items)
+        return self._current[1], self._current[2]
+
+
+@dataclass
+class Run:
+    """What stays fixed while a run trains: its options, device, data, model wrappers and folder."""
+
+    config: TrainConfig
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    dist_info: Distribution
+    folder: RunFolder
+    callbacks: TrainCallbacks
+    train_loaders: StageLoaders
+    val_loaders: StageLoaders | None
+    network: torch.nn.Module  # what trains: the model, or its DDP or compiled wrapper
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def log(self, line: str, shown: str | None = None) -> None:
+        """A line for log.txt and (rank 0) the display; `shown` replaces it on the display."""
+        self.folder.log(line)
+        if self.callbacks.on_log is not None and self.dist_info.is_main:
+            self.callbacks.on_log(shown or line)
+
+    def notify(self, hook: Callable[[Any], None] | None, value: Any) -> None:
+        if hook is not None and self.dist_info.is_main:
+            hook(value)
 
 
 def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult:
@@ -300,184 +177,167 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
 
 def _train(config: TrainConfig, device: torch.device, workers: int, resume: bool,
            callbacks: TrainCallbacks) -> TrainResult:
-    # Everything that can be wrong with the options fails here, before the run folder is touched.
+    run, state = start_run(config, device, workers, resume, callbacks)
+    interrupted = Interrupted(f"interrupted; saved {run.folder.last}: continue with the same command and --resume",
+                              run.folder.last)
+    epochs_run = 0
+    for stage_index, epoch in remaining_epochs(config.schedule, state.position):
+        try:
+            metrics = run_epoch(run, state, stage_index, epoch)
+        except KeyboardInterrupt:
+            save_interrupted(run, state)
+            raise interrupted from None
+        try:
+            save_epoch_end(run, state, metrics)  # a Ctrl-C inside takes effect once the epoch is saved
+            run.notify(callbacks.on_epoch_end, metrics)
+        except KeyboardInterrupt:
+            raise interrupted from None
+        epochs_run += 1
+    barrier(run.dist_info)
+    return TrainResult(run.folder.path, epochs_run, state.best, state.metrics if epochs_run else {},
+                       run.dist_info.is_main)
+
+
+def start_run(config: TrainConfig, device: torch.device, workers: int, resume: bool,
+              callbacks: TrainCallbacks) -> tuple[Run, TrainingState]:
+    """Everything before the first epoch: options checked, model, data, process group, run folder, and
+    the state restored from the checkpoint being resumed. Whatever is wrong with the options fails before
+    the run folder is touched."""
     amp = amp_dtype(device) if config.amp else None
     channels_last = use_channels_last(device, config.channels_last)
     settings = loader_settings(device.type, workers)
     seed_everything(config.seed)
-    weights = config.backbone_weights if not (resume and (Path(config.out) / "last.pt").is_file()) else "none"
+    folder_path = Path(config.out)
+    weights = config.backbone_weights if not (resume and (folder_path / "last.pt").is_file()) else "none"
     model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
                         sf_scale=config.sf_scale, sf_rescale=config.sf_rescale)
-    model_args = dict(model.model_args)
-    channels = model.in_channels
-    train_sets = [ShardDataset(config.shards, config.split, channels, stage.size, config.strict)
-                  for stage in config.schedule]
-    val_sets = ([ShardDataset(config.shards, config.val_split, channels, stage.size, config.strict)
-                 for stage in config.schedule] if config.val_split else None)
-    # One loader per stage and split, made when first used: its workers (if any) persist across epochs.
-    train_loaders: dict[int, tuple[DataLoader, EpochItems]] = {}
-    val_loaders: dict[int, tuple[DataLoader, EpochItems]] = {}
-
-    def stage_loader(loaders: dict, datasets: list[ShardDataset], stage_index: int) -> tuple[DataLoader, EpochItems]:
-        if stage_index not in loaders:
-            loaders.clear()  # the previous stage's workers end
-            loaders[stage_index] = make_loader(datasets[stage_index], config.schedule[stage_index].batch_size,
-                                               settings)
-        return loaders[stage_index]
-
-    if val_sets is not None and val_sets[0].frame_size != train_sets[0].frame_size:
-        (th, tw), (vh, vw) = train_sets[0].frame_size, val_sets[0].frame_size
-        warnings.warn(f"{config.shards}: {config.split} frames are {th}x{tw} but {config.val_split} frames are "
-                      f"{vh}x{vw}; both are resized to each stage size", UserWarning, stacklevel=2)
+    train_loaders = StageLoaders(config, config.split, model.in_channels, settings)
+    val_loaders = StageLoaders(config, config.val_split, model.in_channels, settings) if config.val_split else None
+    warn_on_size_mismatch(config, train_loaders, val_loaders)
     dist_info = init_distribution(device)
     sync_bn = sync_batch_norm(config.sync_bn, device, dist_info.world)
-    run = RunFolder(Path(config.out), writer=dist_info.is_main)
-    checkpoint = run.prepare(config, resume)
-
-    def log(line: str) -> None:
-        run.log(line)
-        if callbacks.on_log is not None and dist_info.is_main:
-            callbacks.on_log(line)
-
-    if run.restarted:
-        log(f"{run.path}: stopped before its first checkpoint (no last.pt); starting the run over")
-    if checkpoint is None and config.backbone_weights == "none":
-        log(f"{config.variant}: random initialisation (--backbone-weights none)")
-    elif checkpoint is None:
-        uncovered = model.uncovered_parameters
-        run.log(f"{config.variant}: backbone weights {config.backbone_weights}; not from the checkpoint: "
-                f"{', '.join(uncovered) or 'none'}")
-        if callbacks.on_log is not None and dist_info.is_main:
-            callbacks.on_log(f"{config.variant}: backbone weights {config.backbone_weights}; {len(uncovered)} "
-                             f"parameter tensors not from the checkpoint (listed in {run.log_file})")
+    folder = RunFolder(folder_path, writer=dist_info.is_main)
+    checkpoint = folder.prepare(config, resume)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # Fused Adam: one kernel for every parameter's update, on CUDA and on CPUs alike (on a CPU, 4x faster
-    # than the loop over parameters, a 20% faster step at 64x128: docs/performance.md).
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cuda", "cpu"))
-    start_stage, start_epoch, skip_batches, best, resumed_stats = 0, 0, 0, None, None
-    global_step = 0
+    optimizer = make_optimizer(config, model, device)
+    state = TrainingState(model, optimizer, make_lr_schedule(config, optimizer))
+    run = Run(config, device, amp, channels_last, dist_info, folder, callbacks, train_loaders, val_loaders,
+              wrap_model(model, dist_info, device, config.compile), make_loss(config))
+    announce_start(run, model, checkpoint)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_stage, start_epoch = checkpoint["next"]["stage"], checkpoint["next"]["epoch"]
-        skip_batches = checkpoint["next"]["batch"]
-        resumed_stats = checkpoint.get("epoch_stats")
-        best = checkpoint.get("best_miou")
-        global_step = checkpoint["step"]
-        set_rng_state(checkpoint["rng"], device)
-        run.keep_metrics_until(*checkpoint["done"])
-        log(f"resumed from {run.last} at stage {start_stage + 1}, epoch {start_epoch + 1}, batch {skip_batches}")
-    trained = model
+        restore_training_state(state, checkpoint, device)
+        folder.keep_metrics_until(*state.done)
+        run.log(f"resumed from {folder.last} at stage {state.position.stage + 1}, epoch {state.position.epoch + 1}, "
+                f"batch {state.position.batch}")
+    run.network.train()
+    return run, state
+
+
+def warn_on_size_mismatch(config: TrainConfig, train_loaders: StageLoaders, val_loaders: StageLoaders | None) -> None:
+    train_size = train_loaders.datasets[0].frame_size
+    if val_loaders is not None and val_loaders.datasets[0].frame_size != train_size:
+        (th, tw), (vh, vw) = train_size, val_loaders.datasets[0].frame_size
+        warnings.warn(f"{config.shards}: {config.split} frames are {th}x{tw} but {config.val_split} frames are "
+                      f"{vh}x{vw}; both are resized to each stage size", UserWarning, stacklevel=4)
+
+
+def announce_start(run: Run, model: torch.nn.Module, checkpoint: dict[str, Any] | None) -> None:
+    config = run.config
+    if run.folder.restarted:
+        run.log(f"{run.folder.path}: stopped before its first checkpoint (no last.pt); starting the run over")
+    if checkpoint is None and config.backbone_weights == "none":
+        run.log(f"{config.variant}: random initialisation (--backbone-weights none)")
+    elif checkpoint is None:
+        uncovered = model.uncovered_parameters
+        run.log(f"{config.variant}: backbone weights {config.backbone_weights}; not from the checkpoint: "
+                f"{', '.join(uncovered) or 'none'}",
+                shown=f"{config.variant}: backbone weights {config.backbone_weights}; {len(uncovered)} "
+                      f"parameter tensors not from the checkpoint (listed in {run.folder.log_file})")
+
+
+def wrap_model(model: torch.nn.Module, dist_info: Distribution, device: torch.device,
+               compile_model: bool) -> torch.nn.Module:
+    """The module that trains: DistributedDataParallel under torchrun, compiled with --compile."""
+    network = model
     if dist_info.grouped:
-        trained = torch.nn.parallel.DistributedDataParallel(
+        network = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        trained = torch.compile(trained)
-    trained.train()
+    return torch.compile(network) if compile_model else network
 
-    def checkpoint_state(next_position: dict[str, int], done: tuple[int, int], metrics: dict[str, Any],
-                         epoch_stats: dict[str, Any] | None = None, **overrides: Any) -> dict:
-        return {
-            "variant": config.variant, "model_args": model_args, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "config": config.to_json(), "next": next_position,
-            "done": list(done), "step": global_step, "rng": rng_state(device), "metrics": metrics,
-            "best_miou": overrides.get("best", best),
-            "epoch_stats": None if epoch_stats is None else {k: float(v) if isinstance(v, torch.Tensor) else v
-                                                             for k, v in epoch_stats.items()},
-        }
 
-    def run_epoch(stage_index: int, epoch: int, skip: int, stats: dict, position: dict) -> tuple[dict, bool]:
-        """Train one epoch (from batch `skip`), validate, write its metrics row; `stats` and `position`
-        are kept current, so that an interrupt can save exactly where it stands."""
-        nonlocal global_step
-        stage: Stage = config.schedule[stage_index]
-        sampler = EpochSampler(len(train_sets[stage_index]), config.seed, num_replicas=dist_info.world,
-                               rank=dist_info.rank)
-        sampler.set_epoch(stage_index * 10_000 + epoch)
-        loader, items = stage_loader(train_loaders, train_sets, stage_index)
-        items.set_items(training_items(sampler, stage.batch_size, skip * stage.batch_size))
-        # The epoch's loss is summed on the device (float64, as Python's float sum was): no step waits for it.
-        stats["loss_sum"] = torch.tensor(float(stats["loss_sum"]), dtype=torch.float64, device=device)
-        info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, stage.epochs, skip, skip + len(loader),
-                        stats["loss_sum"], stats["loss_count"], 0.0)
-        if callbacks.on_epoch_start is not None and dist_info.is_main:
-            callbacks.on_epoch_start(info)
-        started = time.perf_counter() - stats["seconds"]
-        for images, labels in loader:
-            loss = train_step(trained, optimizer, model_input(images, device, channels_last),
-                              labels.to(device, non_blocking=True), amp)
-            global_step += 1
-            position["batch"] += 1
-            stats["images"] += images.shape[0]
-            stats["loss_sum"] += loss
-            stats["loss_count"] += 1
-            stats["seconds"] = time.perf_counter() - started
-            info.batch, info.loss_count = position["batch"], stats["loss_count"]
-            info.images_per_s = stats["images"] * dist_info.world / stats["seconds"]
-            if callbacks.on_step is not None and dist_info.is_main:
-                callbacks.on_step(info)
-        stats["loss_sum"] = float(stats["loss_sum"])  # waits for the epoch's last step
-        seconds = stats["seconds"] = time.perf_counter() - started
-        val_miou = None
-        if val_sets is not None:
-            broadcast_buffers(model, dist_info)  # every rank validates the weights that rank 0 saves
-            val_miou = validate(model, *stage_loader(val_loaders, val_sets, stage_index), device, dist_info, amp,
-                                channels_last)
-        metrics = {
-            "stage": stage_index + 1, "epoch": epoch + 1, "step": global_step,
-            "loss": stats["loss_sum"] / max(1, stats["loss_count"]), "val_miou": val_miou,
-            "images_per_s": stats["images"] * dist_info.world / seconds if seconds > 0 else None,
-            "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-        }
-        position["next"] = ({"stage": stage_index, "epoch": epoch + 1, "batch": 0} if epoch + 1 < stage.epochs
-                            else {"stage": stage_index + 1, "epoch": 0, "batch": 0})
-        if dist_info.is_main:
-            run.add_metrics(metrics)
-        return metrics, val_miou is not None and (best is None or val_miou > best)
+def remaining_epochs(schedule: list[Stage], start: Position):
+    """(stage, epoch) of every epoch from `start` on."""
+    start_stage, start_epoch = start.stage, start.epoch
+    for stage_index in range(start_stage, len(schedule)):
+        first = start_epoch if stage_index == start_stage else 0
+        for epoch in range(first, schedule[stage_index].epochs):
+            yield stage_index, epoch
 
-    epochs_run, last_metrics = 0, {}
-    done = tuple(checkpoint["done"]) if checkpoint else (-1, -1)
-    for stage_index in range(start_stage, len(config.schedule)):
-        stage: Stage = config.schedule[stage_index]
-        first_epoch = start_epoch if stage_index == start_stage else 0
-        for epoch in range(first_epoch, stage.epochs):
-            resuming_here = (stage_index, epoch) == (start_stage, start_epoch)
-            skip = skip_batches if resuming_here else 0
-            # This epoch's figures so far: restored when resuming inside it, so its metrics row is whole.
-            stats = dict(resumed_stats) if resuming_here and resumed_stats else {
-                "images": 0, "loss_sum": 0.0, "loss_count": 0, "seconds": 0.0}
-            position = {"stage": stage_index, "epoch": epoch, "batch": skip, "saved": False}
-            try:
-                metrics, improved = run_epoch(stage_index, epoch, skip, stats, position)
-                if dist_info.is_main:
-                    best_after = metrics["val_miou"] if improved else best
-                    state = checkpoint_state(position["next"], (stage_index, epoch), metrics, best=best_after)
-                    with interrupts_deferred():
-                        save_checkpoint(run.last, state)
-                        position["saved"] = True
-                        if improved:
-                            link_checkpoint(run.last, run.best)
-            except KeyboardInterrupt:
-                if dist_info.is_main and not position["saved"]:
-                    next_position = {k: position[k] for k in ("stage", "epoch", "batch")}
-                    with interrupts_deferred():
-                        save_checkpoint(run.last, checkpoint_state(next_position, done, last_metrics, stats))
-                    log(f"interrupted at stage {stage_index + 1}, epoch {epoch + 1}, batch {position['batch']}; "
-                        f"saved {run.last}")
-                raise Interrupted(
-                    f"interrupted; saved {run.last}: continue with the same command and --resume", run.last
-                ) from None
-            done, last_metrics = (stage_index, epoch), metrics
+
+def run_epoch(run: Run, state: TrainingState, stage_index: int, epoch: int) -> dict[str, Any]:
+    """Train one epoch (from `state.position`'s batch when resuming inside it), validate, and return its
+    metrics row; `state` is current after every step."""
+    config, dist_info = run.config, run.dist_info
+    stage: Stage = config.schedule[stage_index]
+    if (state.position.stage, state.position.epoch) != (stage_index, epoch):
+        state.position, state.epoch_stats = Position(stage_index, epoch, 0), EpochStats()
+    skip = state.position.batch
+    sampler = EpochSampler(len(run.train_loaders.datasets[stage_index]), config.seed, num_replicas=dist_info.world,
+                           rank=dist_info.rank)
+    sampler.set_epoch(stage_index * 10_000 + epoch)
+    loader, items = run.train_loaders(stage_index)
+    items.set_items(training_items(sampler, stage.batch_size, skip * stage.batch_size))
+    info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, stage.epochs, skip, skip + len(loader),
+                    state.epoch_stats.loss_sum, state.epoch_stats.loss_count, 0.0)
+
+    def on_step(stats: EpochStats) -> None:
+        info.batch, info.loss_total, info.loss_count = state.position.batch, stats.loss_sum, stats.loss_count
+        info.images_per_s = stats.images * dist_info.world / stats.seconds
+        run.notify(run.callbacks.on_step, info)
+
+    run.notify(run.callbacks.on_epoch_start, info)
+    stats = train_one_epoch(run.network, state, loader, run.device, run.loss_fn, run.amp, run.channels_last,
+                            on_step if run.callbacks.on_step is not None else None)
+    val_miou = None
+    if run.val_loaders is not None:
+        broadcast_buffers(state.model, dist_info)  # every rank validates the weights that rank 0 saves
+        val_miou = validate(state.model, *run.val_loaders(stage_index), run.device, dist_info, run.amp,
+                            run.channels_last)
+    return {
+        "stage": stage_index + 1, "epoch": epoch + 1, "step": state.step, "loss": stats.loss, "val_miou": val_miou,
+        "images_per_s": stats.images * dist_info.world / stats.seconds if stats.seconds > 0 else None,
+        "lr": state.optimizer.param_groups[0]["lr"], "seconds": stats.seconds,
+    }
+
+
+def save_epoch_end(run: Run, state: TrainingState, metrics: dict[str, Any]) -> None:
+    """Record a finished epoch, with Ctrl-C deferred until it is recorded whole: its metrics row, the state
+    moved past it, last.pt (and best.pt if its validation mIoU is the best so far)."""
+    stage_index, epoch = metrics["stage"] - 1, metrics["epoch"] - 1
+    improved = metrics["val_miou"] is not None and (state.best is None or metrics["val_miou"] > state.best)
+    with interrupts_deferred():
+        if run.dist_info.is_main:
+            run.folder.add_metrics(metrics)
+        state.done, state.metrics = (stage_index, epoch), metrics
+        state.position = (Position(stage_index, epoch + 1) if epoch + 1 < run.config.schedule[stage_index].epochs
+                          else Position(stage_index + 1, 0))
+        state.epoch_stats = EpochStats()
+        if improved:
+            state.best = metrics["val_miou"]
+        if run.dist_info.is_main:
+            save_checkpoint(run.folder.last, training_checkpoint(state, run.config.to_json(), run.device, False))
             if improved:
-                best = metrics["val_miou"]
-            if callbacks.on_epoch_end is not None and dist_info.is_main:
-                try:
-                    callbacks.on_epoch_end(last_metrics)
-                except KeyboardInterrupt:
-                    raise Interrupted(f"interrupted; saved {run.last}: continue with the same command and --resume",
-                                      run.last) from None
-            epochs_run += 1
-    barrier(dist_info)
-    return TrainResult(run.path, epochs_run, best, last_metrics, dist_info.is_main)
+                link_checkpoint(run.folder.last, run.folder.best)
+
+
+def save_interrupted(run: Run, state: TrainingState) -> None:
+    """Ctrl-C inside an epoch: checkpoint the state where it stands (the epoch's position and figures)."""
+    if not run.dist_info.is_main:
+        return
+    with interrupts_deferred():
+        save_checkpoint(run.folder.last, training_checkpoint(state, run.config.to_json(), run.device, True))
+    position = state.position
+    run.log(f"interrupted at stage {position.stage + 1}, epoch {position.epoch + 1}, batch {position.batch}; "
+            f"saved {run.folder.last}")

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from segnet.backends import backend_settings, use_channels_last
+from segnet.checkpoint import rng_state, set_rng_state
 from segnet.data import EpochSampler, normalise
 from segnet.devices import rank_device
 from segnet.errors import SegnetOptionError
 from segnet.metrics import DeviceConfusion, confusion_matrix
-from segnet.train import rng_state, set_rng_state, sync_batch_norm
+from segnet.train import sync_batch_norm
 
 
 @pytest.mark.parametrize("requested, local_rank, local_world, gpus, expected", [
