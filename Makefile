@@ -108,6 +108,6 @@ gpu-wheels: venv
 	$(PIP) download -d $(GPU_WHEELS) --only-binary=:all: --python-version $(GPU_PY_VERSION) \
 	  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 	  'numpy>=1.24' 'opencv-python-headless>=4.8' 'h5py>=3.8' 'isal>=1.6' 'dask[distributed]>=2024.1' \
-	  'click>=8.1' 'rich>=13' 'matplotlib>=3.7' 'hdf5plugin>=4.4'
+	  'click>=8.1' 'rich>=13' 'matplotlib>=3.7' 'safetensors>=0.4' 'hdf5plugin>=4.4'
 	$(PIP) download -d $(GPU_WHEELS) --no-deps $(HED_WEIGHTS)
 

@@ -1,5 +1,6 @@
 """ResNet-50 V1.5, the backbone of the DeepLab variants, with optional Squeeze-and-Excitation gates, and the
-reader of torchvision's ImageNet ResNet-50 checkpoints.
+reader of ResNet-50 weights in torchvision's key names: torchvision's ImageNet checkpoints (torch files) and
+the safetensors files of timm and the Hugging Face hub.
 
 The state-dict keys and shapes are torchvision's `resnet50` without `fc` (`conv1`, `bn1`,
 `layer{1..4}.{i}.conv{1..3}`, `.bn{1..3}`, `.downsample.{0,1}`): a torchvision checkpoint loads strictly,
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors_file
 from torch import Tensor, nn
 
 from segnet.checkpoint import load_torch_file
@@ -37,6 +40,12 @@ SE_REDUCTION = 16
 IMAGENET_CHECKPOINTS = ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")
 # Where a checkpoint leaves the 4th (edge) input channel of conv1: it is filled with the mean RGB filter.
 EDGE_FILTER = "conv1.weight[:, 3]"
+# A safetensors file opens with its JSON header's length (8 bytes, little-endian) and then the header's "{";
+# safetensors refuses a header over 100 MB, so a larger length says the file is something else.
+SAFETENSORS_MAX_HEADER = 100_000_000
+SAFETENSORS_SUFFIX = ".safetensors"
+# How many keys that do not fit a layout error names; it counts the rest.
+LAYOUT_PROBLEMS_SHOWN = 4
 
 
 class SqueezeExcitation(nn.Module):
@@ -234,6 +243,21 @@ def resolve_backbone_weights(source: str | os.PathLike | None) -> Path | None:
     return path
 
 
+def is_safetensors_file(path: str | os.PathLike) -> bool:
+    """Whether a file opens as a safetensors file does: an 8-byte little-endian header length (at most
+    safetensors' 100 MB), then the JSON header's "{". Told by the content alone, never by the name.
+
+    Raises:
+        SegnetError: the file cannot be opened.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(9)
+    except OSError as error:
+        raise SegnetError(f"{path}: cannot be read ({error.strerror or error})", path) from None
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= SAFETENSORS_MAX_HEADER
+
+
 def read_torchvision_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """The state dict in a torchvision checkpoint file, read with `weights_only=True` (a file never runs code).
 
@@ -251,36 +275,67 @@ def read_torchvision_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return dict(state)
 
 
-def load_torchvision_weights(backbone: ResNet50, path: str | os.PathLike) -> list[str]:
-    """Load a torchvision ResNet-50 checkpoint into `backbone`, strictly; return what it did not provide.
+def read_safetensors_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a safetensors file (timm's and the Hugging Face hub's format), on the CPU. The format
+    holds nothing but a JSON header and raw tensor bytes, so reading one never runs code.
 
-    Only `fc.*` is dropped; any other missing or unexpected key, or a shape that differs, is an error.
-    `num_batches_tracked` may be absent (torchvision's older files lack it; it then stays 0, as
-    `load_state_dict` does). With 4 input channels, conv1's RGB filters come from the file and the edge
-    filter is the mean of the three RGB filters, so the edge channel starts as a grey-level input would.
+    Raises:
+        SegnetError: a truncated or corrupt file.
+    """
+    try:
+        return load_safetensors_file(path, device="cpu")
+    except (SafetensorError, OSError) as error:
+        reason = " ".join(str(error).removeprefix("Error while deserializing header: ").split())
+        raise SegnetError(f"{path}: not a readable safetensors file (truncated or corrupt: {reason}); it opens with "
+                          "a safetensors header, and the format is told by the content", path) from None
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a ResNet-50 weights file, its format told by its content (`is_safetensors_file`):
+    safetensors if it opens as one, whatever its name; else a torch file (torchvision's `.pth`), unless it is
+    named `.safetensors`, which torch.load would read as safetensors only.
+
+    Raises:
+        SegnetError: unreadable or truncated file, not a dict of tensors, a segnet checkpoint.
+    """
+    path = Path(path)
+    if is_safetensors_file(path):
+        return read_safetensors_state_dict(path)
+    if path.name.endswith(SAFETENSORS_SUFFIX):  # torch.load's own test, case and all
+        raise SegnetError(f"{path}: named {SAFETENSORS_SUFFIX} but not a safetensors file (truncated, corrupt or "
+                          "another format): it does not open with an 8-byte header length and a JSON header, and the "
+                          "format is told by the content", path)
+    return read_torchvision_state_dict(path)
+
+
+def load_torchvision_weights(backbone: ResNet50, path: str | os.PathLike) -> list[str]:
+    """Load ResNet-50 weights in torchvision's key names into `backbone`, strictly; return what they did not
+    provide. The file is torchvision's checkpoint (a torch file) or a safetensors file of the same keys, as
+    timm's `resnet50.tv_in1k` (see `read_weights_file`).
+
+    Only `fc.*` is dropped, whatever its class count; any other missing or unexpected key, or a shape that
+    differs, is an error. `num_batches_tracked` may be absent (torchvision's older files lack it, converted
+    ones may; it then stays 0, as `load_state_dict` does). With 4 input channels, conv1's RGB filters come
+    from the file and the edge filter is the mean of the three RGB filters, so the edge channel starts as a
+    grey-level input would.
 
     Returns:
         Backbone parameter names the file did not provide: the SE blocks' and, with 4 input channels,
         `EDGE_FILTER` ("conv1.weight[:, 3]").
 
     Raises:
-        SegnetError: unreadable file, a missing or unexpected key, a shape mismatch (naming file and key).
+        SegnetError: unreadable file; missing or unexpected keys, or shape mismatches (naming the file and the
+            first `LAYOUT_PROBLEMS_SHOWN` keys).
     """
     path = Path(path)
-    state = {k: v for k, v in read_torchvision_state_dict(path).items() if not k.startswith("fc.")}
+    state = {k: v for k, v in read_weights_file(path).items() if not k.startswith("fc.")}
     own = backbone.state_dict()
     expected = {k: v for k, v in own.items() if not _is_se_key(k)}
-    for key, value in state.items():
-        if key not in expected:
-            raise SegnetError(f"{path}: unexpected key {key}: not a torchvision ResNet-50 checkpoint", path)
-        shape = _torchvision_shape(key, expected[key])
-        if tuple(value.shape) != shape:
-            raise SegnetError(
-                f"{path}: key {key} has shape {tuple(value.shape)}, ResNet-50 has {shape}: "
-                "not a torchvision ResNet-50 checkpoint", path)
-    for key in expected:
-        if key not in state and not key.endswith("num_batches_tracked"):
-            raise SegnetError(f"{path}: key {key} missing: not a torchvision ResNet-50 checkpoint", path)
+    problems = _layout_problems(state, expected)
+    if problems:
+        shown = "; ".join(problems[:LAYOUT_PROBLEMS_SHOWN])
+        more = f"; and {len(problems) - LAYOUT_PROBLEMS_SHOWN} more" if len(problems) > LAYOUT_PROBLEMS_SHOWN else ""
+        raise SegnetError(f"{path}: not a torchvision ResNet-50 checkpoint: {shown}{more}", path)
 
     with torch.no_grad():
         for key, value in state.items():
@@ -289,6 +344,19 @@ def load_torchvision_weights(backbone: ResNet50, path: str | os.PathLike) -> lis
             own[key].copy_(value)
     uncovered = [name for name, _ in backbone.named_parameters() if _is_se_key(name)]
     return ([EDGE_FILTER] if backbone.in_channels == 4 else []) + uncovered
+
+
+def _layout_problems(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> list[str]:
+    """What keeps `state` from being torchvision's ResNet-50 backbone: unexpected keys (in the file's order),
+    then shapes that differ, then missing keys (in the backbone's order; `num_batches_tracked` may be absent)."""
+    unexpected = [f"unexpected key {key}" for key in state if key not in expected]
+    misshapen = []
+    for key, value in state.items():
+        if key in expected and tuple(value.shape) != (shape := _torchvision_shape(key, expected[key])):
+            misshapen.append(f"key {key} has shape {tuple(value.shape)}, ResNet-50 has {shape}")
+    missing = [f"key {key} missing" for key in expected
+               if key not in state and not key.endswith("num_batches_tracked")]
+    return unexpected + misshapen + missing
 
 
 def _is_se_key(key: str) -> bool:

@@ -192,7 +192,8 @@ def build_model(variant: str, num_classes: int = 19, output_stride: int = 16,
             R, G, B, edge, and the long edge skip).
         output_stride: 16 or 8 (ASPP rates 6/12/18 or 12/24/36).
         backbone_weights: "none" (random, torchvision's initialisation), "imagenet" (torchvision's ResNet-50
-            file in `$TORCH_HOME/hub/checkpoints`, never downloaded) or the path of such a file.
+            file in `$TORCH_HOME/hub/checkpoints`, never downloaded) or the path of a ResNet-50 file in
+            torchvision's key names: a torch file or a safetensors one (timm's, the Hugging Face hub's).
         sf_scale, sf_rescale: dlse-sf's softmax gates (see `segnet.backbone.SqueezeExcitation`); kept in
             `model_args` for every variant, used by dlse-sf only.
 

@@ -1,5 +1,6 @@
 """segnet.backbone: torchvision's ResNet-50 (keys, shapes, outputs against torchvision's goldens), the SE
-blocks and their gates, output strides, and the torchvision checkpoint reader."""
+blocks and their gates, output strides, and the reader of torchvision-keyed weights (torch and safetensors
+files)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from segnet.backbone import (
     EDGE_FILTER,
@@ -17,11 +19,13 @@ from segnet.backbone import (
     ResNet50,
     SqueezeExcitation,
     imagenet_checkpoint_dir,
+    is_safetensors_file,
     load_torchvision_weights,
     resolve_backbone_weights,
 )
+from segnet.deeplab import build_model
 from segnet.errors import SegnetError
-from tests.conftest import GOLDEN
+from tests.conftest import GOLDEN, assert_one_line_error, invoke
 from tests.golden.make_segnet_golden import IMAGE, seeded_state_dict, seeded_tensor, tensors_sha256
 
 # Our fp32 output against torchvision's, both on CPU; measured about 1e-6 (see docs/segnet.md).
@@ -230,3 +234,120 @@ def test_imagenet_weights_come_from_torchvisions_cache(tmp_path, monkeypatch):
     with pytest.raises(SegnetError) as error:
         resolve_backbone_weights(tmp_path / "nowhere.pth")
     assert_one_line(error, "--backbone-weights", "nowhere.pth", "no such file")
+
+
+# ------------------------------------------------------------------------------------ safetensors files
+
+
+def timm_like_state(tracked: bool) -> dict[str, torch.Tensor]:
+    """A seeded ResNet-50 state dict in torchvision's key names as timm saves one: `fc` of another class
+    count, with or without `num_batches_tracked`."""
+    state = {k: v for k, v in seeded_state_dict(BACKBONE_KEYS).items()
+             if tracked or not k.endswith("num_batches_tracked")}
+    return {**state, "fc.weight": torch.ones(11, 2048), "fc.bias": torch.zeros(11)}
+
+
+@pytest.fixture(scope="module")
+def safetensors_state():
+    return timm_like_state(tracked=False)
+
+
+def test_safetensors_file_is_told_by_content(safetensors_state, tmp_path):
+    save_file(safetensors_state, tmp_path / "model.bin", metadata={"format": "pt"})
+    torch.save(safetensors_state, tmp_path / "model.safetensors")
+    assert is_safetensors_file(tmp_path / "model.bin")
+    assert not is_safetensors_file(tmp_path / "model.safetensors")  # a torch file, whatever its name
+
+
+@pytest.mark.parametrize("tracked", [False, True])
+def test_safetensors_file_loads_through_build_model(tracked, tmp_path):
+    state = timm_like_state(tracked)
+    path = tmp_path / "model.safetensors"
+    save_file(state, path, metadata={"format": "pt"})
+    model = build_model("vanilla", backbone_weights=str(path))
+    loaded = model.backbone.state_dict()
+    backbone_state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    assert all(torch.equal(loaded[key], value) for key, value in backbone_state.items())
+    absent = loaded.keys() - backbone_state.keys()
+    assert absent == (set() if tracked else {k for k in BACKBONE_KEYS if k.endswith("num_batches_tracked")})
+    assert all(loaded[key].item() == 0 for key in absent)  # left as load_state_dict leaves them
+    assert model.uncovered_parameters == [n for n, _ in model.named_parameters() if not n.startswith("backbone.")]
+
+
+def test_format_follows_content_not_name(safetensors_state, tmp_path):
+    """A safetensors file named .pth loads; a torch file named .safetensors (which torch.load would read as
+    safetensors only) is refused, saying that the content decides."""
+    backbone_state = {k: v for k, v in safetensors_state.items() if not k.startswith("fc.")}
+    save_file(safetensors_state, tmp_path / "safetensors.pth")
+    backbone = ResNet50(in_channels=4)
+    assert load_torchvision_weights(backbone, tmp_path / "safetensors.pth") == [EDGE_FILTER]
+    loaded = backbone.state_dict()
+    assert torch.equal(loaded["conv1.weight"][:, :3], backbone_state["conv1.weight"])
+    assert all(torch.equal(loaded[k], v) for k, v in backbone_state.items() if k != "conv1.weight")
+    torch.save(safetensors_state, tmp_path / "torch.safetensors")
+    with pytest.raises(SegnetError) as error:
+        load_torchvision_weights(ResNet50(), tmp_path / "torch.safetensors")
+    assert_one_line(error, str(tmp_path / "torch.safetensors"), "not a safetensors file", "told by the content")
+
+
+def test_safetensors_layout_errors_name_the_file_and_keys(safetensors_state, tmp_path):
+    state = dict(safetensors_state)
+    renamed = {("layer1.0.conv1.weigth" if k == "layer1.0.conv1.weight" else k): v for k, v in state.items()}
+    cases = {
+        "renamed": (renamed, ["unexpected key layer1.0.conv1.weigth", "key layer1.0.conv1.weight missing"]),
+        "missing": ({k: v for k, v in state.items() if k != "layer4.2.bn3.running_var"},
+                    ["key layer4.2.bn3.running_var missing"]),
+        "misshapen": ({**state, "layer2.1.bn2.weight": torch.ones(127)},
+                      ["key layer2.1.bn2.weight has shape (127,), ResNet-50 has (128,)"]),
+        "four-channel": ({**state, "conv1.weight": torch.zeros(64, 4, 7, 7)},
+                         ["key conv1.weight has shape (64, 4, 7, 7), ResNet-50 has (64, 3, 7, 7)"]),
+    }
+    for name, (content, fragments) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(content, path)
+        with pytest.raises(SegnetError) as error:
+            build_model("dlse", backbone_weights=str(path))
+        assert_one_line(error, str(path), "not a torchvision ResNet-50", *fragments)
+        assert "; and " not in str(error.value)  # every problem named
+
+
+def test_layout_error_names_the_first_keys_and_counts_the_rest(tmp_path):
+    """A file of another layout (here a whole DeepLab's keys) is refused naming its first keys."""
+    path = tmp_path / "deeplab.safetensors"
+    save_file({f"backbone.{k}": v for k, v in seeded_state_dict(BACKBONE_KEYS).items()}, path)
+    with pytest.raises(SegnetError) as error:
+        load_torchvision_weights(ResNet50(), path)
+    total = len(BACKBONE_KEYS) + sum(not k.endswith("num_batches_tracked") for k in BACKBONE_KEYS)
+    assert_one_line(error, str(path), f"; and {total - 4} more")
+    assert str(error.value).count("; unexpected key backbone.") == 3  # after the first
+
+
+def test_unreadable_safetensors_files(safetensors_state, tmp_path):
+    save_file(safetensors_state, tmp_path / "whole.safetensors")
+    whole = (tmp_path / "whole.safetensors").read_bytes()
+    cases = {
+        # a safetensors header, by content: safetensors says what is wrong
+        "truncated.safetensors": (whole[:-1000], ["not a readable safetensors file", "told by the content"]),
+        "header-only.bin": (whole[:100], ["not a readable safetensors file", "told by the content"]),
+        # not one by content: refused if named .safetensors, else read as a torch file
+        "garbage.safetensors": (b"hello, not tensors at all" * 4, ["named .safetensors but not a safetensors file",
+                                                                   "told by the content"]),
+        "empty.safetensors": (b"", ["named .safetensors but not a safetensors file"]),
+        "garbage.pth": (b"\x10\x00\x00\x00\x00\x00\x00\x00[not json]", ["not a readable checkpoint"]),
+    }
+    for name, (content, fragments) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(SegnetError) as error:
+            load_torchvision_weights(ResNet50(), tmp_path / name)
+        assert_one_line(error, str(tmp_path / name), *fragments)
+    assert "safetensors" not in str(error.value).removeprefix(str(tmp_path))  # garbage.pth: nothing says it was one
+
+
+def test_cli_refuses_a_foreign_safetensors_file_in_one_line(safetensors_state, tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({k: v for k, v in safetensors_state.items() if k != "bn1.running_mean"}, path)
+    result = invoke("segnet", "train", "--variant", "vanilla", "--shards", str(tmp_path / "shards"),
+                    "--out", str(tmp_path / "run"), "--schedule", "32x64:4:1", "--device", "cpu",
+                    "--backbone-weights", str(path))
+    assert_one_line_error(result, str(path), "key bn1.running_mean missing", status=1)
+    assert not (tmp_path / "run").exists()
