@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from segnet.errors import SegnetError
 
@@ -113,8 +114,9 @@ def load_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     # A truncated or foreign file can make the unpickler raise almost anything.
+    # (torch reads a path ending in .safetensors as a safetensors file: its errors too.)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
-            AttributeError, KeyError, IndexError, TypeError):
+            AttributeError, KeyError, IndexError, TypeError, SafetensorError):
         raise SegnetError(f"{path}: not a readable checkpoint (truncated, corrupt or not a torch file)", path) from None
 
 

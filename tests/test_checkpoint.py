@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from segnet.checkpoint import interrupts_deferred, link_checkpoint, load_checkpoint, save_checkpoint
+from segnet.errors import SegnetError
 
 
 @contextlib.contextmanager
@@ -83,3 +84,11 @@ def test_best_is_a_link_that_later_writes_of_last_leave_alone(tmp_path):
     link_checkpoint(last, best)  # an improvement replaces best.pt
     assert load_checkpoint(best)["model"]["w"][0, 0] == 3.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_a_damaged_file_named_safetensors_is_one_line(tmp_path):
+    """torch.load reads a path ending in .safetensors as safetensors, whose own error type it raises."""
+    path = tmp_path / "garbage.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(SegnetError, match="not a readable checkpoint"):
+        load_checkpoint(path)
