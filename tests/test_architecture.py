@@ -32,11 +32,16 @@ def test_hedprep_imports_neither_segnet_nor_pipelines_nor_the_cli():
             assert not bad, (module, bad)
 
 
-def test_segnet_uses_only_the_faces_of_hedprep_shards_and_hed():
+# The faces of hedprep that segnet may use: shards, HED (device names, edges for `segnet predict`), and
+# the one-line error base both packages share.
+SEGNET_MAY_USE = {"hedprep.shards", "hedprep.hed", "hedprep.errors"}
+
+
+def test_segnet_uses_only_the_faces_of_hedprep_it_may():
     for module, names in imports().items():
         if module.startswith("segnet"):
             used = {n for n in names if n.split(".")[0] == "hedprep"}
-            assert used <= {"hedprep.shards", "hedprep.hed"}, (module, used)
+            assert used <= SEGNET_MAY_USE, (module, used)
             assert not {n for n in names if n.split(".")[0] in ("pipelines", "cli")}, module
 
 
@@ -60,3 +65,15 @@ def test_hedprep_shards_has_no_import_cycle():
 
     for module in graph:
         visit(module, ())
+
+
+def test_both_packages_errors_share_one_base():
+    """The CLI and the pipelines catch `HedsegError` alone; each error keeps its path and exit status."""
+    from hedprep.errors import HedprepError, HedsegError, OptionError
+    from segnet.errors import SegnetError, SegnetOptionError
+
+    for kind, status in ((HedprepError, 1), (OptionError, 2), (SegnetError, 1), (SegnetOptionError, 2)):
+        error = kind("x.h5: broken", "x.h5")
+        assert isinstance(error, HedsegError)
+        assert (str(error), error.path, error.exit_code) == ("x.h5: broken", "x.h5", status)
+    assert not issubclass(SegnetError, HedprepError) and not issubclass(HedprepError, SegnetError)
