@@ -672,7 +672,7 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
     h, w = outcome.eval_size
     _print_section(f"{checkpoint} on {split} ({outcome.frames} frames at {h}x{w})", table)
     if json_path is not None:
-        from segnet.predictions import write_text_atomic
+        from hedprep.atomic import write_text_atomic
 
         write_text_atomic(json_path, json.dumps(result.to_json(), indent=1) + "\n")
 

@@ -353,6 +353,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """OUT/gpu-check.json (everything) and OUT/gpu-check.md (a table per section), written atomically."""
+    from hedprep.atomic import write_text_atomic
+
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"# GPU check\n\n{report['command']}\n\nmachine: "
              + ", ".join(f"{k} {v}" for k, v in report["machine"].items()) + "\n"]
@@ -363,9 +365,7 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
         parts.append(f"\n## {name}\n\n" + markdown_table(rows))
     paths = out / "gpu-check.json", out / "gpu-check.md"
     for path, text in zip(paths, (json.dumps(report, indent=1, default=str) + "\n", "".join(parts)), strict=True):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return paths
 
 

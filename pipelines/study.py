@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from hedprep.atomic import write_text_atomic
 from hedprep.build_plan import BuildConfig
 from hedprep.errors import HedsegError
 from hedprep.hed import release_cached_detectors
@@ -35,7 +36,6 @@ from segnet.config import Stage, TrainConfig
 from segnet.deeplab import VARIANTS
 from segnet.errors import SegnetError
 from segnet.evaluate import evaluate, predict_frames
-from segnet.predictions import write_text_atomic
 from segnet.train import TrainCallbacks, train
 
 # mIoU (%) the study reported for each variant, on the full Cityscapes val with ImageNet weights.

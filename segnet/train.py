@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from hedprep.atomic import write_text_atomic
 from segnet.backends import autocast, backend_settings, use_channels_last
 from segnet.checkpoint import interrupts_deferred, link_checkpoint, load_checkpoint, save_checkpoint
 from segnet.config import Stage, TrainConfig, loader_workers
@@ -52,7 +53,6 @@ from segnet.distributed import Distribution, barrier, broadcast_buffers, init_di
 from segnet.errors import SegnetError, SegnetOptionError
 from segnet.metrics import DeviceConfusion, mean_iou
 from segnet.ops import cross_entropy
-from segnet.predictions import write_text_atomic
 
 IGNORE = 255
 METRIC_FIELDS = ("stage", "epoch", "step", "loss", "val_miou", "images_per_s", "lr", "seconds")

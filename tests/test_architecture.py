@@ -33,8 +33,8 @@ def test_hedprep_imports_neither_segnet_nor_pipelines_nor_the_cli():
 
 
 # The faces of hedprep that segnet may use: shards, HED (device names, edges for `segnet predict`), and
-# the one-line error base both packages share.
-SEGNET_MAY_USE = {"hedprep.shards", "hedprep.hed", "hedprep.errors"}
+# the pieces both packages share (atomic writes, the one-line error base).
+SEGNET_MAY_USE = {"hedprep.shards", "hedprep.hed", "hedprep.atomic", "hedprep.errors"}
 
 
 def test_segnet_uses_only_the_faces_of_hedprep_it_may():
