@@ -389,6 +389,7 @@ def half_weights_effect(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_check(args: argparse.Namespace) -> dict[str, Any]:
     from hedprep.process_tuning import tune_process_for_hed
+    from hedprep.shards import MANIFEST_NAME
     from segnet.devices import resolve_device
 
     device = resolve_device(args.device)
@@ -403,7 +404,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
         report["weights_note"] = ("The HED weights file stores float16 values, read as float32: the edges differ "
                                   "from the float32 weights' (see `--half-weights-effect` in docs/performance.md).")
     for name in args.sections:
-        if name in ("torchrun", "evaluate") and not (ctx["shards"] / "val" / "manifest.json").is_file():
+        if name in ("torchrun", "evaluate") and not (ctx["shards"] / "val" / MANIFEST_NAME).is_file():
             report["sections"][name] = {"skipped": "needs the build section's shards"}
             continue
         if name == "evaluate" and "checkpoint" not in ctx:
