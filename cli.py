@@ -29,8 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from hedprep.errors import HedprepError
-from segnet.errors import SegnetError
+from hedprep.errors import HedprepError, HedsegError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_STATUS_HELP = (
@@ -72,7 +71,7 @@ class FriendlyGroup(click.Group):
                 hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
                 print_error(f"{error.format_message()}{hint}")
                 status = EXIT_USAGE
-            except (HedprepError, SegnetError) as error:
+            except HedsegError as error:
                 print_error(str(error))
                 status = error.exit_code
             except (KeyboardInterrupt, click.Abort):
@@ -673,7 +672,7 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
     h, w = outcome.eval_size
     _print_section(f"{checkpoint} on {split} ({outcome.frames} frames at {h}x{w})", table)
     if json_path is not None:
-        from segnet.predictions import write_text_atomic
+        from hedprep.atomic import write_text_atomic
 
         write_text_atomic(json_path, json.dumps(result.to_json(), indent=1) + "\n")
 

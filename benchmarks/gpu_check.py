@@ -353,6 +353,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """OUT/gpu-check.json (everything) and OUT/gpu-check.md (a table per section), written atomically."""
+    from hedprep.atomic import write_text_atomic
+
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"# GPU check\n\n{report['command']}\n\nmachine: "
              + ", ".join(f"{k} {v}" for k, v in report["machine"].items()) + "\n"]
@@ -363,9 +365,7 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
         parts.append(f"\n## {name}\n\n" + markdown_table(rows))
     paths = out / "gpu-check.json", out / "gpu-check.md"
     for path, text in zip(paths, (json.dumps(report, indent=1, default=str) + "\n", "".join(parts)), strict=True):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return paths
 
 
@@ -389,6 +389,7 @@ def half_weights_effect(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_check(args: argparse.Namespace) -> dict[str, Any]:
     from hedprep.process_tuning import tune_process_for_hed
+    from hedprep.shards import MANIFEST_NAME
     from segnet.devices import resolve_device
 
     device = resolve_device(args.device)
@@ -403,7 +404,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
         report["weights_note"] = ("The HED weights file stores float16 values, read as float32: the edges differ "
                                   "from the float32 weights' (see `--half-weights-effect` in docs/performance.md).")
     for name in args.sections:
-        if name in ("torchrun", "evaluate") and not (ctx["shards"] / "val" / "manifest.json").is_file():
+        if name in ("torchrun", "evaluate") and not (ctx["shards"] / "val" / MANIFEST_NAME).is_file():
             report["sections"][name] = {"skipped": "needs the build section's shards"}
             continue
         if name == "evaluate" and "checkpoint" not in ctx:

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hedprep.cityscapes import labelid_to_trainid, list_frames  # noqa: E402
 from hedprep.options import parse_size  # noqa: E402
 from hedprep.shards import (  # noqa: E402
+    MANIFEST_NAME,
     Compression,
     ShardInfo,
     ShardWriter,
@@ -98,7 +99,7 @@ class BenchData:
 
 def built(out: Path) -> bool:
     """True if `out` holds a complete build of the split."""
-    return (out / SPLIT / "manifest.json").is_file() and read_manifest(out / SPLIT).complete
+    return (out / SPLIT / MANIFEST_NAME).is_file() and read_manifest(out / SPLIT).complete
 
 
 def prepare_data(work: Path, frames: int, size: tuple[int, int], lz4: bool) -> BenchData:

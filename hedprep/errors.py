@@ -1,11 +1,15 @@
-"""The exceptions that the CLI turns into a single red line, and how an error becomes one line."""
+"""The exceptions that the CLI turns into a single red line, and how an error becomes one line.
+
+`HedsegError` is the base of both packages' errors (hedprep's `HedprepError`, segnet's
+`SegnetError`): the CLI and the pipelines catch it alone.
+"""
 
 from __future__ import annotations
 
 import os
 
 
-class HedprepError(Exception):
+class HedsegError(Exception):
     """A problem with the user's input (a file, a folder, an option), stated in one line.
 
     The message names the file or option and the problem; the CLI prints it without a traceback
@@ -17,6 +21,10 @@ class HedprepError(Exception):
     def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class HedprepError(HedsegError):
+    """An error of hedprep (reading images, weights, shards, manifests; building)."""
 
 
 class OptionError(HedprepError):

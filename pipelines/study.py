@@ -25,16 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from hedprep.atomic import write_text_atomic
 from hedprep.build_plan import BuildConfig
-from hedprep.errors import HedprepError
+from hedprep.errors import HedsegError
 from hedprep.hed import release_cached_detectors
 from hedprep.shards import TRAIN_CLASSES, open_split
 from pipelines.build import build_split
 from segnet.config import Stage, TrainConfig
 from segnet.deeplab import VARIANTS
-from segnet.errors import SegnetError
 from segnet.evaluate import evaluate, predict_frames
-from segnet.predictions import write_text_atomic
 from segnet.run_folder import RunFolder
 from segnet.train import TrainCallbacks, train
 
@@ -132,7 +131,7 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
         run_dir = out / "runs" / variant
         try:
             rows.append(study_variant(config, variant, run_dir, shards, log, train_callbacks, progress))
-        except (SegnetError, HedprepError) as error:
+        except HedsegError as error:
             log(f"{variant}: failed: {error}")
             rows.append(VariantResult(variant, run_dir, error=str(error)))
     results_csv, results_md = out / "results.csv", out / "results.md"
@@ -211,7 +210,7 @@ def sheet_frames(shards: Path, rows: Sequence[VariantResult], count: int, device
         if row.error is None and best.is_file():
             try:
                 predictions[row.variant] = predict_frames(best, shards, "val", indices, device=device)
-            except (SegnetError, HedprepError):  # e.g. best.pt damaged since its evaluation: a blank column
+            except HedsegError:  # e.g. best.pt damaged since its evaluation: a blank column
                 pass
     return [SheetFrame(sample.frame_id, sample.frame[..., :3], sample.frame[..., 3], sample.label,
                        {v: None if p is None else p[k] for v, p in predictions.items()})

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from hedprep.atomic import atomic_file  # noqa: E402
 from hedprep.shards import TRAIN_CLASSES, trainid_to_color  # noqa: E402
 from segnet.run_folder import RunFolder  # noqa: E402
 
@@ -117,12 +118,13 @@ def _fit(picture: np.ndarray, height: int, interpolation: int) -> np.ndarray:
 
 def _save(fig, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tight:
-        fig.tight_layout()
-        fig.savefig(tmp, format="png")
-    else:
-        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_file(path) as f:
+            if tight:
+                fig.tight_layout()
+                fig.savefig(f, format="png")
+            else:
+                fig.savefig(f, format="png", bbox_inches="tight", pad_inches=0.1)
+    finally:
+        plt.close(fig)
     return path

@@ -23,7 +23,6 @@ import contextlib
 import os
 import pickle
 import random
-import shutil
 import signal
 import threading
 import zipfile
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from hedprep.atomic import atomic_file, link_or_copy_atomic
 from segnet.errors import SegnetError
 
 CHECKPOINT_FORMAT = "segnet-checkpoint"
@@ -68,44 +68,24 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: serialised into a temporary name, fsync'd, renamed."""
+    """Write a checkpoint atomically (`hedprep.atomic`: a temporary name, fsync'd, renamed)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise SegnetError(f"{path}: cannot write checkpoint ({error.strerror or error})", path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def link_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Make `path` hold the checkpoint `source` holds now, atomically: a hard link under a temporary name,
-    renamed (no second copy of a 0.5 GB file); a copy where the file system has no hard links. Later
-    writes of `source` replace it by a rename, so they never change `path`."""
-    source, path = Path(source), Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Make `path` hold the checkpoint `source` holds now, atomically: a hard link (no second copy of a
+    0.5 GB file), or a copy where the file system has no hard links. Later writes of `source` replace it
+    by a rename, so they never change `path`."""
+    path = Path(path)
     try:
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        link_or_copy_atomic(source, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise SegnetError(f"{path}: cannot write checkpoint ({error.strerror or error})", path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from hedprep.shards import SplitReader, open_split
+from hedprep.shards import MANIFEST_NAME, IncompleteSplitError, SplitReader, open_split
 from segnet.errors import SegnetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, of pixel / 255
@@ -149,18 +148,14 @@ def open_split_checked(shards: str | os.PathLike, split: str, strict: bool = Fal
     """`open_split` with segnet's errors: a missing split or manifest, an empty or (with `strict`) an
     incomplete build are one-line errors naming the folder."""
     split_dir = os.path.join(os.fspath(shards), split)
-    if not os.path.isfile(os.path.join(split_dir, "manifest.json")):
-        raise SegnetError(f"{split_dir}: no built split here (no manifest.json); build it with "
+    if not os.path.isfile(os.path.join(split_dir, MANIFEST_NAME)):
+        raise SegnetError(f"{split_dir}: no built split here (no {MANIFEST_NAME}); build it with "
                           f"`hedprep build --split {split} --out {os.fspath(shards)}`", split_dir)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        reader = open_split(shards, split)
-    incomplete = [w for w in caught if "incomplete" in str(w.message)]
-    if incomplete and strict:
+    try:
+        reader = open_split(shards, split, incomplete="error" if strict else "warn")
+    except IncompleteSplitError:
         raise SegnetError(f"{split_dir}: the build is incomplete (--strict); rerun hedprep build to finish it",
-                          split_dir)
-    for w in caught:
-        warnings.warn(str(w.message), w.category, stacklevel=2)
+                          split_dir) from None
     if len(reader) == 0:
         raise SegnetError(f"{split_dir}: the split holds no frames", split_dir)
     return reader

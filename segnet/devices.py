@@ -1,8 +1,9 @@
 """Where segnet runs: the device (`--device`), each torchrun rank's GPU, and the mixed precision it may
 use (`--amp`).
 
-Device names and feature detection are hedprep.hed's (`resolve_device`, `bf16_supported`), so that
-`--device` and bf16 mean the same for HED and for the segmentation models.
+Device names and feature detection are `hedprep.devices`'s (`resolve_device`, `bf16_supported`), so
+that `--device` and bf16 mean the same for HED and for the segmentation models; that module does not
+load HED's network.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import warnings
 
 import torch
 
-from hedprep.hed import bf16_supported as native_bf16
-from hedprep.hed import resolve_device
+from hedprep.devices import bf16_supported as native_bf16
+from hedprep.devices import resolve_device
 from segnet.errors import SegnetOptionError
 
 __all__ = ["amp_dtype", "native_bf16", "rank_device", "resolve_device", "resolve_rank_device"]

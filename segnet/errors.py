@@ -1,19 +1,14 @@
-"""The exceptions of segnet that the CLI prints as one red line (the same contract as hedprep's)."""
+"""The exceptions of segnet that the CLI prints as one red line: `hedprep.errors.HedsegError`'s
+contract (a message naming the file or option, `path`, `exit_code`), shared with hedprep's errors."""
 
 from __future__ import annotations
 
-import os
+from hedprep.errors import HedsegError
 
 
-class SegnetError(Exception):
+class SegnetError(HedsegError):
     """A problem with the user's input (a file, a folder, an option, a checkpoint), stated in one line
     that names the file or option; the CLI prints it without a traceback and exits with `exit_code`."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 class SegnetOptionError(SegnetError):

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hedprep.atomic import cannot_write, write_bytes_atomic
 from hedprep.shards import NUM_CLASSES, trainid_to_color, trainid_to_labelid
 from segnet.errors import SegnetError
 
@@ -29,29 +30,12 @@ COLOR_SUFFIX = "_pred_color.png"
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write an image as OpenCV takes it ((H, W) grey, (H, W, 3) BGR) to `path` as PNG, atomically."""
     path = Path(path)
-    _write_atomic(path, _png(image, path))
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file (UTF-8) atomically, e.g. `segnet evaluate --json`."""
-    path = Path(path)
-    _write_atomic(path, text.encode("utf-8"))
-    return path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` under a temporary name in `path`'s folder, then rename it: no reader sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = _png(image, path)
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise SegnetError(f"{path.parent}: cannot write {path.name} ({error.strerror or error})", path.parent) from None
-    except BaseException:  # an interrupt, too, leaves no temporary file behind
-        tmp.unlink(missing_ok=True)
-        raise
+        raise SegnetError(cannot_write(path, error), path.parent) from None
+    return path
 
 
 def _png(image: np.ndarray, path: Path) -> bytes:

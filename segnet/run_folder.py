@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hedprep.atomic import write_text_atomic
 from segnet.checkpoint import load_checkpoint
 from segnet.config import TrainConfig
 from segnet.errors import SegnetError
-from segnet.predictions import write_text_atomic
 
 METRIC_FIELDS = ("stage", "epoch", "step", "loss", "val_miou", "images_per_s", "lr", "seconds")
 

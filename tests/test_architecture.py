@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +34,16 @@ def test_hedprep_imports_neither_segnet_nor_pipelines_nor_the_cli():
             assert not bad, (module, bad)
 
 
-def test_segnet_uses_only_the_faces_of_hedprep_shards_and_hed():
+# The faces of hedprep that segnet may use: shards, HED (edges for `segnet predict`), and the pieces
+# both packages share (device names, atomic writes, the one-line error base).
+SEGNET_MAY_USE = {"hedprep.shards", "hedprep.hed", "hedprep.devices", "hedprep.atomic", "hedprep.errors"}
+
+
+def test_segnet_uses_only_the_faces_of_hedprep_it_may():
     for module, names in imports().items():
         if module.startswith("segnet"):
             used = {n for n in names if n.split(".")[0] == "hedprep"}
-            assert used <= {"hedprep.shards", "hedprep.hed"}, (module, used)
+            assert used <= SEGNET_MAY_USE, (module, used)
             assert not {n for n in names if n.split(".")[0] in ("pipelines", "cli")}, module
 
 
@@ -60,3 +67,22 @@ def test_hedprep_shards_has_no_import_cycle():
 
     for module in graph:
         visit(module, ())
+
+
+def test_segnet_devices_does_not_load_the_hed_network():
+    """Choosing a device for training is no reason to import HED's network (nor its weights)."""
+    code = "import sys, segnet.devices; print(sorted(m for m in sys.modules if m.startswith('hedprep.hed')))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "hedprep.hed.network" not in result.stdout and result.stdout.strip() == "[]", result.stdout
+
+
+def test_both_packages_errors_share_one_base():
+    """The CLI and the pipelines catch `HedsegError` alone; each error keeps its path and exit status."""
+    from hedprep.errors import HedprepError, HedsegError, OptionError
+    from segnet.errors import SegnetError, SegnetOptionError
+
+    for kind, status in ((HedprepError, 1), (OptionError, 2), (SegnetError, 1), (SegnetOptionError, 2)):
+        error = kind("x.h5: broken", "x.h5")
+        assert isinstance(error, HedsegError)
+        assert (str(error), error.path, error.exit_code) == ("x.h5: broken", "x.h5", status)
+    assert not issubclass(SegnetError, HedprepError) and not issubclass(HedprepError, SegnetError)

@@ -18,7 +18,9 @@ from hedprep.errors import HedprepError
 from hedprep.options import parse_compression
 from hedprep.shards import (
     CHANNELS,
+    MANIFEST_NAME,
     Compression,
+    IncompleteSplitError,
     Manifest,
     ShardInfo,
     ShardRecord,
@@ -270,6 +272,17 @@ def test_incomplete_build_reads_with_a_warning(split):
     write_manifest(split_dir, manifest)
     with pytest.warns(UserWarning, match="incomplete"):
         assert len(open_split(split_dir)) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "error" raises instead of warning
+        with pytest.raises(IncompleteSplitError, match=rf"^{split_dir / MANIFEST_NAME}: the build is incomplete"):
+            open_split(split_dir, incomplete="error")
+    with pytest.raises(ValueError, match="incomplete='ignore'"):
+        open_split(split_dir, incomplete="ignore")
+    manifest.complete = True  # the manifest's record decides, not what the folder holds
+    write_manifest(split_dir, manifest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(open_split(split_dir, incomplete="error")) == 5
 
 
 # --------------------------------------------------------------------------------------- checking

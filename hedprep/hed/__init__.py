@@ -5,23 +5,22 @@
 - `inference`: fast kernels, `EdgeDetector`, the per-process `cached_detector`, `detect_edges`.
 
 Code outside this package uses the names below and nothing else of it. None of them changes
-process-wide settings; see `hedprep.process_tuning` for those.
+process-wide settings; see `hedprep.process_tuning` for those. The device names (`DEVICES`,
+`resolve_device`, `bf16_supported`, `tf32_supported`) are `hedprep.devices`'s, named here too: code
+that needs only them imports `hedprep.devices`, which does not load the network.
 """
 
+from hedprep.devices import DEVICES, bf16_supported, resolve_device, tf32_supported
 from hedprep.hed.inference import (
-    DEVICES,
     PRECISIONS,
     EdgeDetector,
     HedRun,
-    bf16_supported,
     cached_detector,
     detect_edges,
     float32_math,
     release_cached_detectors,
-    resolve_device,
     resolve_hed_run,
     supported_precision,
-    tf32_supported,
 )
 from hedprep.hed.network import HED, WeightsInfo, edges_to_uint8, preprocess
 from hedprep.hed.weights import LoadedWeights, load_hed, read_weights

@@ -51,7 +51,15 @@ from hedprep.shards.levels import (
     resize_labels,
 )
 from hedprep.shards.manifest import Manifest, ShardRecord, SkippedFrame, read_manifest, shard_path, write_manifest
-from hedprep.shards.reader import Sample, ShardError, SplitReader, open_shard, open_split, read_shard_frame
+from hedprep.shards.reader import (
+    IncompleteSplitError,
+    Sample,
+    ShardError,
+    SplitReader,
+    open_shard,
+    open_split,
+    read_shard_frame,
+)
 from hedprep.shards.resume import (
     ManifestKeeper,
     build_lock,
@@ -80,6 +88,7 @@ __all__ = [
     "open_shard",
     "read_shard_frame",
     "ShardError",
+    "IncompleteSplitError",
     "load_filter_plugins",
     "read_attrs",
     # the format

@@ -6,7 +6,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import h5py
 import numpy as np
@@ -30,6 +30,10 @@ from hedprep.shards.manifest import read_manifest, shard_path
 
 # What h5py raises besides OSError when a file's metadata is damaged (a flipped byte in an object header).
 H5PY_DAMAGE_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+
+# What opening a split does when its manifest says the build is unfinished.
+INCOMPLETE_POLICIES = ("warn", "error")
+IncompletePolicy = Literal["warn", "error"]
 
 
 class ShardError(HedprepError):
@@ -81,6 +85,10 @@ def open_shard(path: str | os.PathLike, chunk_cache_bytes: int | None = None) ->
     return f
 
 
+class IncompleteSplitError(HedprepError):
+    """A split opened with `incomplete="error"` whose manifest records an unfinished build."""
+
+
 class Sample(NamedTuple):
     """One frame of a split: (H, W, 4) uint8 RGB+edge, (H, W) uint8 trainIds, its Cityscapes id."""
 
@@ -112,15 +120,22 @@ class SplitReader:
     handles); pickling drops the handles, so a reader can be sent to spawned workers.
     """
 
-    def __init__(self, split_dir: str | os.PathLike) -> None:
+    def __init__(self, split_dir: str | os.PathLike, incomplete: IncompletePolicy = "warn") -> None:
+        """Read the split's manifest; see `open_split` for `incomplete`."""
+        if incomplete not in INCOMPLETE_POLICIES:
+            raise ValueError(f"incomplete={incomplete!r}: choose one of {', '.join(INCOMPLETE_POLICIES)}")
         self.split_dir = Path(split_dir)
         self.manifest = read_manifest(self.split_dir)
         if self.split_dir.is_file():
             self.split_dir = self.split_dir.parent
         if not self.manifest.complete:
+            path = self.split_dir / MANIFEST_NAME
+            if incomplete == "error":
+                raise IncompleteSplitError(f"{path}: the build is incomplete ({self.manifest.num_frames} frames "
+                                           "built so far); rerun hedprep build to finish it", path)
             warnings.warn(
-                f"{self.split_dir / MANIFEST_NAME}: the build is incomplete; reading the "
-                f"{self.manifest.num_frames} frames built so far (rerun hedprep build to finish it)",
+                f"{path}: the build is incomplete; reading the {self.manifest.num_frames} frames built so far "
+                "(rerun hedprep build to finish it)",
                 UserWarning, stacklevel=2,
             )
         self.shards = [s for s in self.manifest.shards if s.frame_ids]
@@ -211,6 +226,15 @@ class _OpenShard:
         self.labels = [FrameReader(f[level_dataset(k, "labels")]) for k in range(self.levels + 1)]
 
 
-def open_split(out: str | os.PathLike, split: str | None = None) -> SplitReader:
-    """Open a built split: `open_split("out", "train")` or `open_split("out/train")`."""
-    return SplitReader(Path(out) / split if split else Path(out))
+def open_split(out: str | os.PathLike, split: str | None = None, incomplete: IncompletePolicy = "warn") -> SplitReader:
+    """Open a built split: `open_split("out", "train")` or `open_split("out/train")`.
+
+    Args:
+        incomplete: what to do when the manifest records an unfinished build (`complete` false):
+            "warn" reads the frames built so far with a UserWarning, "error" raises.
+
+    Raises:
+        HedprepError: no manifest, or not a readable one.
+        IncompleteSplitError: the build is unfinished and `incomplete` is "error".
+    """
+    return SplitReader(Path(out) / split if split else Path(out), incomplete)
