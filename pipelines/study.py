@@ -137,7 +137,7 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
     results_csv, results_md = out / "results.csv", out / "results.md"
     plots = write_plots(rows, out / "plots")
     log("drawing the qualitative sheet")
-    plots.append(write_sheet(sheet_frames(shards, rows, SHEET_FRAMES, config.device), config.variants,
+    plots.append(write_sheet(sheet_frames(shards, rows, SHEET_FRAMES, config.device, config.amp), config.variants,
                              out / "plots" / "qualitative.png"))
     write_text_atomic(results_csv, results_table_csv(rows))
     write_text_atomic(results_md, results_table_md(rows, config, frames, [p.relative_to(out) for p in plots]))
@@ -197,9 +197,11 @@ def sheet_indices(frames: int, count: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, frames - 1, min(count, frames)).round()})
 
 
-def sheet_frames(shards: Path, rows: Sequence[VariantResult], count: int, device: str = "auto") -> list[SheetFrame]:
+def sheet_frames(shards: Path, rows: Sequence[VariantResult], count: int, device: str = "auto",
+                 amp: bool = False) -> list[SheetFrame]:
     """The qualitative sheet's frames: `count` val frames and the prediction of each row's best.pt
-    (as `segnet evaluate` makes it); a failed variant's predictions are None."""
+    (as `segnet evaluate` makes it, with `amp` as the study evaluates); a failed variant's predictions
+    are None."""
     with open_split(shards, "val") as reader:
         indices = sheet_indices(len(reader), count)
         samples = [reader.read(i) for i in indices]
@@ -209,7 +211,7 @@ def sheet_frames(shards: Path, rows: Sequence[VariantResult], count: int, device
         predictions[row.variant] = None
         if row.error is None and best.is_file():
             try:
-                predictions[row.variant] = predict_frames(best, shards, "val", indices, device=device)
+                predictions[row.variant] = predict_frames(best, shards, "val", indices, device=device, amp=amp)
             except HedsegError:  # e.g. best.pt damaged since its evaluation: a blank column
                 pass
     return [SheetFrame(sample.frame_id, sample.frame[..., :3], sample.frame[..., 3], sample.label,

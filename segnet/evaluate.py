@@ -21,17 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from segnet.backends import autocast
-from segnet.checkpoint import load_checkpoint
-from segnet.config import TrainConfig, loader_workers
-from segnet.data import EpochSampler, ShardDataset, normalise, opencv_single_threaded
-from segnet.deeplab import build_model
-from segnet.devices import amp_dtype, resolve_device, resolve_rank_device
+from segnet.config import loader_workers
+from segnet.data import EpochSampler, ShardDataset, opencv_single_threaded
+from segnet.devices import resolve_device, resolve_rank_device
 from segnet.distributed import init_distribution, sum_over_ranks
-from segnet.errors import SegnetError
+from segnet.inference import load_segmenter
 from segnet.metrics import DeviceConfusion, EvalResult, evaluation_result
 from segnet.predictions import prepare_folder, write_prediction_pngs
 
@@ -50,24 +46,6 @@ class Evaluation:
     is_main: bool = True  # False on torchrun ranks other than 0
 
 
-def load_model(checkpoint_path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The model a checkpoint holds, in eval mode on `device`, and the checkpoint."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = build_model(checkpoint["variant"], backbone_weights="none", **checkpoint["model_args"])
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise SegnetError(f"{checkpoint_path}: the weights do not fit a {checkpoint['variant']} model ({first})",
-                          checkpoint_path) from None
-    return model.to(device).eval(), checkpoint
-
-
-def checkpoint_eval_size(checkpoint: dict) -> tuple[int, int]:
-    """The last stage size of the checkpoint's schedule."""
-    return TrainConfig.from_json(checkpoint["config"]).schedule[-1].size
-
-
 def evaluate(
     checkpoint_path: str | os.PathLike,
     shards: str | os.PathLike,
@@ -80,36 +58,36 @@ def evaluate(
     on_start: Callable[[int], None] | None = None,
     amp: bool = False,
     workers: int | None = None,
+    channels_last: bool | None = None,
 ) -> Evaluation:
     """Score a checkpoint on `split` of the shards in `shards` (and/or write its predictions).
 
     `workers`: DataLoader worker processes (None: as `segnet train` chooses, 0 on a CPU); `amp`:
-    bfloat16 autocast where it is native.
+    bfloat16 autocast where it is native; `channels_last`: the model's memory layout (None: as
+    training chooses, on CUDA). Frames are predicted by `segnet.inference.Segmenter.predict`.
     """
     torch_device = resolve_rank_device(device)
-    autocast_dtype = amp_dtype(torch_device) if amp else None
-    model, checkpoint = load_model(checkpoint_path, torch_device)
-    size = eval_size or checkpoint_eval_size(checkpoint)
-    dataset = ShardDataset(shards, split, model.in_channels, size, resize_labels=False)
+    segmenter = load_segmenter(checkpoint_path, torch_device, amp, channels_last)
+    size = eval_size or segmenter.input_size
+    dataset = ShardDataset(shards, split, segmenter.in_channels, size, resize_labels=False)
     labeled = split not in UNLABELED_SPLITS
     out_dir = prepare_folder(save_predictions) if save_predictions is not None else None
     dist_info = init_distribution(torch_device)
     indices = [i for i, _ in EpochSampler(len(dataset), shuffle=False, num_replicas=dist_info.world,
                                           rank=dist_info.rank, pad=False).items()]
     loader = evaluation_loader(dataset, indices, batch_size, torch_device, workers)
-    matrix = DeviceConfusion(int(checkpoint["model_args"].get("num_classes", 19)), torch_device)
+    matrix = DeviceConfusion(segmenter.num_classes, torch_device)
     if on_start is not None and dist_info.is_main:
         on_start(len(dataset))
     written = 0
-    loading_here = loader.num_workers == 0
-    with torch.inference_mode(), autocast(torch_device, autocast_dtype), opencv_single_threaded(not loading_here):
+    with opencv_single_threaded(loader.num_workers > 0):
         for images, labels in loader:
-            predictions = predict_batch(model, images.to(torch_device, non_blocking=True), labels.shape[-2:])
+            predictions = segmenter.predict(images, labels.shape[-2:])
             if labeled:
                 matrix.update(predictions, labels)
             if out_dir is not None:
-                for prediction in predictions.cpu():
-                    write_prediction_pngs(out_dir, dataset.frame_id(indices[written]), prediction.numpy())
+                for prediction in predictions.cpu().numpy():
+                    write_prediction_pngs(out_dir, dataset.frame_id(indices[written]), prediction)
                     written += 1
             if on_frames is not None and dist_info.is_main:
                 on_frames(len(predictions) * dist_info.world)
@@ -125,14 +103,6 @@ def evaluation_loader(dataset: ShardDataset, indices: list[int], batch_size: int
                       pin_memory=device.type == "cuda")
 
 
-def predict_batch(model: torch.nn.Module, images: torch.Tensor, label_size: tuple[int, int]) -> torch.Tensor:
-    """trainId predictions (N, H, W) on the model's device for a uint8 batch there: logits upsampled
-    (bilinear, in float32) to `label_size`, as evaluation scores them."""
-    logits = model(normalise(images)).float()
-    logits = F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=False)
-    return logits.argmax(1)
-
-
 def predict_frames(
     checkpoint_path: str | os.PathLike,
     shards: str | os.PathLike,
@@ -140,17 +110,16 @@ def predict_frames(
     indices: list[int],
     device: str = "auto",
     eval_size: tuple[int, int] | None = None,
+    amp: bool = False,
+    batch_size: int = 2,
 ) -> list[np.ndarray]:
     """A checkpoint's (H, W) uint8 trainId predictions for frames `indices` of a split, at the labels'
-    stored size: the maps `evaluate` scores for those frames."""
+    stored size: the maps `evaluate` scores for those frames (with the same `eval_size` and `amp`)."""
     torch_device = resolve_device(device)
-    model, checkpoint = load_model(checkpoint_path, torch_device)
-    dataset = ShardDataset(shards, split, model.in_channels, eval_size or checkpoint_eval_size(checkpoint),
+    segmenter = load_segmenter(checkpoint_path, torch_device, amp)
+    dataset = ShardDataset(shards, split, segmenter.in_channels, eval_size or segmenter.input_size,
                            resize_labels=False)
     predictions = []
-    with torch.inference_mode():
-        for index in indices:
-            image, label = dataset[index]
-            batch = predict_batch(model, image[None].to(torch_device), label.shape[-2:])
-            predictions.append(batch[0].cpu().numpy().astype(np.uint8))
+    for images, labels in evaluation_loader(dataset, indices, batch_size, torch_device, workers=0):
+        predictions.extend(segmenter.predict(images, labels.shape[-2:]).cpu().numpy())
     return predictions

@@ -15,13 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from hedprep.shards import resize_frame, trainid_to_color
-from segnet.data import normalise, select_channels, to_tensors
+from hedprep.shards import trainid_to_color
+from segnet.data import select_channels, to_tensors
 from segnet.devices import resolve_device
 from segnet.errors import SegnetError
-from segnet.evaluate import checkpoint_eval_size, load_model
+from segnet.inference import frame_at_size, load_segmenter
 from segnet.predictions import overlay, prepare_folder, write_png
 
 
@@ -59,20 +58,17 @@ def predict(
         if not Path(image).is_file():
             raise SegnetError(f"{image}: no such file", image)
     torch_device = resolve_device(device)
-    model, checkpoint = load_model(checkpoint_path, torch_device)
-    size = eval_size or checkpoint_eval_size(checkpoint)
-    hed = _edge_detector(torch_device) if model.in_channels == 4 else None
+    segmenter = load_segmenter(checkpoint_path, torch_device)
+    size = eval_size or segmenter.input_size
+    hed = _edge_detector(torch_device) if segmenter.in_channels == 4 else None
     out_dir = prepare_folder(out_dir)
     done = []
     for path in map(Path, images):
         rgb = read_image(path)
         frame = rgb if hed is None else np.concatenate([rgb, hed(rgb)[..., None]], axis=2)
-        pixels = resize_frame(select_channels(frame, model.in_channels), size)  # as the shards' levels are
-        example = to_tensors(pixels, np.zeros(pixels.shape[:2], np.uint8))
-        with torch.inference_mode():
-            logits = model(normalise(example.image[None].to(torch_device)))
-            logits = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
-        prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        pixels = frame_at_size(select_channels(frame, segmenter.in_channels), size)
+        image = to_tensors(pixels, np.zeros(pixels.shape[:2], np.uint8)).image
+        prediction = segmenter.predict(image[None], rgb.shape[:2])[0].cpu().numpy()
         color = out_dir / f"{path.stem}_pred_color.png"
         blended = out_dir / f"{path.stem}_overlay.png"
         write_png(color, cv2.cvtColor(trainid_to_color(prediction), cv2.COLOR_RGB2BGR))

@@ -1,5 +1,6 @@
-"""segnet evaluate and predict with a checkpoint trained on fixture shards: the scores agree with
-cityscapesscripts' official evaluator on the saved predictions; bad checkpoints are one line."""
+"""segnet evaluate and predict with checkpoints trained on fixture shards: the scores agree with
+cityscapesscripts' official evaluator on the saved predictions; predict on a val frame's PNG gives the
+prediction evaluate saves for that frame; bad checkpoints are one line."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ def trained(shards: Path, out: Path, variant: str, schedule: str = "48x96:4:3") 
 @pytest.fixture(scope="module")
 def vanilla(segnet_shards, tmp_path_factory) -> Path:
     return trained(segnet_shards, tmp_path_factory.mktemp("eval") / "vanilla", "vanilla")
+
+
+@pytest.fixture(scope="module")
+def dlse_hed(segnet_shards, tmp_path_factory) -> Path:
+    return trained(segnet_shards, tmp_path_factory.mktemp("eval") / "dlse-hed", "dlse-hed", schedule="48x96:4:1")
 
 
 def test_saved_predictions_score_the_same_in_the_official_evaluator(segnet_shards, vanilla, tmp_path):
@@ -83,16 +89,42 @@ def test_bad_checkpoints_are_one_line(segnet_shards, vanilla, tmp_path):
         evaluate(vanilla, tmp_path, "val", device="cpu")
 
 
-def test_predict_on_photographs_of_any_size(segnet_shards, tmp_path):
-    checkpoint = trained(segnet_shards, tmp_path / "hed-run", "dlse-hed", schedule="48x96:4:1")
+def test_predict_on_photographs_of_any_size(dlse_hed, tmp_path):
     photos = [GOLDEN / "chelsea_37x53.png", GOLDEN / "rocket_333x501.png"]
-    results = predict(checkpoint, photos, tmp_path / "pred", device="cpu")
+    results = predict(dlse_hed, photos, tmp_path / "pred", device="cpu")
     for photo, result in zip(photos, results, strict=True):
         image = cv2.imread(str(photo))
         for path in (result.color, result.overlay):
             assert cv2.imread(str(path)).shape == image.shape
     colors = cv2.imread(str(results[1].color))
     assert len(np.unique(colors.reshape(-1, 3), axis=0)) >= 1
-    missing = invoke("segnet", "predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+    missing = invoke("segnet", "predict", "--checkpoint", str(dlse_hed), "--out", str(tmp_path / "o"),
                      str(tmp_path / "nope.png"))
     assert_one_line_error(missing, "nope.png", "no such file")
+
+
+# dlse-hed at 48x96, the checkpoints' last stage: the fixture's 64x128 frames read at full size, edges
+# and all. vanilla at 24x48: frames read from their 32x64 level, which predict must make from the PNG as
+# the build made it (the level is the same function of the pixels for either variant).
+@pytest.mark.parametrize(("variant", "eval_size"), [("dlse_hed", "48x96"), ("vanilla", "24x48")])
+def test_predict_on_a_val_frames_png_gives_the_prediction_evaluate_saves(segnet_shards, variant, eval_size, request,
+                                                                         tmp_path):
+    """Both read the same pixels (the PNG, stored losslessly in the shards; for dlse-hed the edges that
+    predict computes with the build's HED, fp32 and uint8 rounding) and predict through one function,
+    so every pixel agrees, not merely most."""
+    checkpoint = str(request.getfixturevalue(variant))
+    photos = sorted((segnet_shards.parent / "cityscapes" / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png"))
+    evaluated = invoke("segnet", "evaluate", "--checkpoint", checkpoint, "--shards", str(segnet_shards),
+                       "--eval-size", eval_size, "--save-predictions", str(tmp_path / "evaluated"), "--device", "cpu")
+    predicted = invoke("segnet", "predict", "--checkpoint", checkpoint, "--out", str(tmp_path / "predicted"),
+                       "--eval-size", eval_size, "--device", "cpu", *map(str, photos))
+    assert evaluated.returncode == 0 and predicted.returncode == 0, evaluated.stderr + predicted.stderr
+    classes = set()
+    for photo in photos:
+        frame_id = photo.name.removesuffix("_leftImg8bit.png")
+        saved = cv2.imread(str(tmp_path / "evaluated" / f"{frame_id}_pred_color.png"))
+        ours = cv2.imread(str(tmp_path / "predicted" / f"{photo.stem}_pred_color.png"))
+        assert ours.shape == saved.shape == (64, 128, 3)
+        assert np.array_equal(ours, saved), f"{frame_id}: {(ours != saved).any(axis=2).sum()} pixels differ"
+        classes.update(map(tuple, np.unique(saved.reshape(-1, 3), axis=0)))
+    assert len(classes) >= 3  # predictions with class borders, where a resize that differs would show
