@@ -188,10 +188,10 @@ def fixture(root, frames, size, seed) -> None:
 
     ROOT must be missing, empty, or an earlier fixture (which is replaced).
     """
-    from hedprep.fixture import make_fixture
+    from hedprep.fixture import MIN_SIDE, make_fixture
     from hedprep.options import parse_frame_counts, parse_size
 
-    summary = make_fixture(root, parse_frame_counts(frames), parse_size(size), seed)
+    summary = make_fixture(root, parse_frame_counts(frames), parse_size(size, "--size", MIN_SIDE), seed)
     counts = ", ".join(f"{split} {n}" for split, n in summary.frames.items())
     console.print(
         f"fixture in {escape(str(summary.root))}: {counts} frames of {summary.size[0]}x{summary.size[1]}",
@@ -488,16 +488,15 @@ def training_options(command):
                         help=SCHEDULE_HELP + "  [default: 128x224:16,256x448:8,512x912:4]")(command)
 
 
-def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
-    """'512x912' -> (512, 912) for segnet's size options; None stays None."""
+def parse_eval_size(text: str | None) -> tuple[int, int] | None:
+    """--eval-size HxW as segnet takes it; None (not given: the checkpoint's last stage size) stays None."""
     if text is None:
         return None
+    from hedprep.options import parse_size
+    from segnet.config import MIN_SIDE
     from segnet.errors import SegnetOptionError
 
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 16 for p in parts):
-        raise SegnetOptionError(f"{option} {text}: expected HEIGHTxWIDTH of at least 16x16, e.g. 512x912")
-    return int(parts[0]), int(parts[1])
+    return parse_size(text, "--eval-size", MIN_SIDE, SegnetOptionError)
 
 
 LOSS_DISPLAY_INTERVAL_S = 0.5
@@ -639,7 +638,7 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
 
     from segnet.evaluate import evaluate
 
-    size = parse_size_option(eval_size, "--eval-size")
+    size = parse_eval_size(eval_size)
     progress = progress_bar("frames")
     state = {"task": None}
 
@@ -691,7 +690,7 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
     """
     from segnet.predict import predict
 
-    for result in predict(checkpoint, list(images), out_dir, parse_size_option(eval_size, "--eval-size"), device):
+    for result in predict(checkpoint, list(images), out_dir, parse_eval_size(eval_size), device):
         console.print(f"{escape(str(result.color))} {escape(str(result.overlay))}", highlight=False)
 
 

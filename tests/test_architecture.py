@@ -32,11 +32,11 @@ def test_hedprep_imports_neither_segnet_nor_pipelines_nor_the_cli():
             assert not bad, (module, bad)
 
 
-def test_segnet_uses_only_the_faces_of_hedprep_shards_and_hed():
+def test_segnet_uses_only_the_faces_of_hedprep_shards_hed_and_options():
     for module, names in imports().items():
         if module.startswith("segnet"):
             used = {n for n in names if n.split(".")[0] == "hedprep"}
-            assert used <= {"hedprep.shards", "hedprep.hed"}, (module, used)
+            assert used <= {"hedprep.shards", "hedprep.hed", "hedprep.options"}, (module, used)
             assert not {n for n in names if n.split(".")[0] in ("pipelines", "cli")}, module
 
 

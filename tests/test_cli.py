@@ -85,6 +85,23 @@ def test_fixture_bad_size(tmp_path):
     assert_one_line_error(invoke("hedprep", "fixture", str(tmp_path / "f"), "--size", "big"), "--size big", status=2)
 
 
+def test_every_size_option_is_read_by_one_parser_with_one_wording(tmp_path):
+    expected = "expected HEIGHTxWIDTH of at least"
+    fixture = invoke("hedprep", "fixture", str(tmp_path / "f"), "--size", "16x64")
+    assert_one_line_error(fixture, f"--size 16x64: {expected} 32x32", status=2)
+    assert not (tmp_path / "f").exists()
+    evaluate = invoke("segnet", "evaluate", "--checkpoint", str(tmp_path / "c.pt"), "--shards", str(tmp_path),
+                      "--eval-size", "8x512")
+    assert_one_line_error(evaluate, f"--eval-size 8x512: {expected} 16x16", status=2)
+    predict = invoke("segnet", "predict", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "o"),
+                     "--eval-size", "64*64", str(tmp_path / "a.png"))
+    assert_one_line_error(predict, f"--eval-size 64*64: {expected} 16x16", status=2)
+    train = invoke("segnet", "train", "--variant", "vanilla", "--shards", str(tmp_path), "--out", str(tmp_path / "r"),
+                   "--schedule", "32x64:2,12x12:2")
+    assert_one_line_error(train, f"--schedule 12x12: {expected} 16x16", status=2)
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("command", [("hedprep", "--help"), ("hedprep", "edges", "--help"), ("segnet", "--help")])
 def test_help(command):
     result = run(*command)
