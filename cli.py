@@ -735,10 +735,14 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown or not chosen:
         raise SegnetOptionError(f"--variants {variants}: choose from {', '.join(VARIANTS)}")
-    config = StudyConfig(root=root, out=out, schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage),
-                         variants=chosen, backbone_weights=backbone_weights, lr=lr, seed=seed, device=device,
-                         levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler, workers=workers,
-                         hed_precision=hed_precision, hed_batch_size=hed_batch_size, amp=amp)
+    config = StudyConfig(
+        out=out, variants=chosen,
+        train=StudyConfig.run_options(schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage), lr=lr,
+                                      backbone_weights=backbone_weights, seed=seed, device=device, amp=amp),
+        build=StudyConfig.build_options(root, levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler,
+                                        workers=workers, device=device, precision=hed_precision,
+                                        batch_size=hed_batch_size),
+    )
     click.get_current_context().obj["interrupted"] = "interrupted; rerun the same command to resume the study"
     # One bar at a time (the build of a split, a training epoch, an evaluation); log lines above it.
     progress = Progress(
