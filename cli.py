@@ -8,10 +8,13 @@ out of range, ...); 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import click
 from rich import box, filesize
@@ -22,6 +25,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -103,14 +107,60 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.2f} {self.unit}/s" if task.speed else "")
 
 
-def progress_bar(unit: str = "frames") -> Progress:
-    """A rich progress bar (done of total, rate, elapsed, ETA) on stderr; start tasks with
-    `add_task(description, total=todo + done, completed=done)`."""
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        RateColumn(unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=err_console,
-    )
+LOSS_DISPLAY_INTERVAL_S = 0.5
+
+
+class ProgressBar:
+    """One rich progress bar on stderr: description, bar, done of total, the `extra` columns, elapsed
+    time, ETA. It shows one task at a time: `start` draws a task (hiding the one before), `advance` and
+    `update` move it. Leaving the `with` block stops the display if a task was drawn, so a command that
+    fails its checks before any work draws no bar.
+    """
+
+    def __init__(self, *extra: ProgressColumn, **fields: Any) -> None:
+        """`extra`: columns after done-of-total; `fields`: the {task.fields} they show as each task starts."""
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+        )
+        self.fields = fields
+        self.task: TaskID | None = None
+        self.last_due = -math.inf
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+    def start(self, description: str, total: int, completed: int = 0, **fields: Any) -> None:
+        """Show a new task, `completed` of `total` done already; `fields` as in the constructor."""
+        if self.task is None:
+            self.progress.start()
+        else:
+            self.progress.update(self.task, visible=False)
+        self.task = self.progress.add_task(description, total=total, completed=completed, **{**self.fields, **fields})
+
+    def advance(self, count: int = 1) -> None:
+        """Count `count` more done."""
+        self.progress.advance(self.task, count)
+
+    def update(self, **values: Any) -> None:
+        """Set the task's completed, description or fields."""
+        self.progress.update(self.task, **values)
+
+    def print(self, line: str) -> None:
+        """A line of plain text above the bar."""
+        self.progress.console.print(escape(line), highlight=False)
+
+    def due(self) -> bool:
+        """True at most every LOSS_DISPLAY_INTERVAL_S seconds: for figures whose reading waits for the device."""
+        now = time.monotonic()
+        if now - self.last_due < LOSS_DISPLAY_INTERVAL_S:
+            return False
+        self.last_due = now
+        return True
 
 
 WEIGHTS_HELP = (
@@ -168,11 +218,11 @@ def edges(images, out_dir, weights, precision, device, scales, fmt, batch_size) 
     resolve_device(device)
     tune_process_for_hed()
     model = load_hed(weights)
-    with progress_bar("images") as progress:
-        task = progress.add_task("HED edges", total=len(images))
+    with ProgressBar(RateColumn("images")) as bar:
+        bar.start("HED edges", len(images))
         written = write_edge_maps(
             model, list(images), out_dir, fmt=fmt, precision=precision, device=device,
-            scales=scale_values, batch_size=batch_size, on_written=lambda _: progress.advance(task),
+            scales=scale_values, batch_size=batch_size, on_written=lambda _: bar.advance(),
         )
     console.print(f"wrote {len(written)} edge map(s) to {escape(str(out_dir))}", highlight=False)
 
@@ -260,19 +310,9 @@ def build(state, root, split, out, labels, weights, frames_per_shard, batch_size
         levels=levels,
     )
     state["interrupted"] = INTERRUPTED_BUILD
-    progress = progress_bar("frames")
-    task = None
-
-    def start(todo: int, done: int) -> None:
-        nonlocal task
-        task = progress.add_task(f"shards ({split})", total=todo + done, completed=done)
-        progress.start()
-
-    try:
-        result = build_split(config, on_frames=lambda n: progress.advance(task, n), on_start=start)
-    finally:
-        if task is not None:  # a build that failed its checks drew no bar
-            progress.stop()
+    with ProgressBar(RateColumn("frames")) as bar:
+        result = build_split(config, on_frames=bar.advance,
+                             on_start=lambda todo, done: bar.start(f"shards ({split})", todo + done, done))
     skipped = f", {len(result.skipped)} frame(s) skipped (reasons in the manifest)" if result.skipped else ""
     relevelled = (f", {result.relevelled} rewritten with {levels} resolution level(s) from their stored frames "
                   "(no HED)" if result.relevelled else "")
@@ -488,6 +528,29 @@ def training_options(command):
                         help=SCHEDULE_HELP + "  [default: 128x224:16,256x448:8,512x912:4]")(command)
 
 
+def epoch_display(bar: ProgressBar, indent: str = "") -> tuple[Callable, Callable, Callable]:
+    """segnet.train.TrainCallbacks' on_epoch_start, on_step and on_epoch_end for `bar` (made with a
+    {task.fields[note]} column): a bar per epoch with the running loss and rate, and a line per
+    finished epoch, `indent`ed."""
+
+    def on_epoch_start(info) -> None:
+        bar.start(f"{indent}stage {info.stage + 1}/{info.stage_count} {info.size[0]}x{info.size[1]} "
+                  f"epoch {info.epoch + 1}/{info.epochs}", info.batches, info.batch)
+
+    def on_step(info) -> None:
+        if bar.due():  # reading the loss waits for the device: twice a second at most
+            bar.update(completed=info.batch, note=f"loss {info.loss:.4f}, {info.images_per_s:.1f} images/s")
+        else:
+            bar.update(completed=info.batch)
+
+    def on_epoch_end(metrics) -> None:
+        val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
+        bar.print(f"{indent}stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}, "
+                  f"{metrics['images_per_s']:.1f} images/s")
+
+    return on_epoch_start, on_step, on_epoch_end
+
+
 def parse_eval_size(text: str | None) -> tuple[int, int] | None:
     """--eval-size HxW as segnet takes it; None (not given: the checkpoint's last stage size) stays None."""
     if text is None:
@@ -497,18 +560,6 @@ def parse_eval_size(text: str | None) -> tuple[int, int] | None:
     from segnet.errors import SegnetOptionError
 
     return parse_size(text, "--eval-size", MIN_SIDE, SegnetOptionError)
-
-
-LOSS_DISPLAY_INTERVAL_S = 0.5
-
-
-def loss_due(state: dict) -> bool:
-    """True at most every LOSS_DISPLAY_INTERVAL_S seconds (per `state`), for showing the running loss."""
-    now = time.monotonic()
-    if now - state.get("loss_shown", -LOSS_DISPLAY_INTERVAL_S) < LOSS_DISPLAY_INTERVAL_S:
-        return False
-    state["loss_shown"] = now
-    return True
 
 
 @segnet.command("train")
@@ -569,41 +620,8 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
     )
     state_obj["interrupted"] = (f"interrupted; {config.out}/last.pt holds the last finished epoch: continue with "
                                 "the same command and --resume")
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
-    )
-    state = {"task": None}
-
-    def on_epoch_start(info) -> None:
-        if state["task"] is None:
-            progress.start()
-        else:
-            progress.update(state["task"], visible=False)
-        description = (f"stage {info.stage + 1}/{info.stage_count} {info.size[0]}x{info.size[1]} "
-                       f"epoch {info.epoch + 1}/{info.epochs}")
-        state["task"] = progress.add_task(description, total=info.batches, completed=info.batch, loss="-", rate="")
-
-    def on_step(info) -> None:
-        fields = {}
-        if loss_due(state):  # reading the loss waits for the device: twice a second at most
-            fields = {"loss": f"{info.loss:.4f}", "rate": f"{info.images_per_s:.1f} images/s"}
-        progress.update(state["task"], completed=info.batch, **fields)
-
-    def on_epoch_end(metrics) -> None:
-        val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
-        progress.console.print(
-            f"stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}, "
-            f"{metrics['images_per_s']:.1f} images/s", highlight=False)
-
-    try:
-        result = train(config, resume=resume,
-                       callbacks=TrainCallbacks(on_epoch_start, on_step, on_epoch_end,
-                                                on_log=lambda line: err_console.print(escape(line), highlight=False)))
-    finally:
-        if state["task"] is not None:
-            progress.stop()
+    with ProgressBar(TextColumn("{task.fields[note]}"), note="") as bar:
+        result = train(config, resume=resume, callbacks=TrainCallbacks(*epoch_display(bar), on_log=bar.print))
     if not result.is_main:
         return
     best = f"; best val mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
@@ -639,20 +657,10 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
     from segnet.evaluate import evaluate
 
     size = parse_eval_size(eval_size)
-    progress = progress_bar("frames")
-    state = {"task": None}
-
-    def start(total: int) -> None:
-        state["task"] = progress.add_task(f"evaluate ({split})", total=total)
-        progress.start()
-
-    try:
+    with ProgressBar(RateColumn("frames")) as bar:
         outcome = evaluate(checkpoint, shards, split, size, save_predictions, device, batch_size,
-                           on_frames=lambda n: progress.advance(state["task"], n), on_start=start, amp=amp,
-                           workers=workers)
-    finally:
-        if state["task"] is not None:
-            progress.stop()
+                           on_frames=bar.advance, on_start=lambda total: bar.start(f"evaluate ({split})", total),
+                           amp=amp, workers=workers)
     if not outcome.is_main:
         return
     if outcome.predictions_dir is not None:
@@ -745,45 +753,14 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
     )
     click.get_current_context().obj["interrupted"] = "interrupted; rerun the same command to resume the study"
     # One bar at a time (the build of a split, a training epoch, an evaluation); log lines above it.
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=err_console,
-    )
-    state = {"task": None}
-
-    def show(description: str, total: int, completed: int = 0) -> None:
-        if state["task"] is None:
-            progress.start()
-        else:
-            progress.update(state["task"], visible=False)
-        state["task"] = progress.add_task(description, total=total, completed=completed, note="")
-
-    def advance(count: int) -> None:
-        progress.advance(state["task"], count)
-
-    def on_epoch_start(info) -> None:
-        show(f"  stage {info.stage + 1}/{info.stage_count} {info.size[0]}x{info.size[1]} "
-             f"epoch {info.epoch + 1}/{info.epochs}", info.batches, info.batch)
-
-    def on_step(info) -> None:
-        fields = {"note": f"loss {info.loss:.4f}, {info.images_per_s:.1f} images/s"} if loss_due(state) else {}
-        progress.update(state["task"], completed=info.batch, **fields)
-
-    def on_epoch_end(metrics) -> None:
-        val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
-        progress.console.print(f"  stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}",
-                               highlight=False)
-
-    hooks = StudyProgress(on_build_start=lambda split, todo, done: show(f"shards ({split})", todo + done, done),
-                          on_build_frames=advance, on_eval_start=lambda variant, n: show(f"  evaluate {variant}", n),
-                          on_eval_frames=advance)
-    try:
-        result = run_study(config, on_log=lambda line: progress.console.print(escape(line), highlight=False),
-                           train_callbacks=TrainCallbacks(on_epoch_start, on_step, on_epoch_end), progress=hooks)
-    finally:
-        if state["task"] is not None:
-            progress.stop()
+    with ProgressBar(TextColumn("{task.fields[note]}"), note="") as bar:
+        hooks = StudyProgress(
+            on_build_start=lambda split, todo, done: bar.start(f"shards ({split})", todo + done, done),
+            on_build_frames=bar.advance, on_eval_start=lambda variant, n: bar.start(f"  evaluate {variant}", n),
+            on_eval_frames=bar.advance,
+        )
+        result = run_study(config, on_log=bar.print, train_callbacks=TrainCallbacks(*epoch_display(bar, "  ")),
+                           progress=hooks)
     table = _table("variant", "mIoU", "reported", "pixel accuracy", "note")
     for row in result.rows:
         miou = "" if row.miou is None else f"{100 * row.miou:.2f}"

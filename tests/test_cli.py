@@ -147,3 +147,27 @@ def test_piped_output_is_not_wrapped(tmp_path):
     long_name = tmp_path / ("a-rather-long-folder-name-" * 4) / "missing.png"
     result = run("hedprep", "edges", "--out", str(tmp_path / "o"), str(long_name), columns=None)
     assert_one_line_error(result, str(long_name), "no such file")
+
+
+# -------------------------------------------------------------------------------------- progress bar
+
+
+def test_progress_bar_shows_one_task_at_a_time_and_stops_only_if_it_started():
+    from cli import ProgressBar
+
+    with ProgressBar() as unused:
+        pass
+    assert unused.task is None and not unused.progress.live.is_started  # a command that failed its checks
+    with ProgressBar(note="") as bar:
+        bar.start("shards (train)", 10, completed=4)
+        bar.advance(3)
+        first = bar.task
+        bar.start("evaluate", 2)
+        bar.update(completed=1, note="loss 0.5")
+        assert bar.progress.live.is_started
+    tasks = {task.id: task for task in bar.progress.tasks}
+    assert (tasks[first].completed, tasks[first].total, tasks[first].visible) == (7, 10, False)
+    last = tasks[bar.task]
+    assert (last.completed, last.total, last.visible, last.fields) == (1, 2, True, {"note": "loss 0.5"})
+    assert not bar.progress.live.is_started
+    assert bar.due() and not bar.due()  # the running loss: at most twice a second
