@@ -8,10 +8,16 @@ out of range, ...); 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
+import math
 import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import click
 from rich import box, filesize
@@ -22,6 +28,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -102,14 +109,134 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.2f} {self.unit}/s" if task.speed else "")
 
 
-def progress_bar(unit: str = "frames") -> Progress:
-    """A rich progress bar (done of total, rate, elapsed, ETA) on stderr; start tasks with
-    `add_task(description, total=todo + done, completed=done)`."""
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        RateColumn(unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=err_console,
-    )
+LOSS_DISPLAY_INTERVAL_S = 0.5
+
+
+class ProgressBar:
+    """One rich progress bar on stderr: description, bar, done of total, the `extra` columns, elapsed
+    time, ETA. It shows one task at a time: `start` draws a task (hiding the one before), `advance` and
+    `update` move it. Leaving the `with` block stops the display if a task was drawn, so a command that
+    fails its checks before any work draws no bar.
+    """
+
+    def __init__(self, *extra: ProgressColumn, **fields: Any) -> None:
+        """`extra`: columns after done-of-total; `fields`: the {task.fields} they show as each task starts."""
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+        )
+        self.fields = fields
+        self.task: TaskID | None = None
+        self.last_due = -math.inf
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+    def start(self, description: str, total: int, completed: int = 0, **fields: Any) -> None:
+        """Show a new task, `completed` of `total` done already; `fields` as in the constructor."""
+        if self.task is None:
+            self.progress.start()
+        else:
+            self.progress.update(self.task, visible=False)
+        self.task = self.progress.add_task(description, total=total, completed=completed, **{**self.fields, **fields})
+
+    def advance(self, count: int = 1) -> None:
+        """Count `count` more done."""
+        self.progress.advance(self.task, count)
+
+    def update(self, **values: Any) -> None:
+        """Set the task's completed, description or fields."""
+        self.progress.update(self.task, **values)
+
+    def print(self, line: str) -> None:
+        """A line of plain text above the bar."""
+        self.progress.console.print(escape(line), highlight=False)
+
+    def due(self) -> bool:
+        """True at most every LOSS_DISPLAY_INTERVAL_S seconds: for figures whose reading waits for the device."""
+        now = time.monotonic()
+        if now - self.last_due < LOSS_DISPLAY_INTERVAL_S:
+            return False
+        self.last_due = now
+        return True
+
+
+# ------------------------------------------------------------------------------------ library defaults
+# An option that sets a field of a library's config dataclass, or a keyword of its function, takes
+# that field's default (`library_option`). It is read when a command first needs it (its --help, or
+# a command line without the option), so `hedprep --help` and each command import only the library
+# they use: hedprep.build_plan and pipelines.study import torch, which takes seconds.
+TRAIN_CONFIG = "segnet.config:TrainConfig"
+BUILD_CONFIG = "hedprep.build_plan:BuildConfig"
+STUDY_CONFIG = "pipelines.study:StudyConfig"
+EVALUATE = "segnet.evaluate:evaluate"
+PREDICT = "segnet.predict:predict"
+EDGE_MAPS = "hedprep.edge_files:write_edge_maps"
+HED_WEIGHTS = "hedprep.hed:load_hed"
+FIXTURE = "hedprep.fixture:make_fixture"
+
+
+def library_object(where: str) -> Any:
+    """The object `where` names as 'module:name', imported now."""
+    module, _, name = where.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def default_of(owner: Any, name: str) -> Any:
+    """The default of field `name` of a dataclass (made by its default_factory where it has one) or of
+    keyword `name` of a function. A dotted name reads on into that default: 'train.lr' of StudyConfig."""
+    first, *rest = name.split(".")
+    if dataclasses.is_dataclass(owner):
+        field = {f.name: f for f in dataclasses.fields(owner)}[first]
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            raise ValueError(f"{owner.__name__}.{first} has no default")
+    else:
+        value = inspect.signature(owner).parameters[first].default
+        if value is inspect.Parameter.empty:
+            raise ValueError(f"{owner.__name__}({first}) has no default")
+    for attribute in rest:
+        value = getattr(value, attribute)
+    return value
+
+
+class LibraryDefault(click.Option):
+    """An option whose `default` is a function reading the library's default when it is first needed;
+    --help shows the value it returns (click shows such a default as '(dynamic)')."""
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        return super().get_default(ctx, call=True)
+
+
+def library_option(*decls: str, default: str | tuple[str, str], shown: Callable[[Any], Any] | None = None,
+                   **attrs: Any) -> Callable:
+    """click.option whose default is the library's: `(where, name)` for field or keyword `name` of the
+    object at `where` ('module:name'), `where` alone for that object itself. `shown` writes it in the
+    option's syntax (a size as HxW). Give a `type` for values other than text."""
+    where, name = (default, None) if isinstance(default, str) else default
+
+    def read() -> Any:
+        value = library_object(where) if name is None else default_of(library_object(where), name)
+        return value if shown is None else shown(value)
+
+    return click.option(*decls, cls=LibraryDefault, default=read, **attrs)
+
+
+def size_text(size: tuple[int, int] | None) -> str | None:
+    """(128, 256) -> '128x256', as the size options take it; None stays None."""
+    return None if size is None else f"{size[0]}x{size[1]}"
+
+
+def list_text(values) -> str:
+    """('a', 'b') -> 'a,b', as the list options take it."""
+    return ",".join(map(str, values))
 
 
 WEIGHTS_HELP = (
@@ -118,15 +245,17 @@ WEIGHTS_HELP = (
 )
 
 
-def hed_options(precision_help: str):
-    """The --weights, --precision and --device options of every command that runs HED."""
+def hed_options(precision_help: str, defaults: str, weights_defaults: str | None = None):
+    """The --weights, --precision and --device options of every command that runs HED, with the defaults
+    of `defaults` (and --weights those of `weights_defaults`, where given)."""
 
     def decorate(command):
-        command = click.option("--device", default="auto", show_default=True,
-                               help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")(command)
-        command = click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
-                               show_default=True, help=precision_help)(command)
-        return click.option("--weights", default="bsds500", show_default=True, help=WEIGHTS_HELP)(command)
+        command = library_option("--device", default=(defaults, "device"),
+                                 help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")(command)
+        command = library_option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]),
+                                 default=(defaults, "precision"), help=precision_help)(command)
+        return library_option("--weights", default=(weights_defaults or defaults, "weights"),
+                              help=WEIGHTS_HELP)(command)
 
     return decorate
 
@@ -145,13 +274,14 @@ def hedprep() -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the edge maps.")
 @hed_options("fp32 matches the reference to 1e-4 (on GPUs too: TF32 is switched off); tf32 is TF32 on GPUs of "
-             "compute capability 8.0+ (elsewhere fp32); bf16 is faster on CPUs with AVX512-BF16/AMX and on GPUs.")
-@click.option("--scales", default="1.0",
-              help="Multi-scale testing, e.g. 0.5,1,1.5: detect at each scale, resize back, average.")
-@click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default="png",
-              help="png: 8-bit round(255 * p); npy: float32 probabilities (H, W).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1,
-              help="Images per forward pass (consecutive images of one size are batched).")
+             "compute capability 8.0+ (elsewhere fp32); bf16 is faster on CPUs with AVX512-BF16/AMX and on GPUs.",
+             EDGE_MAPS, HED_WEIGHTS)
+@library_option("--scales", default=(EDGE_MAPS, "scales"), shown=list_text,
+                help="Multi-scale testing, e.g. 0.5,1,1.5: detect at each scale, resize back, average.")
+@library_option("--format", "fmt", type=click.Choice(["png", "npy"]), default=(EDGE_MAPS, "fmt"),
+                help="png: 8-bit round(255 * p); npy: float32 probabilities (H, W).")
+@library_option("--batch-size", type=click.IntRange(min=1), default=(EDGE_MAPS, "batch_size"),
+                help="Images per forward pass (consecutive images of one size are batched).")
 def edges(images, out_dir, weights, precision, device, scales, fmt, batch_size) -> None:
     """Write the HED edge map of each IMAGE to OUT/<stem>.png (or .npy).
 
@@ -167,30 +297,32 @@ def edges(images, out_dir, weights, precision, device, scales, fmt, batch_size) 
     resolve_device(device)
     tune_process_for_hed()
     model = load_hed(weights)
-    with progress_bar("images") as progress:
-        task = progress.add_task("HED edges", total=len(images))
+    with ProgressBar(RateColumn("images")) as bar:
+        bar.start("HED edges", len(images))
         written = write_edge_maps(
             model, list(images), out_dir, fmt=fmt, precision=precision, device=device,
-            scales=scale_values, batch_size=batch_size, on_written=lambda _: progress.advance(task),
+            scales=scale_values, batch_size=batch_size, on_written=lambda _: bar.advance(),
         )
     console.print(f"wrote {len(written)} edge map(s) to {escape(str(out_dir))}", highlight=False)
 
 
 @hedprep.command()
 @click.argument("root", type=click.Path(file_okay=False))
-@click.option("--frames", default="train=8,val=4,test=2",
-              help="Frames per split, e.g. train=8,val=4,test=2 (train_extra=N adds gtCoarse frames).")
-@click.option("--size", default="128x256", help="Frame size HEIGHTxWIDTH, at least 32x32.")
-@click.option("--seed", type=int, default=0, help="Random seed; one seed always gives byte-identical files.")
+@library_option("--frames", default=(FIXTURE, "frames"),
+                shown=lambda counts: list_text(f"{split}={count}" for split, count in counts.items()),
+                help="Frames per split, e.g. train=8,val=4,test=2 (train_extra=N adds gtCoarse frames).")
+@library_option("--size", default=(FIXTURE, "size"), shown=size_text, help="Frame size HEIGHTxWIDTH, at least 32x32.")
+@library_option("--seed", type=int, default=(FIXTURE, "seed"),
+                help="Random seed; one seed always gives byte-identical files.")
 def fixture(root, frames, size, seed) -> None:
     """Write a tiny synthetic street-scene dataset in Cityscapes' layout to ROOT.
 
     ROOT must be missing, empty, or an earlier fixture (which is replaced).
     """
-    from hedprep.fixture import make_fixture
+    from hedprep.fixture import MIN_SIDE, make_fixture
     from hedprep.options import parse_frame_counts, parse_size
 
-    summary = make_fixture(root, parse_frame_counts(frames), parse_size(size), seed)
+    summary = make_fixture(root, parse_frame_counts(frames), parse_size(size, "--size", MIN_SIDE), seed)
     counts = ", ".join(f"{split} {n}" for split, n in summary.frames.items())
     console.print(
         f"fixture in {escape(str(summary.root))}: {counts} frames of {summary.size[0]}x{summary.size[1]}",
@@ -213,37 +345,40 @@ INTERRUPTED_BUILD = "interrupted; every finished shard is recorded: rerun the sa
               help="The split to build (train_extra takes --labels coarse).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Output folder; shards go to OUT/SPLIT/shard-NNNNN.h5 with OUT/SPLIT/manifest.json.")
-@click.option("--labels", type=click.Choice(["fine", "coarse"]), default="fine", help="gtFine or gtCoarse labels.")
+@library_option("--labels", type=click.Choice(["fine", "coarse"]), default=(BUILD_CONFIG, "labels"),
+                help="gtFine or gtCoarse labels.")
 @hed_options("HED precision; fp32 matches the reference to 1e-4 (on GPUs too: TF32 is switched off), tf32 is "
              "TF32 on GPUs of compute capability 8.0+ (elsewhere fp32), bf16 is faster on CPUs with "
-             "AVX512-BF16/AMX and on GPUs.")
-@click.option("--frames-per-shard", type=click.IntRange(min=1), default=32,
-              help="Frames per shard file (the unit of work and of resume).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, help="Frames per HED forward pass.")
-@click.option("--compression", default="gzip", help=COMPRESSION_HELP)
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (workers must see "
-                   "--root and --out at the same paths). The workers resolve --device; on cuda each task asks "
-                   "for a GPU resource: start GPU workers with `dask worker ADDRESS --resources GPU=1`.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Start a local dask.distributed cluster of N worker processes sharing this machine's cores; "
-                   "on cuda, worker i sees only GPU i mod GPUs (N a multiple of the GPUs puts several on each). "
-                   "Default: Dask's local scheduler in this process, one shard at a time with HED on every core.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Only the first N frames of the split (in frame-id order).")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
-              help="fail: stop at the first unusable frame; skip: leave it out, record why in the manifest.")
-@click.option("--levels", type=click.IntRange(min=0, max=8), default=3, show_default=True,
-              help="Also store each frame at 1/2, 1/4, ... 1/2^LEVELS of its size, so training at small sizes "
-                   "decompresses only the pixels it needs; 0 stores none. On an existing build this adds, "
-                   "changes or removes levels from the stored frames, without running HED again.")
-@click.option("--force", is_flag=True, help="Rebuild even if OUT holds a build made with other parameters.")
+             "AVX512-BF16/AMX and on GPUs.", BUILD_CONFIG)
+@library_option("--frames-per-shard", type=click.IntRange(min=1), default=(BUILD_CONFIG, "frames_per_shard"),
+                help="Frames per shard file (the unit of work and of resume).")
+@library_option("--batch-size", type=click.IntRange(min=1), default=(BUILD_CONFIG, "batch_size"),
+                help="Frames per HED forward pass.")
+@library_option("--compression", default=(BUILD_CONFIG, "compression"), help=COMPRESSION_HELP)
+@library_option("--scheduler", default=(BUILD_CONFIG, "scheduler"), metavar="ADDRESS",
+                help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (workers must see "
+                     "--root and --out at the same paths). The workers resolve --device; on cuda each task asks "
+                     "for a GPU resource: start GPU workers with `dask worker ADDRESS --resources GPU=1`.")
+@library_option("--workers", type=click.IntRange(min=1), default=(BUILD_CONFIG, "workers"),
+                help="Start a local dask.distributed cluster of N worker processes sharing this machine's cores; "
+                     "on cuda, worker i sees only GPU i mod GPUs (N a multiple of the GPUs puts several on each). "
+                     "Default: Dask's local scheduler in this process, one shard at a time with HED on every core.")
+@library_option("--limit", type=click.IntRange(min=1), default=(BUILD_CONFIG, "limit"),
+                help="Only the first N frames of the split (in frame-id order).")
+@library_option("--on-error", type=click.Choice(["fail", "skip"]), default=(BUILD_CONFIG, "on_error"),
+                help="fail: stop at the first unusable frame; skip: leave it out, record why in the manifest.")
+@library_option("--levels", type=click.IntRange(min=0, max=8), default=(BUILD_CONFIG, "levels"),
+                help="Also store each frame at 1/2, 1/4, ... 1/2^LEVELS of its size, so training at small sizes "
+                     "decompresses only the pixels it needs; 0 stores none. On an existing build this adds, "
+                     "changes or removes levels from the stored frames, without running HED again.")
+@library_option("--force", is_flag=True, default=(BUILD_CONFIG, "force"),
+                help="Rebuild even if OUT holds a build made with other parameters.")
 @click.pass_obj
 def build(state, root, split, out, labels, weights, frames_per_shard, batch_size, precision, device, compression,
           scheduler, workers, limit, on_error, levels, force) -> None:
     """Run HED over every frame of a Cityscapes split and write RGB+edge+label HDF5 shards.
 
-    Each frame is also stored at --levels smaller sizes (1/2, 1/4, 1/8 by default). Rerunning the
+    Each frame is also stored at --levels smaller sizes (1/2, 1/4, ... of its size). Rerunning the
     same command resumes: shards that are complete (sha256 and frame ids as in the manifest) are
     kept, missing or damaged ones rebuilt, and kept shards with other levels rewritten from their
     stored frames without HED. A killed build never leaves a half-written shard under its final name;
@@ -259,19 +394,9 @@ def build(state, root, split, out, labels, weights, frames_per_shard, batch_size
         levels=levels,
     )
     state["interrupted"] = INTERRUPTED_BUILD
-    progress = progress_bar("frames")
-    task = None
-
-    def start(todo: int, done: int) -> None:
-        nonlocal task
-        task = progress.add_task(f"shards ({split})", total=todo + done, completed=done)
-        progress.start()
-
-    try:
-        result = build_split(config, on_frames=lambda n: progress.advance(task, n), on_start=start)
-    finally:
-        if task is not None:  # a build that failed its checks drew no bar
-            progress.stop()
+    with ProgressBar(RateColumn("frames")) as bar:
+        result = build_split(config, on_frames=bar.advance,
+                             on_start=lambda todo, done: bar.start(f"shards ({split})", todo + done, done))
     skipped = f", {len(result.skipped)} frame(s) skipped (reasons in the manifest)" if result.skipped else ""
     relevelled = (f", {result.relevelled} rewritten with {levels} resolution level(s) from their stored frames "
                   "(no HED)" if result.relevelled else "")
@@ -474,73 +599,98 @@ SCHEDULE_HELP = (
 )
 
 
-def training_options(command):
-    """The --schedule, --epochs-per-stage, --lr and --backbone-weights options of train and study."""
-    command = click.option(
-        "--backbone-weights", default="imagenet",
-        help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
-             "such a file, or none (random initialisation). Nothing is downloaded.")(command)
-    command = click.option("--lr", type=float, default=1e-5, help="Adam's learning rate.")(command)
-    command = click.option("--epochs-per-stage", type=click.IntRange(min=1), default=10,
-                           help="Epochs of each stage whose --schedule entry gives none.")(command)
-    return click.option("--schedule", default=None,
-                        help=SCHEDULE_HELP + "  [default: 128x224:16,256x448:8,512x912:4]")(command)
+def training_options(defaults: str, prefix: str = ""):
+    """The --schedule, --epochs-per-stage, --lr and --backbone-weights options of train and study, with
+    the defaults of `defaults`' fields `prefix` + name (the schedule: segnet.config's)."""
+
+    def decorate(command):
+        command = library_option(
+            "--backbone-weights", default=(defaults, prefix + "backbone_weights"),
+            help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
+                 "such a file, or none (random initialisation). Nothing is downloaded.")(command)
+        command = library_option("--lr", type=float, default=(defaults, prefix + "lr"),
+                                 help="Adam's learning rate.")(command)
+        command = library_option("--epochs-per-stage", type=click.IntRange(min=1),
+                                 default="segnet.config:DEFAULT_EPOCHS_PER_STAGE",
+                                 help="Epochs of each stage whose --schedule entry gives none.")(command)
+        return library_option("--schedule", default="segnet.config:DEFAULT_SCHEDULE", help=SCHEDULE_HELP)(command)
+
+    return decorate
 
 
-def parse_size_option(text: str | None, option: str) -> tuple[int, int] | None:
-    """'512x912' -> (512, 912) for segnet's size options; None stays None."""
+def epoch_display(bar: ProgressBar, indent: str = "") -> tuple[Callable, Callable, Callable]:
+    """segnet.train.TrainCallbacks' on_epoch_start, on_step and on_epoch_end for `bar` (made with a
+    {task.fields[note]} column): a bar per epoch with the running loss and rate, and a line per
+    finished epoch, `indent`ed."""
+
+    def on_epoch_start(info) -> None:
+        bar.start(f"{indent}stage {info.stage + 1}/{info.stage_count} {info.size[0]}x{info.size[1]} "
+                  f"epoch {info.epoch + 1}/{info.epochs}", info.batches, info.batch)
+
+    def on_step(info) -> None:
+        if bar.due():  # reading the loss waits for the device: twice a second at most
+            bar.update(completed=info.batch, note=f"loss {info.loss:.4f}, {info.images_per_s:.1f} images/s")
+        else:
+            bar.update(completed=info.batch)
+
+    def on_epoch_end(metrics) -> None:
+        val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
+        bar.print(f"{indent}stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}, "
+                  f"{metrics['images_per_s']:.1f} images/s")
+
+    return on_epoch_start, on_step, on_epoch_end
+
+
+def parse_eval_size(text: str | None) -> tuple[int, int] | None:
+    """--eval-size HxW as segnet takes it; None (not given: the checkpoint's last stage size) stays None."""
     if text is None:
         return None
+    from hedprep.options import parse_size
+    from segnet.config import MIN_SIDE
     from segnet.errors import SegnetOptionError
 
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 16 for p in parts):
-        raise SegnetOptionError(f"{option} {text}: expected HEIGHTxWIDTH of at least 16x16, e.g. 512x912")
-    return int(parts[0]), int(parts[1])
-
-
-LOSS_DISPLAY_INTERVAL_S = 0.5
-
-
-def loss_due(state: dict) -> bool:
-    """True at most every LOSS_DISPLAY_INTERVAL_S seconds (per `state`), for showing the running loss."""
-    now = time.monotonic()
-    if now - state.get("loss_shown", -LOSS_DISPLAY_INTERVAL_S) < LOSS_DISPLAY_INTERVAL_S:
-        return False
-    state["loss_shown"] = now
-    return True
+    return parse_size(text, "--eval-size", MIN_SIDE, SegnetOptionError)
 
 
 @segnet.command("train")
 @click.option("--variant", required=True, help="vanilla, dlse, dlse-sf or dlse-hed (RGB + HED edge input).")
 @click.option("--shards", required=True, type=click.Path(file_okay=False),
               help="The output folder of `hedprep build` (holding SPLIT/manifest.json).")
-@click.option("--split", default="train", help="The split to train on.")
-@click.option("--val-split", default="val", help="The split to validate on after every epoch ('none': no validation).")
-@training_options
-@click.option("--output-stride", type=click.Choice(["16", "8"]), default="16", help="Backbone output stride.")
-@click.option("--sf-scale", type=float, default=2.0, help="dlse-sf: factor of the channel with the highest gate.")
-@click.option("--sf-rescale/--no-sf-rescale", default=False,
-              help="dlse-sf: multiply the softmax gates by the channel count, so they average 1 (off by default: "
-                   "measured, docs/segnet.md).")
+@library_option("--split", default=(TRAIN_CONFIG, "split"), help="The split to train on.")
+@library_option("--val-split", default=(TRAIN_CONFIG, "val_split"), shown=lambda split: split or "none",
+                help="The split to validate on after every epoch ('none': no validation).")
+@training_options(TRAIN_CONFIG)
+@library_option("--output-stride", type=click.Choice([16, 8]), default=(TRAIN_CONFIG, "output_stride"),
+                help="Backbone output stride.")
+@library_option("--sf-scale", type=float, default=(TRAIN_CONFIG, "sf_scale"),
+                help="dlse-sf: factor of the channel with the highest gate.")
+@library_option("--sf-rescale/--no-sf-rescale", default=(TRAIN_CONFIG, "sf_rescale"),
+                help="dlse-sf: multiply the softmax gates by the channel count, so they average 1 (measured in "
+                     "docs/segnet.md).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False),
               help="Run folder: config.json, log.txt, metrics.jsonl/.csv, last.pt, best.pt.  [default: runs/VARIANT]")
-@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
-@click.option("--amp", is_flag=True, help="bfloat16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader worker processes per rank. Default: 0 on a CPU (the model's threads use every core); "
-                   "with a GPU, this rank's share of the cores less one.")
-@click.option("--seed", type=int, default=0, help="Seed of initialisation, order, flips and dropout.")
-@click.option("--strict", is_flag=True, help="Refuse shards of an incomplete build instead of warning.")
-@click.option("--sync-bn/--no-sync-bn", default=None,
-              help="Synchronise BatchNorm statistics across torchrun ranks (SyncBatchNorm, GPUs only). "
-                   "Default: on when training on more than one GPU.")
-@click.option("--deterministic", is_flag=True,
-              help="Deterministic algorithms: a GPU run and its --resume are bit-exact (slower; docs/segnet.md). "
-                   "CPU runs are exact without it.")
-@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (docs/performance.md).")
-@click.option("--channels-last/--no-channels-last", default=None,
-              help="Channels-last (NHWC) memory layout. Default: on CUDA; on a CPU as measured (docs/performance.md).")
+@library_option("--device", default=(TRAIN_CONFIG, "device"),
+                help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
+@library_option("--amp", is_flag=True, default=(TRAIN_CONFIG, "amp"),
+                help="bfloat16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX).")
+@library_option("--workers", type=click.IntRange(min=0), default=(TRAIN_CONFIG, "workers"),
+                help="DataLoader worker processes per rank. Default: 0 on a CPU (the model's threads use every "
+                     "core); with a GPU, this rank's share of the cores less one.")
+@library_option("--seed", type=int, default=(TRAIN_CONFIG, "seed"),
+                help="Seed of initialisation, order, flips and dropout.")
+@library_option("--strict", is_flag=True, default=(TRAIN_CONFIG, "strict"),
+                help="Refuse shards of an incomplete build instead of warning.")
+@library_option("--sync-bn/--no-sync-bn", default=(TRAIN_CONFIG, "sync_bn"),
+                help="Synchronise BatchNorm statistics across torchrun ranks (SyncBatchNorm, GPUs only). "
+                     "Default: on when training on more than one GPU.")
+@library_option("--deterministic", is_flag=True, default=(TRAIN_CONFIG, "deterministic"),
+                help="Deterministic algorithms: a GPU run and its --resume are bit-exact (slower; docs/segnet.md). "
+                     "CPU runs are exact without it.")
+@library_option("--compile", "compile_model", is_flag=True, default=(TRAIN_CONFIG, "compile"),
+                help="torch.compile the model (docs/performance.md).")
+@library_option("--channels-last/--no-channels-last", default=(TRAIN_CONFIG, "channels_last"),
+                help="Channels-last (NHWC) memory layout. Default: on CUDA; on a CPU as measured "
+                     "(docs/performance.md).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, lr, backbone_weights, output_stride,
                  sf_scale, sf_rescale, out, device, amp, workers, seed, strict, sync_bn, deterministic, compile_model,
@@ -553,7 +703,7 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
     segnet train --device cuda ...`) it trains data-parallel, each rank on cuda:LOCAL_RANK with the
     schedule's batch per rank; rank 0 writes the run folder.
     """
-    from segnet.config import DEFAULT_SCHEDULE, TrainConfig, parse_schedule
+    from segnet.config import TrainConfig, parse_schedule
     from segnet.train import TrainCallbacks, train
 
     state_obj = click.get_current_context().obj
@@ -561,49 +711,16 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
     config = TrainConfig(
         variant=variant, shards=shards, out=out or f"runs/{variant}", split=split,
         val_split=None if val_split == "none" else val_split,
-        schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage), lr=lr,
-        backbone_weights=backbone_weights, output_stride=int(output_stride), sf_scale=sf_scale,
+        schedule=parse_schedule(schedule, epochs_per_stage), lr=lr,
+        backbone_weights=backbone_weights, output_stride=output_stride, sf_scale=sf_scale,
         sf_rescale=sf_rescale, device=device, amp=amp,
         workers=workers, seed=seed, strict=strict, sync_bn=sync_bn, deterministic=deterministic,
         compile=compile_model, channels_last=channels_last,
     )
     state_obj["interrupted"] = (f"interrupted; {config.out}/last.pt holds the last finished epoch: continue with "
                                 "the same command and --resume")
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
-    )
-    state = {"task": None}
-
-    def on_epoch_start(info) -> None:
-        if state["task"] is None:
-            progress.start()
-        else:
-            progress.update(state["task"], visible=False)
-        description = (f"stage {info.stage + 1}/{info.stage_count} {info.size[0]}x{info.size[1]} "
-                       f"epoch {info.epoch + 1}/{info.epochs}")
-        state["task"] = progress.add_task(description, total=info.batches, completed=info.batch, loss="-", rate="")
-
-    def on_step(info) -> None:
-        fields = {}
-        if loss_due(state):  # reading the loss waits for the device: twice a second at most
-            fields = {"loss": f"{info.loss:.4f}", "rate": f"{info.images_per_s:.1f} images/s"}
-        progress.update(state["task"], completed=info.batch, **fields)
-
-    def on_epoch_end(metrics) -> None:
-        val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
-        progress.console.print(
-            f"stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}, "
-            f"{metrics['images_per_s']:.1f} images/s", highlight=False)
-
-    try:
-        result = train(config, resume=resume,
-                       callbacks=TrainCallbacks(on_epoch_start, on_step, on_epoch_end,
-                                                on_log=lambda line: err_console.print(escape(line), highlight=False)))
-    finally:
-        if state["task"] is not None:
-            progress.stop()
+    with ProgressBar(TextColumn("{task.fields[note]}"), note="") as bar:
+        result = train(config, resume=resume, callbacks=TrainCallbacks(*epoch_display(bar), on_log=bar.print))
     if not result.is_main:
         return
     best = f"; best val mIoU {result.best_miou:.4f}" if result.best_miou is not None else ""
@@ -614,18 +731,21 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
 @segnet.command("evaluate")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint (last.pt, best.pt).")
 @click.option("--shards", required=True, type=click.Path(file_okay=False), help="The output folder of hedprep build.")
-@click.option("--split", default="val", help="The split to evaluate (test: predictions only).")
-@click.option("--eval-size", default=None, help="HxW to run the model at; default: the checkpoint's last stage size.")
-@click.option("--save-predictions", type=click.Path(file_okay=False), default=None,
-              help="Write {frame_id}_pred_labelIds.png (Cityscapes format) and _pred_color.png here.")
+@library_option("--split", default=(EVALUATE, "split"), help="The split to evaluate (test: predictions only).")
+@library_option("--eval-size", default=(EVALUATE, "eval_size"), shown=size_text,
+                help="HxW to run the model at; default: the checkpoint's last stage size.")
+@library_option("--save-predictions", type=click.Path(file_okay=False), default=(EVALUATE, "save_predictions"),
+                help="Write {frame_id}_pred_labelIds.png (Cityscapes format) and _pred_color.png here.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write {miou, iou: {class: value}, pixel_accuracy} (fractions) to this file.")
-@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto.")
-@click.option("--amp", is_flag=True, help="bfloat16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=2, help="Frames per forward pass.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader worker processes. Default: 0 on a CPU; with a GPU, this rank's share of the cores "
-                   "less one, at most 8.")
+@library_option("--device", default=(EVALUATE, "device"), help="cpu, cuda, cuda:N, or auto.")
+@library_option("--amp", is_flag=True, default=(EVALUATE, "amp"),
+                help="bfloat16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX).")
+@library_option("--batch-size", type=click.IntRange(min=1), default=(EVALUATE, "batch_size"),
+                help="Frames per forward pass.")
+@library_option("--workers", type=click.IntRange(min=0), default=(EVALUATE, "workers"),
+                help="DataLoader worker processes. Default: 0 on a CPU; with a GPU, this rank's share of the cores "
+                     "less one, at most 8.")
 def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json_path, device, amp, batch_size,
                     workers) -> None:
     """Cityscapes mIoU of a checkpoint on a split of shards: per-class IoU, mIoU, pixel accuracy.
@@ -638,21 +758,11 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
 
     from segnet.evaluate import evaluate
 
-    size = parse_size_option(eval_size, "--eval-size")
-    progress = progress_bar("frames")
-    state = {"task": None}
-
-    def start(total: int) -> None:
-        state["task"] = progress.add_task(f"evaluate ({split})", total=total)
-        progress.start()
-
-    try:
+    size = parse_eval_size(eval_size)
+    with ProgressBar(RateColumn("frames")) as bar:
         outcome = evaluate(checkpoint, shards, split, size, save_predictions, device, batch_size,
-                           on_frames=lambda n: progress.advance(state["task"], n), on_start=start, amp=amp,
-                           workers=workers)
-    finally:
-        if state["task"] is not None:
-            progress.stop()
+                           on_frames=bar.advance, on_start=lambda total: bar.start(f"evaluate ({split})", total),
+                           amp=amp, workers=workers)
     if not outcome.is_main:
         return
     if outcome.predictions_dir is not None:
@@ -680,8 +790,9 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
 @segnet.command("predict")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint (last.pt, best.pt).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
-@click.option("--eval-size", default=None, help="HxW to run the model at; default: the checkpoint's last stage size.")
-@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto.")
+@library_option("--eval-size", default=(PREDICT, "eval_size"), shown=size_text,
+                help="HxW to run the model at; default: the checkpoint's last stage size.")
+@library_option("--device", default=(PREDICT, "device"), help="cpu, cuda, cuda:N, or auto.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
     """Segment IMAGE files (PNG or JPEG, any size): OUT/{stem}_pred_color.png and OUT/{stem}_overlay.png.
@@ -690,31 +801,35 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
     """
     from segnet.predict import predict
 
-    for result in predict(checkpoint, list(images), out_dir, parse_size_option(eval_size, "--eval-size"), device):
+    for result in predict(checkpoint, list(images), out_dir, parse_eval_size(eval_size), device):
         console.print(f"{escape(str(result.color))} {escape(str(result.overlay))}", highlight=False)
 
 
-
 @segnet.command("study")
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Cityscapes root (holding leftImg8bit/ and gtFine/); default: $CITYSCAPES_DATASET.")
-@click.option("--out", "out", default="runs/study", type=click.Path(file_okay=False),
-              help="Study folder: shards/, runs/VARIANT/, results.csv, results.md, plots/.")
-@click.option("--variants", default="vanilla,dlse,dlse-sf,dlse-hed", help="Comma-separated variants to train.")
-@training_options
-@click.option("--seed", type=int, default=0, help="Seed of every variant's run.")
-@click.option("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
-@click.option("--levels", type=click.IntRange(min=0, max=8), default=3, help="Resolution levels of the shards.")
-@click.option("--frames-per-shard", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Frames per shard file of the build.")
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="Build the shards on this dask.distributed cluster.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Build the shards with a local dask.distributed cluster of N workers.")
-@click.option("--hed-precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-              help="The build's HED precision (hedprep build --precision).")
-@click.option("--hed-batch-size", type=click.IntRange(min=1), default=1,
-              help="The build's frames per HED pass (hedprep build --batch-size).")
-@click.option("--amp", is_flag=True, help="bfloat16 autocast in training and evaluation, where it is native.")
+@library_option("--root", type=click.Path(file_okay=False), default=(STUDY_CONFIG, "build.root"),
+                help="Cityscapes root (holding leftImg8bit/ and gtFine/); default: $CITYSCAPES_DATASET.")
+@library_option("--out", "out", default=(STUDY_CONFIG, "out"), type=click.Path(file_okay=False),
+                help="Study folder: shards/, runs/VARIANT/, results.csv, results.md, plots/.")
+@library_option("--variants", default=(STUDY_CONFIG, "variants"), shown=list_text,
+                help="Comma-separated variants to train.")
+@training_options(STUDY_CONFIG, "train.")
+@library_option("--seed", type=int, default=(STUDY_CONFIG, "train.seed"), help="Seed of every variant's run.")
+@library_option("--device", default=(STUDY_CONFIG, "train.device"),
+                help="cpu, cuda, cuda:N, or auto (a GPU if there is one).")
+@library_option("--levels", type=click.IntRange(min=0, max=8), default=(STUDY_CONFIG, "build.levels"),
+                help="Resolution levels of the shards.")
+@library_option("--frames-per-shard", type=click.IntRange(min=1), default=(STUDY_CONFIG, "build.frames_per_shard"),
+                help="Frames per shard file of the build.")
+@library_option("--scheduler", default=(STUDY_CONFIG, "build.scheduler"), metavar="ADDRESS",
+                help="Build the shards on this dask.distributed cluster.")
+@library_option("--workers", type=click.IntRange(min=1), default=(STUDY_CONFIG, "build.workers"),
+                help="Build the shards with a local dask.distributed cluster of N workers.")
+@library_option("--hed-precision", type=click.Choice(["fp32", "bf16"]), default=(STUDY_CONFIG, "build.precision"),
+                help="The build's HED precision (hedprep build --precision).")
+@library_option("--hed-batch-size", type=click.IntRange(min=1), default=(STUDY_CONFIG, "build.batch_size"),
+                help="The build's frames per HED pass (hedprep build --batch-size).")
+@library_option("--amp", is_flag=True, default=(STUDY_CONFIG, "train.amp"),
+                help="bfloat16 autocast in training and evaluation, where it is native.")
 def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_weights, seed, device, levels,
                  frames_per_shard, scheduler, workers, hed_precision, hed_batch_size, amp) -> None:
     """Run the study: build train and val shards, train each variant with the same seed and schedule,
@@ -726,7 +841,7 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
     continues where it stopped. A variant that fails is reported in the table; the others still run.
     """
     from pipelines.study import REPORTED_MIOU, StudyConfig, StudyProgress, run_study
-    from segnet.config import DEFAULT_SCHEDULE, parse_schedule
+    from segnet.config import parse_schedule
     from segnet.deeplab import VARIANTS
     from segnet.errors import SegnetOptionError
     from segnet.train import TrainCallbacks
@@ -735,51 +850,24 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown or not chosen:
         raise SegnetOptionError(f"--variants {variants}: choose from {', '.join(VARIANTS)}")
-    config = StudyConfig(root=root, out=out, schedule=parse_schedule(schedule or DEFAULT_SCHEDULE, epochs_per_stage),
-                         variants=chosen, backbone_weights=backbone_weights, lr=lr, seed=seed, device=device,
-                         levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler, workers=workers,
-                         hed_precision=hed_precision, hed_batch_size=hed_batch_size, amp=amp)
+    config = StudyConfig(
+        out=out, variants=chosen,
+        train=StudyConfig.run_options(schedule=parse_schedule(schedule, epochs_per_stage), lr=lr,
+                                      backbone_weights=backbone_weights, seed=seed, device=device, amp=amp),
+        build=StudyConfig.build_options(root, levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler,
+                                        workers=workers, device=device, precision=hed_precision,
+                                        batch_size=hed_batch_size),
+    )
     click.get_current_context().obj["interrupted"] = "interrupted; rerun the same command to resume the study"
     # One bar at a time (the build of a split, a training epoch, an evaluation); log lines above it.
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=err_console,
-    )
-    state = {"task": None}
-
-    def show(description: str, total: int, completed: int = 0) -> None:
-        if state["task"] is None:
-            progress.start()
-        else:
-            progress.update(state["task"], visible=False)
-        state["task"] = progress.add_task(description, total=total, completed=completed, note="")
-
-    def advance(count: int) -> None:
-        progress.advance(state["task"], count)
-
-    def on_epoch_start(info) -> None:
-        show(f"  stage {info.stage + 1}/{info.stage_count} {info.size[0]}x{info.size[1]} "
-             f"epoch {info.epoch + 1}/{info.epochs}", info.batches, info.batch)
-
-    def on_step(info) -> None:
-        fields = {"note": f"loss {info.loss:.4f}, {info.images_per_s:.1f} images/s"} if loss_due(state) else {}
-        progress.update(state["task"], completed=info.batch, **fields)
-
-    def on_epoch_end(metrics) -> None:
-        val = f", val mIoU {metrics['val_miou']:.4f}" if metrics.get("val_miou") is not None else ""
-        progress.console.print(f"  stage {metrics['stage']} epoch {metrics['epoch']}: loss {metrics['loss']:.4f}{val}",
-                               highlight=False)
-
-    hooks = StudyProgress(on_build_start=lambda split, todo, done: show(f"shards ({split})", todo + done, done),
-                          on_build_frames=advance, on_eval_start=lambda variant, n: show(f"  evaluate {variant}", n),
-                          on_eval_frames=advance)
-    try:
-        result = run_study(config, on_log=lambda line: progress.console.print(escape(line), highlight=False),
-                           train_callbacks=TrainCallbacks(on_epoch_start, on_step, on_epoch_end), progress=hooks)
-    finally:
-        if state["task"] is not None:
-            progress.stop()
+    with ProgressBar(TextColumn("{task.fields[note]}"), note="") as bar:
+        hooks = StudyProgress(
+            on_build_start=lambda split, todo, done: bar.start(f"shards ({split})", todo + done, done),
+            on_build_frames=bar.advance, on_eval_start=lambda variant, n: bar.start(f"  evaluate {variant}", n),
+            on_eval_frames=bar.advance,
+        )
+        result = run_study(config, on_log=bar.print, train_callbacks=TrainCallbacks(*epoch_display(bar, "  ")),
+                           progress=hooks)
     table = _table("variant", "mIoU", "reported", "pixel accuracy", "note")
     for row in result.rows:
         miou = "" if row.miou is None else f"{100 * row.miou:.2f}"

@@ -33,6 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hedprep.options import parse_size  # noqa: E402
+
 
 class PrecomputedEdges:
     """A stand-in for HED at zero cost: the same uint8 edge map for every frame of the batch."""
@@ -172,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     if max(args.cores) > len(os.sched_getaffinity(0)):
         parser.error(f"--cores {max(args.cores)}: this process may use {len(os.sched_getaffinity(0))} CPUs")
-    height, width = (int(v) for v in args.size.lower().split("x"))
+    height, width = parse_size(args.size)
     work = Path(args.work).absolute() / f"cpu-side-{args.size}-{args.frames}"
     root = make_dataset(work / "cityscapes", args.frames, (height, width))
     edges = PrecomputedEdges(real_edge_map(root, work / "edge.npy"))

@@ -32,12 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hedprep.options import parse_size  # noqa: E402
+
 CODECS = ("none", "gzip", "gzip:4", "lzf", "zstd", "lz4")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
 
 
 def make_dataset(root: Path, frames: int, size: tuple[int, int]) -> Path:
@@ -89,7 +86,7 @@ def section_ratio(args, work: Path) -> None:
     print("| size | precision | --levels | frames | HED alone (frames/s) | build (frames/s) | build / HED |")
     print("|---|---|---|---|---|---|---|")
     for size_text in args.sizes:
-        size = parse_size(size_text)
+        size = parse_size(size_text, "--sizes")
         root = make_dataset(work / f"data-{size_text}", args.frames + 1, size)
         images = decoded_frames(root, args.frames)
         for precision in args.precisions:
@@ -124,7 +121,7 @@ print(int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[
 
 def section_memory(args, work: Path) -> None:
     size_text = args.memory_size
-    root = make_dataset(work / f"data-mem-{size_text}", 64, parse_size(size_text))
+    root = make_dataset(work / f"data-mem-{size_text}", 64, parse_size(size_text, "--memory-size"))
     print(f"\n### Peak RSS of a build process ({size_text}, --frames-per-shard {args.frames_per_shard})\n")
     print(f"Each row: {args.repeats} fresh processes, interleaved; peak RSS of each, and the mean wall time.\n")
     print("| frames | shards | peak RSS per run (MiB) | wall time (s) |")
@@ -174,7 +171,7 @@ def section_codecs(args, work: Path) -> None:
     from hedprep.shards import ShardInfo, ShardWriter
 
     size_text = args.codec_size
-    h, w = parse_size(size_text)
+    h, w = parse_size(size_text, "--codec-size")
     n = args.codec_frames
     root = make_dataset(work / f"data-{size_text}", n, (h, w))
     rgbe, labels, sources = rgbe_frames(root, n)

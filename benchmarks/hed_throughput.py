@@ -128,6 +128,7 @@ def main() -> None:
     import torch
 
     from hedprep.hed import load_hed
+    from hedprep.options import parse_size
     from hedprep.process_tuning import tune_process_for_hed
 
     tuning = tune_process_for_hed()
@@ -137,7 +138,7 @@ def main() -> None:
           f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     rows = []
     for size in args.sizes.split(","):
-        height, width = map(int, size.split("x"))
+        height, width = parse_size(size, "--sizes")
         for batch in map(int, args.batch_sizes.split(",")):
             ref = None
             if args.reference_python:

@@ -13,11 +13,19 @@ from hedprep.errors import OptionError
 from hedprep.shards import CODECS, Compression
 
 
-def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
-    """'128x256' (height x width) -> (128, 256)."""
+def parse_size(text: str, option: str = "--size", minimum: int = 1,
+               error: type[Exception] = OptionError) -> tuple[int, int]:
+    """'128x256' (height x width) -> (128, 256): the one parser of sizes, in hedprep and segnet alike.
+
+    Args:
+        text: the size as typed; x or X between the sides, spaces allowed around them.
+        option: the option named in the error, e.g. --eval-size.
+        minimum: the smallest height and width allowed.
+        error: the exception raised, e.g. segnet's SegnetOptionError (default: OptionError).
+    """
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if match is None:
-        raise OptionError(f"{option} {text}: expected HEIGHTxWIDTH, e.g. 128x256")
+    if match is None or min(int(match[1]), int(match[2])) < minimum:
+        raise error(f"{option} {text}: expected HEIGHTxWIDTH of at least {minimum}x{minimum}, e.g. 128x256")
     return int(match[1]), int(match[2])
 
 

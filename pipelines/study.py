@@ -19,7 +19,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from hedprep.errors import HedsegError
 from hedprep.hed import release_cached_detectors
 from hedprep.shards import TRAIN_CLASSES, open_split
 from pipelines.build import build_split
-from segnet.config import Stage, TrainConfig
+from segnet.config import TrainConfig
 from segnet.deeplab import VARIANTS
 from segnet.evaluate import evaluate, predict_frames
 from segnet.run_folder import RunFolder
@@ -45,36 +45,35 @@ SHEET_FRAMES = 3  # val frames on the qualitative sheet
 
 @dataclass
 class StudyConfig:
-    """What `segnet study` takes (see `segnet study --help`)."""
+    """What `segnet study` takes (see `segnet study --help`): the study folder, the variants, and the
+    options of its runs and of its build as a `TrainConfig` and a `BuildConfig` (`run_options`,
+    `build_options`). Evaluations and the qualitative sheet run as the runs do (`train.device`, `train.amp`)."""
 
-    root: str | None
-    out: str
-    schedule: list[Stage]
+    out: str = "runs/study"
     variants: tuple[str, ...] = VARIANTS
-    backbone_weights: str = "imagenet"
-    lr: float = 1e-5
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False  # bfloat16 autocast in training and evaluation, where it is native
-    levels: int = 3
-    frames_per_shard: int = 32
-    scheduler: str | None = None
-    workers: int | None = None
-    hed_precision: str = "fp32"  # the build's --precision
-    hed_batch_size: int = 1  # the build's --batch-size
+    train: TrainConfig = field(default_factory=lambda: StudyConfig.run_options())  # variant, shards, out: each run's
+    build: BuildConfig = field(default_factory=lambda: StudyConfig.build_options())  # split, out: each split's
+
+    @staticmethod
+    def run_options(**options: Any) -> TrainConfig:
+        """The runs' options (TrainConfig's fields but variant, shards and out, which `train_config` fills in)."""
+        return TrainConfig(variant="", shards="", out="", **options)
+
+    @staticmethod
+    def build_options(root: str | None = None, **options: Any) -> BuildConfig:
+        """The build's options (BuildConfig's fields but split and out, which `build_config` fills in);
+        `root` None: $CITYSCAPES_DATASET."""
+        return BuildConfig(root=root, split="", out="", **options)
 
     def build_config(self, split: str) -> BuildConfig:
         """The `hedprep build` of one split of the study's shards."""
-        return BuildConfig(root=self.root, split=split, out=str(Path(self.out) / "shards"), levels=self.levels,
-                           frames_per_shard=self.frames_per_shard, scheduler=self.scheduler, workers=self.workers,
-                           device=self.device, precision=self.hed_precision, batch_size=self.hed_batch_size)
+        return replace(self.build, split=split, out=str(Path(self.out) / "shards"))
 
     def train_config(self, variant: str) -> TrainConfig:
         """The `segnet train` of one variant."""
         out = Path(self.out)
-        return TrainConfig(variant=variant, shards=str(out / "shards"), out=str(out / "runs" / variant),
-                           schedule=list(self.schedule), lr=self.lr, backbone_weights=self.backbone_weights,
-                           device=self.device, amp=self.amp, seed=self.seed)
+        return replace(self.train, variant=variant, shards=str(out / "shards"), out=str(out / "runs" / variant),
+                       schedule=list(self.train.schedule))
 
 
 @dataclass
@@ -137,7 +136,8 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
     results_csv, results_md = out / "results.csv", out / "results.md"
     plots = write_plots(rows, out / "plots")
     log("drawing the qualitative sheet")
-    plots.append(write_sheet(sheet_frames(shards, rows, SHEET_FRAMES, config.device, config.amp), config.variants,
+    plots.append(write_sheet(sheet_frames(shards, rows, SHEET_FRAMES, config.train.device, config.train.amp),
+                             config.variants,
                              out / "plots" / "qualitative.png"))
     write_text_atomic(results_csv, results_table_csv(rows))
     write_text_atomic(results_md, results_table_md(rows, config, frames, [p.relative_to(out) for p in plots]))
@@ -162,8 +162,8 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
             if progress.on_eval_start is not None:
                 progress.on_eval_start(variant, total)
 
-        evaluation = evaluate(best, shards, "val", device=config.device, on_frames=progress.on_eval_frames,
-                              on_start=start, amp=config.amp)
+        evaluation = evaluate(best, shards, "val", device=config.train.device, on_frames=progress.on_eval_frames,
+                              on_start=start, amp=config.train.amp)
         write_text_atomic(scores, json.dumps(evaluation.result.to_json(), indent=1) + "\n")
         log(f"{variant}: evaluated on val, mIoU {100 * evaluation.result.miou:.2f}")
     figures = json.loads(scores.read_text(encoding="utf-8"))
@@ -283,11 +283,11 @@ def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dic
     for row in rows:
         lines.append(f"| {row.variant} | " + " | ".join(_percent(row.iou.get(n)) for n in TRAIN_CLASSES) + " |")
     lines += ["", "Settings:", "",
-              f"- schedule: {','.join(str(s) for s in config.schedule)}",
-              f"- seed: {config.seed}; lr: {config.lr}; backbone weights: {config.backbone_weights}",
-              f"- dataset root: {Path(config.root).resolve() if config.root else '$CITYSCAPES_DATASET'}; frames: "
-              + ", ".join(f"{split} {count}" for split, count in frames.items())
-              + f"; resolution levels: {config.levels}", ""]
+              f"- schedule: {','.join(str(s) for s in config.train.schedule)}",
+              f"- seed: {config.train.seed}; lr: {config.train.lr}; backbone weights: {config.train.backbone_weights}",
+              f"- dataset root: {Path(config.build.root).resolve() if config.build.root else '$CITYSCAPES_DATASET'}; "
+              "frames: " + ", ".join(f"{split} {count}" for split, count in frames.items())
+              + f"; resolution levels: {config.build.levels}", ""]
     for plot in plots or []:
         lines += [f"![{plot.stem.replace('_', ' ')}]({plot.as_posix()})", ""]
     return "\n".join(lines)

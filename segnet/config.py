@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hedprep.options import parse_size
 from segnet.errors import SegnetOptionError
 
 # The study trains progressively: 128x224 with batches of 16, then 256x448 with 8, then 512x912 with 4.
@@ -15,7 +15,7 @@ DEFAULT_SCHEDULE = "128x224:16,256x448:8,512x912:4"
 # Cityscapes' 2975 training frames; the study's own figure is not known.
 DEFAULT_EPOCHS_PER_STAGE = 10
 MAX_DEFAULT_WORKERS = 8  # DataLoader workers per rank when --workers is not given
-_STAGE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*:\s*(\d+)\s*(?::\s*(\d+)\s*)?")
+MIN_SIDE = 16  # the smallest height and width segnet trains or evaluates at: one pixel at output stride 16
 
 
 @dataclass(frozen=True)
@@ -76,18 +76,17 @@ def parse_schedule(text: str, epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE) 
         raise SegnetOptionError(f"--epochs-per-stage {epochs_per_stage}: must be at least 1")
     stages = []
     for entry in text.split(","):
-        match = _STAGE.fullmatch(entry)
-        if match is None:
+        size, *counts = entry.split(":")
+        if len(counts) not in (1, 2) or not all(count.strip().isdecimal() for count in counts):
             raise SegnetOptionError(
                 f"--schedule {text}: '{entry.strip()}' is not HxW:BATCH[:EPOCHS], e.g. 128x224:16:10"
             )
-        h, w, batch = int(match[1]), int(match[2]), int(match[3])
-        epochs = int(match[4]) if match[4] is not None else epochs_per_stage
-        if min(h, w) < 16 or batch < 1 or epochs < 1:
-            raise SegnetOptionError(
-                f"--schedule {text}: '{entry.strip()}' needs sizes of at least 16, a batch and epochs of at least 1"
-            )
-        stages.append(Stage(h, w, batch, epochs))
+        height, width = parse_size(size, "--schedule", MIN_SIDE, SegnetOptionError)
+        batch = int(counts[0])
+        epochs = int(counts[1]) if len(counts) == 2 else epochs_per_stage
+        if batch < 1 or epochs < 1:
+            raise SegnetOptionError(f"--schedule {text}: '{entry.strip()}' needs a batch and epochs of at least 1")
+        stages.append(Stage(height, width, batch, epochs))
     return stages
 
 

@@ -35,8 +35,9 @@ def test_hedprep_imports_neither_segnet_nor_pipelines_nor_the_cli():
 
 
 # The faces of hedprep that segnet may use: shards, HED (edges for `segnet predict`), and the pieces
-# both packages share (device names, atomic writes, the one-line error base).
-SEGNET_MAY_USE = {"hedprep.shards", "hedprep.hed", "hedprep.devices", "hedprep.atomic", "hedprep.errors"}
+# both packages share (device names, atomic writes, the one-line error base, option parsers).
+SEGNET_MAY_USE = {"hedprep.shards", "hedprep.hed", "hedprep.devices", "hedprep.atomic", "hedprep.errors",
+                  "hedprep.options"}
 
 
 def test_segnet_uses_only_the_faces_of_hedprep_it_may():

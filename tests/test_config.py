@@ -17,10 +17,19 @@ def test_entries_may_give_their_own_epochs():
     assert parse_schedule(" 32x64:4:2 , 64X128:2", 3) == [Stage(32, 64, 4, 2), Stage(64, 128, 2, 3)]
 
 
-@pytest.mark.parametrize("text", ["128x224", "128x224:0", "128*224:4", "8x8:1", "128x224:4:0", "", "a:b:c"])
+@pytest.mark.parametrize("text", ["128x224", "128x224:0", "128*224:4", "8x8:1", "128x224:4:0", "", "a:b:c",
+                                  "128x224:4:2:1", "128x224:-4", "32x64:4,"])
 def test_malformed_schedules_name_the_option(text):
     with pytest.raises(SegnetOptionError, match=r"^--schedule"):
         parse_schedule(text)
+
+
+def test_schedule_sizes_are_parsed_as_every_size_is():
+    """hedprep.options.parse_size reads the sizes, with segnet's smallest side: one wording for every HxW."""
+    with pytest.raises(SegnetOptionError, match=r"^--schedule 8x16: expected HEIGHTxWIDTH of at least 16x16"):
+        parse_schedule("32x64:4,8x16:2")
+    with pytest.raises(SegnetOptionError, match=r"^--schedule 32\*64: expected HEIGHTxWIDTH"):
+        parse_schedule("32*64:4")
 
 
 def test_config_round_trips_through_json():

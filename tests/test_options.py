@@ -29,10 +29,22 @@ def test_parse_size() -> None:
     assert parse_size(" 64 X 32 ") == (64, 32)
 
 
-@pytest.mark.parametrize("text", ["128", "128x", "x256", "128*256", "-1x256", "1.5x2"])
+@pytest.mark.parametrize("text", ["128", "128x", "x256", "128*256", "-1x256", "1.5x2", "0x256", "128x256x3"])
 def test_parse_size_errors(text: str) -> None:
     with pytest.raises(OptionError, match="size"):
         parse_size(text)
+
+
+def test_parse_size_takes_a_minimum_and_the_callers_error() -> None:
+    assert parse_size("16x16", "--eval-size", minimum=16) == (16, 16)
+    with pytest.raises(OptionError, match=r"^--eval-size 16x8: expected HEIGHTxWIDTH of at least 16x16, e\.g\. "):
+        parse_size("16x8", "--eval-size", minimum=16)
+
+    class CallersError(Exception):
+        pass
+
+    with pytest.raises(CallersError, match=r"^--stages 12:34: expected HEIGHTxWIDTH of at least 1x1"):
+        parse_size("12:34", "--stages", error=CallersError)
 
 
 def test_parse_compression():

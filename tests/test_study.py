@@ -10,20 +10,24 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from hedprep.build_plan import BuildConfig
 from hedprep.fixture import make_fixture
 from pipelines.study import REPORTED_MIOU, StudyConfig, run_study, sheet_frames, sheet_indices
-from segnet.config import parse_schedule
+from segnet.config import TrainConfig, parse_schedule
 from segnet.deeplab import VARIANTS
 from tests.conftest import BIN, assert_one_line_error, default_sigint, invoke
 
 
 def study_config(root: Path, out: Path) -> StudyConfig:
-    return StudyConfig(root=str(root), out=str(out), schedule=parse_schedule("32x64:4:1"), backbone_weights="none",
-                       lr=1e-3, device="cpu", frames_per_shard=4)
+    return StudyConfig(out=str(out),
+                       train=StudyConfig.run_options(schedule=parse_schedule("32x64:4:1"), backbone_weights="none",
+                                                     lr=1e-3, device="cpu"),
+                       build=StudyConfig.build_options(str(root), device="cpu", frames_per_shard=4))
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +59,36 @@ def test_every_variant_is_trained_evaluated_and_tabulated(study):
 
 
 def test_the_study_passes_its_options_to_the_build_and_the_runs(study, tmp_path):
-    config = StudyConfig(root="cityscapes", out=str(tmp_path), schedule=parse_schedule("32x64:4:1"), device="cpu",
-                         amp=True, hed_precision="bf16", hed_batch_size=3, workers=2, levels=2, frames_per_shard=5)
+    train = StudyConfig.run_options(schedule=parse_schedule("32x64:4:1"), device="cpu", amp=True, seed=7)
+    config = StudyConfig(out=str(tmp_path), train=train,
+                         build=StudyConfig.build_options("cityscapes", device="cpu", precision="bf16", batch_size=3,
+                                                         workers=2, levels=2, frames_per_shard=5))
     build = config.build_config("val")
-    assert (build.split, build.out, build.device, build.precision, build.batch_size, build.workers, build.levels,
-            build.frames_per_shard) == ("val", str(tmp_path / "shards"), "cpu", "bf16", 3, 2, 2, 5)
+    assert build == replace(config.build, split="val", out=str(tmp_path / "shards"))
+    assert (build.root, build.split, build.out, build.device, build.precision, build.batch_size, build.workers,
+            build.levels, build.frames_per_shard) == ("cityscapes", "val", str(tmp_path / "shards"), "cpu", "bf16", 3,
+                                                      2, 2, 5)
     run = config.train_config("dlse")
-    assert (run.variant, run.out, run.device, run.amp, run.schedule) == (
-        "dlse", str(tmp_path / "runs" / "dlse"), "cpu", True, config.schedule)
+    assert run == replace(train, variant="dlse", shards=str(tmp_path / "shards"), out=str(tmp_path / "runs" / "dlse"))
+    assert (run.variant, run.out, run.device, run.amp, run.seed, run.schedule) == (
+        "dlse", str(tmp_path / "runs" / "dlse"), "cpu", True, 7, train.schedule)
+    assert run.schedule is not train.schedule  # each run's own list
+    assert config.train_config("vanilla").variant == "vanilla" and config.train.variant == ""  # the template stays
     base, _, _ = study  # the fixture's study: built and trained as its config says
     saved = json.loads((base / "out" / "runs" / "dlse" / "config.json").read_text())
     assert saved["device"] == "cpu" and saved["amp"] is False and saved["lr"] == 1e-3
     manifest = json.loads((base / "out" / "shards" / "val" / "manifest.json").read_text())
     assert manifest["params"]["precision"] == "fp32" and manifest["params"]["frames_per_shard"] == 4
+
+
+def test_a_study_runs_and_builds_with_the_libraries_defaults_but_for_its_own_options(tmp_path):
+    """A default study's run is `segnet train`'s defaults, its build `hedprep build`'s: config.json as before."""
+    config = StudyConfig(out=str(tmp_path))
+    shards = str(tmp_path / "shards")
+    assert config.variants == VARIANTS
+    run = TrainConfig("dlse", shards, str(tmp_path / "runs" / "dlse"))
+    assert config.train_config("dlse") == run and config.train_config("dlse").to_json() == run.to_json()
+    assert config.build_config("train") == BuildConfig(root=None, split="train", out=shards)
 
 
 def test_a_rerun_reuses_everything(study):
@@ -200,7 +221,7 @@ def test_runs_of_other_options_are_reported_not_reused_or_overwritten(study, tmp
     shutil.copytree(base / "out", out, copy_function=os.link)
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*.pt")}
     config = study_config(base / "cityscapes", out)
-    config.schedule = parse_schedule("32x64:4:2")  # as many stages, one more epoch: not the runs' schedule
+    config.train.schedule = parse_schedule("32x64:4:2")  # as many stages, one more epoch: not the runs' schedule
     result = run_study(config)
     assert all(row.error and "other options (schedule" in row.error and "another --out" in row.error
                for row in result.rows)
