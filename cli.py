@@ -609,11 +609,39 @@ def training_options(defaults: str, prefix: str = ""):
             help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
                  "such a file, or none (random initialisation). Nothing is downloaded.")(command)
         command = library_option("--lr", type=float, default=(defaults, prefix + "lr"),
-                                 help="Adam's learning rate.")(command)
+                                 help="The learning rate (with --lr-schedule: its peak).")(command)
         command = library_option("--epochs-per-stage", type=click.IntRange(min=1),
                                  default="segnet.config:DEFAULT_EPOCHS_PER_STAGE",
                                  help="Epochs of each stage whose --schedule entry gives none.")(command)
-        return library_option("--schedule", default="segnet.config:DEFAULT_SCHEDULE", help=SCHEDULE_HELP)(command)
+        command = library_option("--schedule", default="segnet.config:DEFAULT_SCHEDULE", help=SCHEDULE_HELP)(command)
+        return recipe_options(defaults, prefix)(command)
+
+    return decorate
+
+
+# The options of `recipe_options`, which reach the command as keyword arguments of TrainConfig.
+RECIPE_OPTIONS = ("optimizer", "momentum", "weight_decay", "lr_schedule", "min_lr", "warmup_iters")
+
+
+def recipe_options(defaults: str, prefix: str = ""):
+    """The optimizer and learning-rate schedule options of train and study (TrainConfig's fields)."""
+
+    def decorate(command):
+        options = [
+            ("--optimizer", dict(type=click.Choice(["adam", "adamw", "sgd"]), help="The optimizer.")),
+            ("--momentum", dict(type=float, help="SGD's momentum.")),
+            ("--weight-decay", dict(type=click.FloatRange(min=0), help="Weight decay (AdamW: decoupled).")),
+            ("--lr-schedule", dict(type=click.Choice(["constant", "poly", "cosine"]),
+                                   help="Learning rate per optimizer step over the whole schedule: constant, poly "
+                                        "(lr - min) (1 - step/steps)^0.9 + min, or cosine down to --min-lr.")),
+            ("--min-lr", dict(type=click.FloatRange(min=0), help="The rate poly and cosine end at.")),
+            ("--warmup-iters", dict(type=click.IntRange(min=0),
+                                    help="Optimizer steps of linear warm-up (the rate times (step + 1) / N).")),
+        ]
+        for name, attrs in reversed(options):
+            field = name.lstrip("-").replace("-", "_")
+            command = library_option(name, default=(defaults, prefix + field), **attrs)(command)
+        return command
 
     return decorate
 
@@ -694,7 +722,7 @@ def parse_eval_size(text: str | None) -> tuple[int, int] | None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, lr, backbone_weights, output_stride,
                  sf_scale, sf_rescale, out, device, amp, workers, seed, strict, sync_bn, deterministic, compile_model,
-                 channels_last, resume) -> None:
+                 channels_last, resume, **recipe) -> None:
     """Train a DeepLabV3 variant on hedprep shards, progressively at growing sizes.
 
     Checkpoints: OUT/last.pt after every epoch (and on Ctrl-C), OUT/best.pt by validation mIoU.
@@ -715,7 +743,7 @@ def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, 
         backbone_weights=backbone_weights, output_stride=output_stride, sf_scale=sf_scale,
         sf_rescale=sf_rescale, device=device, amp=amp,
         workers=workers, seed=seed, strict=strict, sync_bn=sync_bn, deterministic=deterministic,
-        compile=compile_model, channels_last=channels_last,
+        compile=compile_model, channels_last=channels_last, **recipe,
     )
     state_obj["interrupted"] = (f"interrupted; {config.out}/last.pt holds the last finished epoch: continue with "
                                 "the same command and --resume")
@@ -831,7 +859,7 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
 @library_option("--amp", is_flag=True, default=(STUDY_CONFIG, "train.amp"),
                 help="bfloat16 autocast in training and evaluation, where it is native.")
 def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_weights, seed, device, levels,
-                 frames_per_shard, scheduler, workers, hed_precision, hed_batch_size, amp) -> None:
+                 frames_per_shard, scheduler, workers, hed_precision, hed_batch_size, amp, **recipe) -> None:
     """Run the study: build train and val shards, train each variant with the same seed and schedule,
     evaluate each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU,
     with plots in OUT/plots/: mIoU per variant, per-class IoU, training curves, and the qualitative
@@ -853,7 +881,8 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
     config = StudyConfig(
         out=out, variants=chosen,
         train=StudyConfig.run_options(schedule=parse_schedule(schedule, epochs_per_stage), lr=lr,
-                                      backbone_weights=backbone_weights, seed=seed, device=device, amp=amp),
+                                      backbone_weights=backbone_weights, seed=seed, device=device, amp=amp,
+                                      **recipe),
         build=StudyConfig.build_options(root, levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler,
                                         workers=workers, device=device, precision=hed_precision,
                                         batch_size=hed_batch_size),

@@ -114,6 +114,12 @@ class TrainConfig:
     deterministic: bool = False  # deterministic algorithms (bit-exact GPU runs and resumes), slower
     compile: bool = False  # torch.compile the model
     channels_last: bool | None = None  # None: on CUDA (`segnet.backends.use_channels_last`)
+    optimizer: str = "adam"  # adam, adamw or sgd (segnet.optim)
+    momentum: float = 0.9  # sgd's
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant, poly (power 0.9) or cosine, per optimizer step, down to min_lr
+    min_lr: float = 0.0
+    warmup_iters: int = 0  # steps of linear warm-up from lr / warmup_iters
 
     # How a run computes, not what it learns: a resume may change them (device, workers, out too).
     RUNTIME_OPTIONS = ("out", "device", "workers", "deterministic", "compile", "channels_last")

@@ -222,7 +222,8 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(config, model, device)
-    state = TrainingState(model, optimizer, make_lr_schedule(config, optimizer))
+    state = TrainingState(model, optimizer, make_lr_schedule(config, optimizer, total_steps(config, train_loaders,
+                                                                                         dist_info)))
     run = Run(config, device, amp, channels_last, dist_info, folder, callbacks, train_loaders, val_loaders,
               wrap_model(model, dist_info, device, config.compile), make_loss(config))
     announce_start(run, model, checkpoint)
@@ -233,6 +234,16 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
                 f"batch {state.position.batch}")
     run.network.train()
     return run, state
+
+
+def total_steps(config: TrainConfig, train_loaders: StageLoaders, dist_info: Distribution) -> int:
+    """The optimizer steps of the whole schedule on this rank (what the learning-rate schedule spans)."""
+    steps = 0
+    for stage, dataset in zip(config.schedule, train_loaders.datasets, strict=True):
+        items = training_items(EpochSampler(len(dataset), config.seed, num_replicas=dist_info.world,
+                                            rank=dist_info.rank), stage.batch_size)
+        steps += stage.epochs * -(-len(items) // stage.batch_size)
+    return steps
 
 
 def warn_on_size_mismatch(config: TrainConfig, train_loaders: StageLoaders, val_loaders: StageLoaders | None) -> None:

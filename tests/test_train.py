@@ -336,3 +336,19 @@ def test_torchrun_two_processes_train_validate_and_evaluate_each_frame_once(odd_
     assert ranks["miou"] == pytest.approx(single.result.miou, abs=1e-12)
     assert rows[-1]["val_miou"] == pytest.approx(single.result.miou, abs=1e-12)
     assert len(list((tmp_path / "predictions").glob("*_pred_labelIds.png"))) == 5
+
+
+def test_sgd_with_a_poly_schedule_records_the_rates_of_its_formula(segnet_shards, tmp_path):
+    """8 train frames in batches of 4: 2 steps an epoch, 4 in all; each row's lr is the next step's."""
+    from segnet.optim import lr_factor
+
+    run = config(segnet_shards, tmp_path / "run", optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+                 lr_schedule="poly", min_lr=1e-4, lr=0.01, val_split=None)
+    train(run)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["lr"] for r in rows] == pytest.approx([0.01 * lr_factor(2, run, 4), 1e-4], rel=1e-9)
+    assert rows[0]["lr"] == pytest.approx((0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4, rel=1e-9)
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["lr_schedule"]["last_epoch"] == 4 and checkpoint["config"]["optimizer"] == "sgd"
+    assert checkpoint["optimizer"]["param_groups"][0]["momentum"] == 0.9
