@@ -619,10 +619,6 @@ def training_options(defaults: str, prefix: str = ""):
     return decorate
 
 
-# The options of `recipe_options`, which reach the command as keyword arguments of TrainConfig.
-RECIPE_OPTIONS = ("optimizer", "momentum", "weight_decay", "lr_schedule", "min_lr", "warmup_iters")
-
-
 def recipe_options(defaults: str, prefix: str = ""):
     """The optimizer and learning-rate schedule options of train and study (TrainConfig's fields)."""
 

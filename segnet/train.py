@@ -207,8 +207,7 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     channels_last = use_channels_last(device, config.channels_last)
     settings = loader_settings(device.type, workers)
     seed_everything(config.seed)
-    folder_path = Path(config.out)
-    weights = config.backbone_weights if not (resume and (folder_path / "last.pt").is_file()) else "none"
+    weights = config.backbone_weights if not (resume and RunFolder(config.out).last.is_file()) else "none"
     model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
                         sf_scale=config.sf_scale, sf_rescale=config.sf_rescale)
     train_loaders = StageLoaders(config, config.split, model.in_channels, settings)
@@ -216,7 +215,7 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     warn_on_size_mismatch(config, train_loaders, val_loaders)
     dist_info = init_distribution(device)
     sync_bn = sync_batch_norm(config.sync_bn, device, dist_info.world)
-    folder = RunFolder(folder_path, writer=dist_info.is_main)
+    folder = RunFolder(config.out, writer=dist_info.is_main)
     checkpoint = folder.prepare(config, resume)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if sync_bn:
