@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hedprep.atomic import write_text_atomic
-from segnet.checkpoint import load_checkpoint
+from segnet.checkpoint import link_checkpoint, load_checkpoint
 from segnet.config import TrainConfig
 from segnet.errors import SegnetError
 
@@ -92,6 +92,7 @@ class RunFolder:
             if what:
                 raise SegnetError(f"{self.last}: the run used other options ({what}); resume with the same ones",
                                   self.last)
+            self._relink_best(checkpoint)
             return checkpoint
         if not self.writer:  # rank 0 decides, and may have written config.json already
             return None
@@ -109,6 +110,15 @@ class RunFolder:
                               self.path) from None
         write_text_atomic(self.config, json.dumps(config.to_json(), indent=1) + "\n")
         return None
+
+    def _relink_best(self, checkpoint: dict[str, Any]) -> None:
+        """A run killed between writing an improving epoch's last.pt and linking best.pt to it: that last.pt
+        is the best checkpoint (saved at an epoch's end, with the best mIoU as its own), so link it now."""
+        best = checkpoint.get("best_miou")
+        at_epoch_end = checkpoint.get("epoch_stats") is None
+        if (self.writer and best is not None and at_epoch_end and not self.best.exists()
+                and (checkpoint.get("metrics") or {}).get("val_miou") == best):
+            link_checkpoint(self.last, self.best)
 
     def _restart(self, config: TrainConfig) -> None:
         """--resume on a run stopped before its first checkpoint (config.json, no last.pt): start it over,

@@ -352,3 +352,19 @@ def test_sgd_with_a_poly_schedule_records_the_rates_of_its_formula(segnet_shards
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     assert checkpoint["lr_schedule"]["last_epoch"] == 4 and checkpoint["config"]["optimizer"] == "sgd"
     assert checkpoint["optimizer"]["param_groups"][0]["momentum"] == 0.9
+
+
+def test_a_run_killed_before_linking_best_gets_best_on_resume(segnet_shards, tmp_path):
+    """SIGKILL between an improving epoch's last.pt and its best.pt link (seen in the killed-study test):
+    the resume links that last.pt, which is the best checkpoint."""
+    def stop(metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        train(config(segnet_shards, tmp_path / "run"), callbacks=TrainCallbacks(on_epoch_end=stop))
+    best, last = tmp_path / "run" / "best.pt", tmp_path / "run" / "last.pt"
+    best.unlink()  # as if killed before the link
+    seen = []  # best.pt before the resumed epoch trains: the first epoch's checkpoint, linked again
+    train(config(segnet_shards, tmp_path / "run"), resume=True,
+          callbacks=TrainCallbacks(on_epoch_start=lambda info: seen.append(best.is_file() and best.samefile(last))))
+    assert seen == [True]
