@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ def _build(config: BuildConfig, plan: BuildPlan, client, on_frames: Callable[[in
     """Run a planned build: keep, relevel and build shards, on `client` (a remote cluster's), a
     cluster of `--workers` started here, or this process."""
     split_dir = prepare_split_dir(config.out, config.split)
-    with build_lock(split_dir):
+    with build_lock(split_dir), ctrl_c_remembered() as ctrl_c:
         kept = kept_shards(split_dir, plan.planned, earlier_manifest(split_dir, plan.params, config.force))
         remove_leftovers(split_dir, plan.planned, kept)
         relevel: list[Task] = [
@@ -126,17 +127,56 @@ def _build(config: BuildConfig, plan: BuildPlan, client, on_frames: Callable[[in
         keeper.write(complete=False)
         on_gpu = plan.params["device"] == "cuda"
         if todo and client is not None:
-            _run_distributed(client, todo, keeper, on_frames, gpu_resource=on_gpu)
+            _run_distributed(client, todo, keeper, on_frames, ctrl_c, gpu_resource=on_gpu)
         elif todo and config.workers:
             # One GPU per worker, in turn: each worker's cuda is its own GPU.
             with _local_client(config.workers, local_gpus() if on_gpu else None) as local_client:
-                _run_distributed(local_client, todo, keeper, on_frames, gpu_resource=False)
+                _run_distributed(local_client, todo, keeper, on_frames, ctrl_c, gpu_resource=False)
         elif todo:
-            _run_local(todo, keeper, on_frames)
+            _run_local(todo, keeper, on_frames, ctrl_c)
+        ctrl_c.check()
         manifest = keeper.write(complete=True)
     built = keeper.built - len(relevel)
     return BuildResult(split_dir, manifest, built, len(kept) - len(relevel), manifest.num_frames, manifest.skipped,
                        relevelled=len(relevel))
+
+
+class CtrlC:
+    """Whether Ctrl-C was pressed during a build (set by `ctrl_c_remembered`'s handler)."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed, even if its first KeyboardInterrupt was lost."""
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ctrl_c_remembered() -> Iterator[CtrlC]:
+    """A SIGINT handler that remembers the Ctrl-C as well as raising KeyboardInterrupt.
+
+    A KeyboardInterrupt raised while Python runs a finalizer or a weakref callback (Dask and tornado run
+    many) is printed as "Exception ignored" and dropped; the build then checks `CtrlC.pressed` between
+    shards and before it records the split complete, so a Ctrl-C always stops it. Only in the main
+    thread, and only over Python's default handler.
+    """
+    ctrl_c = CtrlC()
+    if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield ctrl_c
+        return
+
+    def remember(signum: int, frame: object) -> None:
+        ctrl_c.pressed = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, remember)
+    try:
+        yield ctrl_c
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def check_scheduler_address(address: str) -> None:
@@ -164,8 +204,10 @@ def check_scheduler_address(address: str) -> None:
 # ------------------------------------------------------------------------------------ local scheduler
 
 
-def _run_local(specs: list[Task], keeper: ManifestKeeper, on_frames: Callable[[int], None] | None) -> None:
+def _run_local(specs: list[Task], keeper: ManifestKeeper, on_frames: Callable[[int], None] | None,
+               ctrl_c: CtrlC) -> None:
     def build_and_record(spec: Task) -> None:
+        ctrl_c.check()
         keeper.add(spec.index, run_task(spec, on_frames=on_frames))
 
     # One task at a time, in this thread: HED already uses every core (two tasks would double the
@@ -348,7 +390,7 @@ def workers_hed_run(client, config: BuildConfig) -> HedRun:
 
 
 def _run_distributed(client, specs: list[Task], keeper: ManifestKeeper, on_frames: Callable[[int], None] | None,
-                     gpu_resource: bool) -> None:
+                     ctrl_c: CtrlC, gpu_resource: bool) -> None:
     """Run the tasks on a cluster; with `gpu_resource`, each HED task asks for one GPU resource."""
     from distributed import as_completed
 
@@ -368,6 +410,7 @@ def _run_distributed(client, specs: list[Task], keeper: ManifestKeeper, on_frame
             index, record = future.result()
             keeper.add(index, record)
             recorded.add(index)
+            ctrl_c.check()
     finally:
         # Interrupted or failed: shards that finished meanwhile are on disk; record them too.
         for future in futures:

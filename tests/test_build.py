@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
+import weakref
 from pathlib import Path
 
 import cv2
@@ -627,6 +628,29 @@ def test_ctrl_c_records_every_finished_shard_and_the_rerun_resumes(slow_dataset,
     assert f"{len(on_disk)} kept" in result.stdout  # none of the finished shards is built again
     assert all((split_dir / name).stat().st_mtime_ns == mtime for name, mtime in on_disk.items())
     assert_same_shards(split_dir, slow_clean_build)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
+def test_a_ctrl_c_whose_keyboardinterrupt_is_lost_still_stops_the_build(dataset, tmp_path):
+    """Python drops a KeyboardInterrupt raised inside a finalizer or a weakref callback ("Exception
+    ignored in: ..."). Here a Ctrl-C arrives while such a callback runs, as the build starts: the build
+    must still stop before its first shard and not call the split complete."""
+
+    class Resource:
+        pass
+
+    def on_start(todo: int, kept: int) -> None:
+        resource = Resource()
+        weakref.finalize(resource, signal.raise_signal, signal.SIGINT)  # Ctrl-C during the finalizer
+        del resource  # the finalizer runs now; its KeyboardInterrupt is printed and dropped
+
+    config = BuildConfig(root=str(dataset), split="train", out=str(tmp_path), frames_per_shard=FRAMES_PER_SHARD)
+    with pytest.raises(KeyboardInterrupt):
+        build_split(config, on_start=on_start)
+    manifest = read_manifest(tmp_path / "train")
+    assert not manifest.complete and manifest.shards == []
+    assert not list((tmp_path / "train").glob("shard-*.h5"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the build's handler is gone
 
 
 # ------------------------------------------------------------------------------------------ GPU workers
