@@ -642,6 +642,91 @@ def recipe_options(defaults: str, prefix: str = ""):
     return decorate
 
 
+# ------------------------------------------------------------------------------------- recipe files
+# `--config FILE`: a TOML file of the command's options (segnet.config_file). Its values become the
+# command's defaults (click's default_map), so options on the command line override them.
+NOT_IN_CONFIG_FILES = ("config_file", "help", "version", "resume")
+
+
+def config_file_option(command):
+    """The --config FILE option of segnet train and study (read before the other options)."""
+    return click.option(
+        "--config", "config_file", type=click.Path(dir_okay=False), is_eager=True, callback=_read_config_file,
+        help="A TOML file of this command's options (keys as the long options without dashes, e.g. "
+             "lr-schedule = \"poly\"); options on the command line override it. configs/ has the study's and a "
+             "strong recipe; a run folder's config.toml holds the options it ran with.")(command)
+
+
+def _read_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    if path is None:
+        return None
+    from segnet.config_file import read_config_file
+
+    options = config_file_keys(ctx.command)
+    defaults = {}
+    for key, value in read_config_file(path).items():
+        option = options.get(key.replace("_", "-"))
+        if option is None:
+            raise _config_error(path, f"unknown key '{key}'{_did_you_mean(key, options)}; "
+                                      f"{ctx.command_path} takes: {', '.join(options)}")
+        defaults[option.name] = config_file_value(ctx, option, key, value, path)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+def config_file_keys(command: click.Command) -> dict[str, click.Option]:
+    """The keys a config file of `command` may hold: its long options without the dashes."""
+    return {opt[2:]: param for param in command.params if isinstance(param, click.Option)
+            and param.name not in NOT_IN_CONFIG_FILES for opt in param.opts if opt.startswith("--")}
+
+
+def config_file_value(ctx: click.Context, option: click.Option, key: str, value: Any, path: str) -> Any:
+    """A config file's `value` for `option`, checked and converted as the command line's would be."""
+    expected, types = _expected_kind(option)
+    if isinstance(value, list) and str in types:  # a list option's values (--schedule, --variants)
+        value = ",".join(str(v) for v in value)
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise _config_error(path, f"{key} = {_toml_text(value)}: expected {expected}")
+    try:
+        return option.type_cast_value(ctx, value)
+    except click.BadParameter as error:
+        raise _config_error(path, f"{key} = {_toml_text(value)}: {error.message}") from None
+
+
+def _expected_kind(option: click.Option) -> tuple[str, tuple[type, ...]]:
+    """What a config file may give for `option`: its description, and the Python types TOML reads it as."""
+    kind = option.type
+    if option.is_flag or isinstance(kind, click.types.BoolParamType):
+        return "true or false", (bool,)
+    if isinstance(kind, click.Choice):
+        numbers = all(isinstance(c, int) for c in kind.choices)
+        return "one of " + ", ".join(map(str, kind.choices)), (int,) if numbers else (str,)
+    if isinstance(kind, click.types.IntParamType):
+        return "a whole number", (int,)
+    if isinstance(kind, click.types.FloatParamType):
+        return "a number", (int, float)
+    return "text", (str,)
+
+
+def _toml_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def _did_you_mean(key: str, options: dict[str, click.Option]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key.replace("_", "-"), list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _config_error(path: str, message: str) -> Exception:
+    from segnet.errors import SegnetOptionError
+
+    return SegnetOptionError(f"{path}: {message}", path)
+
+
 def epoch_display(bar: ProgressBar, indent: str = "") -> tuple[Callable, Callable, Callable]:
     """segnet.train.TrainCallbacks' on_epoch_start, on_step and on_epoch_end for `bar` (made with a
     {task.fields[note]} column): a bar per epoch with the running loss and rate, and a line per
@@ -677,6 +762,7 @@ def parse_eval_size(text: str | None) -> tuple[int, int] | None:
 
 
 @segnet.command("train")
+@config_file_option
 @click.option("--variant", required=True, help="vanilla, dlse, dlse-sf or dlse-hed (RGB + HED edge input).")
 @click.option("--shards", required=True, type=click.Path(file_okay=False),
               help="The output folder of `hedprep build` (holding SPLIT/manifest.json).")
@@ -716,9 +802,9 @@ def parse_eval_size(text: str | None) -> tuple[int, int] | None:
                 help="Channels-last (NHWC) memory layout. Default: on CUDA; on a CPU as measured "
                      "(docs/performance.md).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
-def segnet_train(variant, shards, split, val_split, schedule, epochs_per_stage, lr, backbone_weights, output_stride,
-                 sf_scale, sf_rescale, out, device, amp, workers, seed, strict, sync_bn, deterministic, compile_model,
-                 channels_last, resume, **recipe) -> None:
+def segnet_train(config_file, variant, shards, split, val_split, schedule, epochs_per_stage, lr, backbone_weights,
+                 output_stride, sf_scale, sf_rescale, out, device, amp, workers, seed, strict, sync_bn, deterministic,
+                 compile_model, channels_last, resume, **recipe) -> None:
     """Train a DeepLabV3 variant on hedprep shards, progressively at growing sizes.
 
     Checkpoints: OUT/last.pt after every epoch (and on Ctrl-C), OUT/best.pt by validation mIoU.
@@ -830,6 +916,7 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
 
 
 @segnet.command("study")
+@config_file_option
 @library_option("--root", type=click.Path(file_okay=False), default=(STUDY_CONFIG, "build.root"),
                 help="Cityscapes root (holding leftImg8bit/ and gtFine/); default: $CITYSCAPES_DATASET.")
 @library_option("--out", "out", default=(STUDY_CONFIG, "out"), type=click.Path(file_okay=False),
@@ -854,8 +941,8 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
                 help="The build's frames per HED pass (hedprep build --batch-size).")
 @library_option("--amp", is_flag=True, default=(STUDY_CONFIG, "train.amp"),
                 help="bfloat16 autocast in training and evaluation, where it is native.")
-def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_weights, seed, device, levels,
-                 frames_per_shard, scheduler, workers, hed_precision, hed_batch_size, amp, **recipe) -> None:
+def segnet_study(config_file, root, out, variants, schedule, epochs_per_stage, lr, backbone_weights, seed, device,
+                 levels, frames_per_shard, scheduler, workers, hed_precision, hed_batch_size, amp, **recipe) -> None:
     """Run the study: build train and val shards, train each variant with the same seed and schedule,
     evaluate each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU,
     with plots in OUT/plots/: mIoU per variant, per-class IoU, training curves, and the qualitative
@@ -875,7 +962,7 @@ def segnet_study(root, out, variants, schedule, epochs_per_stage, lr, backbone_w
     if unknown or not chosen:
         raise SegnetOptionError(f"--variants {variants}: choose from {', '.join(VARIANTS)}")
     config = StudyConfig(
-        out=out, variants=chosen,
+        out=out, variants=chosen, recipe=config_file,
         train=StudyConfig.run_options(schedule=parse_schedule(schedule, epochs_per_stage), lr=lr,
                                       backbone_weights=backbone_weights, seed=seed, device=device, amp=amp,
                                       **recipe),

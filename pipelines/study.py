@@ -41,6 +41,7 @@ from segnet.train import TrainCallbacks, train
 REPORTED_MIOU = {"vanilla": 60.24, "dlse": 57.5, "dlse-sf": 52.79, "dlse-hed": 38.83}
 SPLITS = ("train", "val")
 SHEET_FRAMES = 3  # val frames on the qualitative sheet
+DEFAULT_RECIPE = "the defaults (the study's recipe, configs/study.toml)"
 
 
 @dataclass
@@ -53,6 +54,7 @@ class StudyConfig:
     variants: tuple[str, ...] = VARIANTS
     train: TrainConfig = field(default_factory=lambda: StudyConfig.run_options())  # variant, shards, out: each run's
     build: BuildConfig = field(default_factory=lambda: StudyConfig.build_options())  # split, out: each split's
+    recipe: str | None = None  # the --config file the options came from, if any (named in results.md)
 
     @staticmethod
     def run_options(**options: Any) -> TrainConfig:
@@ -260,6 +262,17 @@ def results_table_csv(rows: list[VariantResult]) -> str:
     return table.getvalue()
 
 
+def recipe_summary(train: TrainConfig) -> str:
+    """The optimizer and learning-rate schedule of `train`, in words."""
+    optimizer = train.optimizer + (f" (momentum {train.momentum})" if train.optimizer == "sgd" else "")
+    rate = f"lr {train.lr} {train.lr_schedule}"
+    if train.lr_schedule != "constant":
+        rate += f" to {train.min_lr}"
+    if train.warmup_iters:
+        rate += f" after {train.warmup_iters} warm-up steps"
+    return f"{optimizer}, weight decay {train.weight_decay}, {rate}"
+
+
 def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dict[str, int],
                      plots: list[Path] | None = None) -> str:
     """The results as a Markdown page: the table, then the exact settings."""
@@ -283,6 +296,7 @@ def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dic
     for row in rows:
         lines.append(f"| {row.variant} | " + " | ".join(_percent(row.iou.get(n)) for n in TRAIN_CLASSES) + " |")
     lines += ["", "Settings:", "",
+              f"- recipe: {config.recipe or DEFAULT_RECIPE}; {recipe_summary(config.train)}",
               f"- schedule: {','.join(str(s) for s in config.train.schedule)}",
               f"- seed: {config.train.seed}; lr: {config.train.lr}; backbone weights: {config.train.backbone_weights}",
               f"- dataset root: {Path(config.build.root).resolve() if config.build.root else '$CITYSCAPES_DATASET'}; "

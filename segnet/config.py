@@ -20,19 +20,53 @@ MIN_SIDE = 16  # the smallest height and width segnet trains or evaluates at: on
 
 @dataclass(frozen=True)
 class Stage:
-    """One size of the progressive schedule: frames resized to height x width, in batches, for epochs."""
+    """One size of the schedule: frames read at height x width, in batches, for a number of epochs or
+    of optimizer steps (`iters`, as mmsegmentation counts; exactly one of the two is set)."""
 
     height: int
     width: int
     batch_size: int
-    epochs: int
+    epochs: int | None = None
+    iters: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.iters is None):
+            raise ValueError("a stage has epochs or iters, not both or neither")
 
     @property
     def size(self) -> tuple[int, int]:
         return self.height, self.width
 
     def __str__(self) -> str:
-        return f"{self.height}x{self.width}:{self.batch_size}:{self.epochs}"
+        length = f"{self.iters}it" if self.iters is not None else str(self.epochs)
+        return f"{self.height}x{self.width}:{self.batch_size}:{length}"
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A stage as it runs: its epochs of `steps_per_epoch` optimizer steps, the last one cut short where
+    the stage counts iterations (`plan_stage`)."""
+
+    stage: Stage
+    steps_per_epoch: int
+    epochs: int
+    last_epoch_steps: int
+
+    def steps(self, epoch: int) -> int:
+        """Optimizer steps of `epoch` (0-based)."""
+        return self.last_epoch_steps if epoch == self.epochs - 1 else self.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return (self.epochs - 1) * self.steps_per_epoch + self.last_epoch_steps
+
+
+def plan_stage(stage: Stage, steps_per_epoch: int) -> StagePlan:
+    """`stage` over epochs of `steps_per_epoch` steps: its epochs, or as many as its iters need."""
+    if stage.iters is None:
+        return StagePlan(stage, steps_per_epoch, stage.epochs, steps_per_epoch)
+    epochs = -(-stage.iters // steps_per_epoch)
+    return StagePlan(stage, steps_per_epoch, epochs, stage.iters - (epochs - 1) * steps_per_epoch)
 
 
 def default_workers(device_type: str, cpus: int, local_ranks: int = 1) -> int:
@@ -71,23 +105,28 @@ def local_ranks() -> int:
 
 
 def parse_schedule(text: str, epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE) -> list[Stage]:
-    """'128x224:16:10,256x448:8' -> stages; `epochs_per_stage` where an entry gives no epochs."""
+    """'128x224:16:10,512x1024:8:80000it' -> stages (a length in epochs, or in optimizer steps with 'it');
+    `epochs_per_stage` where an entry gives no length."""
     if epochs_per_stage < 1:
         raise SegnetOptionError(f"--epochs-per-stage {epochs_per_stage}: must be at least 1")
-    stages = []
-    for entry in text.split(","):
-        size, *counts = entry.split(":")
-        if len(counts) not in (1, 2) or not all(count.strip().isdecimal() for count in counts):
-            raise SegnetOptionError(
-                f"--schedule {text}: '{entry.strip()}' is not HxW:BATCH[:EPOCHS], e.g. 128x224:16:10"
-            )
-        height, width = parse_size(size, "--schedule", MIN_SIDE, SegnetOptionError)
-        batch = int(counts[0])
-        epochs = int(counts[1]) if len(counts) == 2 else epochs_per_stage
-        if batch < 1 or epochs < 1:
-            raise SegnetOptionError(f"--schedule {text}: '{entry.strip()}' needs a batch and epochs of at least 1")
-        stages.append(Stage(height, width, batch, epochs))
-    return stages
+    return [_parse_stage(entry.strip(), text, epochs_per_stage) for entry in text.split(",")]
+
+
+def _parse_stage(entry: str, text: str, epochs_per_stage: int) -> Stage:
+    size, *counts = entry.split(":")
+    length_text = counts[1].strip().removesuffix("it") if len(counts) == 2 else str(epochs_per_stage)
+    if len(counts) not in (1, 2) or not counts[0].strip().isdecimal() or not length_text.isdecimal():
+        raise SegnetOptionError(
+            f"--schedule {text}: '{entry}' is not HxW:BATCH[:EPOCHS or :ITERSit], e.g. 128x224:16:10 or "
+            "512x1024:8:80000it"
+        )
+    height, width = parse_size(size, "--schedule", MIN_SIDE, SegnetOptionError)
+    batch, length = int(counts[0]), int(length_text)
+    if batch < 1 or length < 1:
+        raise SegnetOptionError(f"--schedule {text}: '{entry}' needs a batch and a length of at least 1")
+    if len(counts) == 2 and counts[1].strip().endswith("it"):
+        return Stage(height, width, batch, iters=length)
+    return Stage(height, width, batch, length)
 
 
 @dataclass
@@ -134,6 +173,13 @@ class TrainConfig:
         values = dict(data)
         values["schedule"] = [parse_schedule(s)[0] for s in data["schedule"]]
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+    def to_options(self) -> dict[str, Any]:
+        """The run's options as `segnet train --config` takes them (a run folder's config.toml): keys
+        spelled as the command line's, None (a default chosen at run time) left out."""
+        options = {key.replace("_", "-"): value for key, value in self.to_json().items() if value is not None}
+        options["val-split"] = self.val_split or "none"
+        return options
 
     def comparable(self) -> dict[str, Any]:
         """What must not change when a run is resumed (`RUNTIME_OPTIONS` may)."""

@@ -1,6 +1,7 @@
 """A training run's folder, its one owner: the files' names, and what they say.
 
     RUN/config.json                 the run's TrainConfig, as resolved when it started
+    RUN/config.toml                 the same as `segnet train --config` takes it
     RUN/log.txt                     what the run reported, a line each
     RUN/metrics.jsonl, metrics.csv  one row per finished epoch (`METRIC_FIELDS`)
     RUN/last.pt                     the checkpoint after the last epoch (or where Ctrl-C stopped it)
@@ -22,6 +23,7 @@ from typing import Any
 from hedprep.atomic import write_text_atomic
 from segnet.checkpoint import link_checkpoint, load_checkpoint
 from segnet.config import TrainConfig
+from segnet.config_file import config_file_text
 from segnet.errors import SegnetError
 
 METRIC_FIELDS = ("stage", "epoch", "step", "loss", "val_miou", "images_per_s", "lr", "seconds")
@@ -43,6 +45,7 @@ class RunFolder:
         self.last = self.path / "last.pt"
         self.best = self.path / "best.pt"
         self.config = self.path / "config.json"
+        self.config_toml = self.path / "config.toml"
         self.metrics_jsonl = self.path / "metrics.jsonl"
         self.metrics_csv = self.path / "metrics.csv"
         self.log_file = self.path / "log.txt"
@@ -109,6 +112,9 @@ class RunFolder:
             raise SegnetError(f"{self.path}: run folder is not writable ({error.strerror or error})",
                               self.path) from None
         write_text_atomic(self.config, json.dumps(config.to_json(), indent=1) + "\n")
+        header = (f"The options of the run in {self.path}, as resolved when it started.\n"
+                  "`segnet train --config config.toml` runs it again (with --out elsewhere); --resume continues it.")
+        write_text_atomic(self.config_toml, config_file_text(config.to_options(), header))
         return None
 
     def _relink_best(self, checkpoint: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ from segnet.checkpoint import (
     save_checkpoint,
     training_checkpoint,
 )
-from segnet.config import Stage, TrainConfig, loader_workers
+from segnet.config import StagePlan, TrainConfig, loader_workers, plan_stage
 from segnet.data import (
     EpochItems,
     EpochSampler,
@@ -154,6 +154,7 @@ class Run:
     train_loaders: StageLoaders
     val_loaders: StageLoaders | None
     network: torch.nn.Module  # what trains: the model, or its DDP or compiled wrapper
+    plan: list[StagePlan]  # each stage's epochs and steps on this rank
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     def log(self, line: str, shown: str | None = None) -> None:
@@ -181,7 +182,7 @@ def _train(config: TrainConfig, device: torch.device, workers: int, resume: bool
     interrupted = Interrupted(f"interrupted; saved {run.folder.last}: continue with the same command and --resume",
                               run.folder.last)
     epochs_run = 0
-    for stage_index, epoch in remaining_epochs(config.schedule, state.position):
+    for stage_index, epoch in remaining_epochs(run.plan, state.position):
         try:
             metrics = run_epoch(run, state, stage_index, epoch)
         except KeyboardInterrupt:
@@ -221,10 +222,10 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(config, model, device)
-    state = TrainingState(model, optimizer, make_lr_schedule(config, optimizer, total_steps(config, train_loaders,
-                                                                                         dist_info)))
+    plan = stage_plans(config, train_loaders, dist_info)
+    state = TrainingState(model, optimizer, make_lr_schedule(config, optimizer, sum(p.total_steps for p in plan)))
     run = Run(config, device, amp, channels_last, dist_info, folder, callbacks, train_loaders, val_loaders,
-              wrap_model(model, dist_info, device, config.compile), make_loss(config))
+              wrap_model(model, dist_info, device, config.compile), plan, make_loss(config))
     announce_start(run, model, checkpoint)
     if checkpoint is not None:
         restore_training_state(state, checkpoint, device)
@@ -235,14 +236,14 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     return run, state
 
 
-def total_steps(config: TrainConfig, train_loaders: StageLoaders, dist_info: Distribution) -> int:
-    """The optimizer steps of the whole schedule on this rank (what the learning-rate schedule spans)."""
-    steps = 0
+def stage_plans(config: TrainConfig, train_loaders: StageLoaders, dist_info: Distribution) -> list[StagePlan]:
+    """Each stage's epochs and optimizer steps on this rank (the learning-rate schedule spans them all)."""
+    plans = []
     for stage, dataset in zip(config.schedule, train_loaders.datasets, strict=True):
         items = training_items(EpochSampler(len(dataset), config.seed, num_replicas=dist_info.world,
                                             rank=dist_info.rank), stage.batch_size)
-        steps += stage.epochs * -(-len(items) // stage.batch_size)
-    return steps
+        plans.append(plan_stage(stage, -(-len(items) // stage.batch_size)))
+    return plans
 
 
 def warn_on_size_mismatch(config: TrainConfig, train_loaders: StageLoaders, val_loaders: StageLoaders | None) -> None:
@@ -277,12 +278,11 @@ def wrap_model(model: torch.nn.Module, dist_info: Distribution, device: torch.de
     return torch.compile(network) if compile_model else network
 
 
-def remaining_epochs(schedule: list[Stage], start: Position):
+def remaining_epochs(plan: list[StagePlan], start: Position):
     """(stage, epoch) of every epoch from `start` on."""
-    start_stage, start_epoch = start.stage, start.epoch
-    for stage_index in range(start_stage, len(schedule)):
-        first = start_epoch if stage_index == start_stage else 0
-        for epoch in range(first, schedule[stage_index].epochs):
+    for stage_index in range(start.stage, len(plan)):
+        first = start.epoch if stage_index == start.stage else 0
+        for epoch in range(first, plan[stage_index].epochs):
             yield stage_index, epoch
 
 
@@ -290,7 +290,8 @@ def run_epoch(run: Run, state: TrainingState, stage_index: int, epoch: int) -> d
     """Train one epoch (from `state.position`'s batch when resuming inside it), validate, and return its
     metrics row; `state` is current after every step."""
     config, dist_info = run.config, run.dist_info
-    stage: Stage = config.schedule[stage_index]
+    plan = run.plan[stage_index]
+    stage = plan.stage
     if (state.position.stage, state.position.epoch) != (stage_index, epoch):
         state.position, state.epoch_stats = Position(stage_index, epoch, 0), EpochStats()
     skip = state.position.batch
@@ -298,8 +299,10 @@ def run_epoch(run: Run, state: TrainingState, stage_index: int, epoch: int) -> d
                            rank=dist_info.rank)
     sampler.set_epoch(stage_index * 10_000 + epoch)
     loader, items = run.train_loaders(stage_index)
-    items.set_items(training_items(sampler, stage.batch_size, skip * stage.batch_size))
-    info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, stage.epochs, skip, skip + len(loader),
+    steps = plan.steps(epoch)  # the last epoch of a stage counted in iterations stops short
+    todo = training_items(sampler, stage.batch_size, skip * stage.batch_size)
+    items.set_items(todo[: (steps - skip) * stage.batch_size])
+    info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, plan.epochs, skip, steps,
                     state.epoch_stats.loss_sum, state.epoch_stats.loss_count, 0.0)
 
     def on_step(stats: EpochStats) -> None:
@@ -331,7 +334,7 @@ def save_epoch_end(run: Run, state: TrainingState, metrics: dict[str, Any]) -> N
         if run.dist_info.is_main:
             run.folder.add_metrics(metrics)
         state.done, state.metrics = (stage_index, epoch), metrics
-        state.position = (Position(stage_index, epoch + 1) if epoch + 1 < run.config.schedule[stage_index].epochs
+        state.position = (Position(stage_index, epoch + 1) if epoch + 1 < run.plan[stage_index].epochs
                           else Position(stage_index + 1, 0))
         state.epoch_stats = EpochStats()
         if improved:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from segnet.config import DEFAULT_SCHEDULE, Stage, TrainConfig, parse_schedule
+from segnet.config import DEFAULT_SCHEDULE, Stage, TrainConfig, parse_schedule, plan_stage
 from segnet.errors import SegnetOptionError
 
 
@@ -38,3 +38,25 @@ def test_config_round_trips_through_json():
     assert back == config and config.to_json()["schedule"] == ["32x64:4:2", "64x128:2:1"]
     moved = TrainConfig.from_json({**config.to_json(), "out": "elsewhere", "workers": 0, "device": "cpu"})
     assert moved.comparable() == config.comparable()
+
+
+def test_stages_may_count_iterations_instead_of_epochs():
+    stages = parse_schedule("32x64:4:2,512x1024:8:80000it")
+    assert stages == [Stage(32, 64, 4, 2), Stage(512, 1024, 8, iters=80000)]
+    assert [str(s) for s in stages] == ["32x64:4:2", "512x1024:8:80000it"]
+    with pytest.raises(SegnetOptionError, match="needs a batch and a length"):
+        parse_schedule("32x64:4:0it")
+    with pytest.raises(SegnetOptionError, match="is not HxW:BATCH"):
+        parse_schedule("32x64:4:it")
+
+
+@pytest.mark.parametrize("stage, per_epoch, epochs, last, total", [
+    (Stage(32, 64, 8, 3), 372, 3, 372, 1116),
+    (Stage(32, 64, 8, iters=80000), 372, 216, 80000 - 215 * 372, 80000),
+    (Stage(32, 64, 8, iters=744), 372, 2, 372, 744),
+    (Stage(32, 64, 8, iters=5), 372, 1, 5, 5),
+])
+def test_a_stage_plan_spans_its_epochs_or_iterations(stage, per_epoch, epochs, last, total):
+    plan = plan_stage(stage, per_epoch)
+    assert (plan.epochs, plan.steps(epochs - 1), plan.total_steps) == (epochs, last, total)
+    assert sum(plan.steps(e) for e in range(plan.epochs)) == total

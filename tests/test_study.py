@@ -55,6 +55,7 @@ def test_every_variant_is_trained_evaluated_and_tabulated(study):
         assert row["road"] == f"{100 * scores['iou']['road']:.2f}" and float(row["train_seconds"]) > 0
     page = result.results_md.read_text()
     assert "| dlse-hed |" in page and "38.83" in page and "schedule: 32x64:4:1" in page and "train 8, val 4" in page
+    assert "recipe: the defaults (the study's recipe, configs/study.toml); adam, weight decay 0.0, lr 0.001" in page
     assert sum("training in" in line for line in lines) == 4
 
 
@@ -178,10 +179,14 @@ def test_the_sheet_shows_the_frames_and_the_evaluated_predictions(study, tmp_pat
         assert (sheet == color).all(axis=2).sum() > 20, f"class {train_id} colour missing from the sheet"
 
 
+STRONG = Path(__file__).resolve().parents[1] / "configs" / "strong.toml"
+
+
 def start_study(root: Path, out: Path) -> subprocess.Popen:
-    command = [str(BIN / "segnet"), "study", "--root", str(root), "--out", str(out), "--variants", "vanilla,dlse-hed",
-               "--schedule", "32x64:4:2", "--backbone-weights", "none", "--lr", "1e-3", "--device", "cpu",
-               "--frames-per-shard", "4"]
+    """The strong recipe's study of two variants, at a tiny size (the command line overrides the file)."""
+    command = [str(BIN / "segnet"), "study", "--config", str(STRONG), "--root", str(root), "--out", str(out),
+               "--variants", "vanilla,dlse-hed", "--schedule", "32x64:4:2", "--backbone-weights", "none",
+               "--lr", "1e-3", "--device", "cpu", "--frames-per-shard", "4"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=default_sigint)
 
@@ -213,6 +218,8 @@ def test_a_study_killed_midway_resumes_on_rerun(study, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["vanilla", "dlse-hed"] and all(r["miou"] and not r["error"] for r in rows)
     assert "results.md" in stdout and (out / "plots" / "qualitative.png").is_file()
+    page = (out / "results.md").read_text()
+    assert f"recipe: {STRONG}; sgd (momentum 0.9), weight decay 0.0005, lr 0.001 poly to 0.0001" in page
 
 
 def test_runs_of_other_options_are_reported_not_reused_or_overwritten(study, tmp_path):

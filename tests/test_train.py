@@ -368,3 +368,12 @@ def test_a_run_killed_before_linking_best_gets_best_on_resume(segnet_shards, tmp
     train(config(segnet_shards, tmp_path / "run"), resume=True,
           callbacks=TrainCallbacks(on_epoch_start=lambda info: seen.append(best.is_file() and best.samefile(last))))
     assert seen == [True]
+
+
+def test_a_stage_counted_in_iterations_stops_after_that_many_steps(segnet_shards, tmp_path):
+    """8 frames in batches of 4 are 2 steps an epoch: 5 iterations are epochs of 2, 2 and 1 steps."""
+    train(config(segnet_shards, tmp_path / "run", schedule="32x64:4:5it", val_split=None, lr_schedule="poly"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 2), (2, 4), (3, 5)]
+    assert rows[-1]["lr"] == 0.0  # poly reaches --min-lr at the 5th and last step
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["schedule"] == ["32x64:4:5it"]
