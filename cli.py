@@ -594,20 +594,26 @@ def segnet() -> None:
 
 
 SCHEDULE_HELP = (
-    "Progressive sizes as HxW:BATCH[:EPOCHS] entries, e.g. 128x224:16:10,256x448:8:10,512x912:4:10 "
-    "(frames are resized to HxW; EPOCHS defaults to --epochs-per-stage)."
+    "Stages as HxW:BATCH[:EPOCHS] or HxW:BATCH:ITERSit entries, e.g. 128x224:16:10,256x448:8:10,512x912:4:10 "
+    "or 512x1024:8:80000it (frames are resized to HxW, or cropped to it with --scale-range; EPOCHS defaults to "
+    "--epochs-per-stage; ITERS counts optimizer steps)."
 )
 
 
 def training_options(defaults: str, prefix: str = ""):
-    """The --schedule, --epochs-per-stage, --lr and --backbone-weights options of train and study, with
-    the defaults of `defaults`' fields `prefix` + name (the schedule: segnet.config's)."""
+    """The --schedule, --epochs-per-stage, --lr, --output-stride and --backbone-weights options of train
+    and study (and `recipe_options`), with the defaults of `defaults`' fields `prefix` + name (the
+    schedule: segnet.config's)."""
 
     def decorate(command):
         command = library_option(
             "--backbone-weights", default=(defaults, prefix + "backbone_weights"),
             help="imagenet (torchvision's ResNet-50 checkpoint file from $TORCH_HOME/hub/checkpoints), a path to "
                  "such a file, or none (random initialisation). Nothing is downloaded.")(command)
+        command = library_option("--output-stride", type=click.Choice([16, 8]),
+                                 default=(defaults, prefix + "output_stride"),
+                                 help="Backbone output stride (8: layer3 and layer4 dilated, as mmsegmentation's "
+                                      "R-50-D8; FLOPs in docs/segnet.md).")(command)
         command = library_option("--lr", type=float, default=(defaults, prefix + "lr"),
                                  help="The learning rate (with --lr-schedule: its peak).")(command)
         command = library_option("--epochs-per-stage", type=click.IntRange(min=1),
@@ -651,7 +657,8 @@ NOT_IN_CONFIG_FILES = ("config_file", "help", "version", "resume")
 def config_file_option(command):
     """The --config FILE option of segnet train and study (read before the other options)."""
     return click.option(
-        "--config", "config_file", type=click.Path(dir_okay=False), is_eager=True, callback=_read_config_file,
+        "--config", "config_file", type=click.Path(dir_okay=False), default=None, is_eager=True,
+        callback=_read_config_file,
         help="A TOML file of this command's options (keys as the long options without dashes, e.g. "
              "lr-schedule = \"poly\"); options on the command line override it. configs/ has the study's and a "
              "strong recipe; a run folder's config.toml holds the options it ran with.")(command)
@@ -770,8 +777,6 @@ def parse_eval_size(text: str | None) -> tuple[int, int] | None:
 @library_option("--val-split", default=(TRAIN_CONFIG, "val_split"), shown=lambda split: split or "none",
                 help="The split to validate on after every epoch ('none': no validation).")
 @training_options(TRAIN_CONFIG)
-@library_option("--output-stride", type=click.Choice([16, 8]), default=(TRAIN_CONFIG, "output_stride"),
-                help="Backbone output stride.")
 @library_option("--sf-scale", type=float, default=(TRAIN_CONFIG, "sf_scale"),
                 help="dlse-sf: factor of the channel with the highest gate.")
 @library_option("--sf-rescale/--no-sf-rescale", default=(TRAIN_CONFIG, "sf_rescale"),
@@ -941,8 +946,9 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
                 help="The build's frames per HED pass (hedprep build --batch-size).")
 @library_option("--amp", is_flag=True, default=(STUDY_CONFIG, "train.amp"),
                 help="bfloat16 autocast in training and evaluation, where it is native.")
-def segnet_study(config_file, root, out, variants, schedule, epochs_per_stage, lr, backbone_weights, seed, device,
-                 levels, frames_per_shard, scheduler, workers, hed_precision, hed_batch_size, amp, **recipe) -> None:
+def segnet_study(config_file, root, out, variants, schedule, epochs_per_stage, lr, output_stride, backbone_weights,
+                 seed, device, levels, frames_per_shard, scheduler, workers, hed_precision, hed_batch_size, amp,
+                 **recipe) -> None:
     """Run the study: build train and val shards, train each variant with the same seed and schedule,
     evaluate each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU,
     with plots in OUT/plots/: mIoU per variant, per-class IoU, training curves, and the qualitative
@@ -964,6 +970,7 @@ def segnet_study(config_file, root, out, variants, schedule, epochs_per_stage, l
     config = StudyConfig(
         out=out, variants=chosen, recipe=config_file,
         train=StudyConfig.run_options(schedule=parse_schedule(schedule, epochs_per_stage), lr=lr,
+                                      output_stride=output_stride,
                                       backbone_weights=backbone_weights, seed=seed, device=device, amp=amp,
                                       **recipe),
         build=StudyConfig.build_options(root, levels=levels, frames_per_shard=frames_per_shard, scheduler=scheduler,

@@ -201,6 +201,8 @@ COMMAND_ONLY = {
     ("segnet", "train", "epochs_per_stage"): 10,  # segnet.config.DEFAULT_EPOCHS_PER_STAGE, checked below
     ("segnet", "study", "epochs_per_stage"): 10,
     ("segnet", "train", "resume"): False,
+    ("segnet", "train", "config_file"): None,
+    ("segnet", "study", "config_file"): None,
     ("segnet", "evaluate", "json_path"): None,
 }
 
