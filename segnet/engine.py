@@ -24,10 +24,11 @@ from segnet.metrics import DeviceConfusion, mean_iou
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                amp: torch.dtype | None, loss_fn: LossFunction | None = None) -> torch.Tensor:
-    """One optimizer step on a batch; returns the batch's loss, detached, on the device (not read)."""
+    """One optimizer step on a batch; returns the batch's loss, detached, on the device (not read).
+    `loss_fn` takes what `model` returns (default: cross-entropy of its logits)."""
     with autocast(images.device, amp):
-        logits = model(images)
-    loss = (loss_fn or cross_entropy_loss)(logits.float(), labels.long())
+        outputs = model(images)
+    loss = (loss_fn or cross_entropy_loss)(outputs, labels.long())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

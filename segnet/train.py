@@ -50,12 +50,12 @@ from segnet.data import (
     make_loader,
     opencv_single_threaded,
 )
-from segnet.deeplab import build_model
+from segnet.deeplab import DeepLabWithAux, build_model
 from segnet.devices import amp_dtype, resolve_rank_device
 from segnet.distributed import Distribution, barrier, broadcast_buffers, init_distribution
 from segnet.engine import train_one_epoch, training_items, validate
 from segnet.errors import SegnetError, SegnetOptionError
-from segnet.losses import make_loss
+from segnet.losses import LossFunction, make_loss
 from segnet.optim import make_lr_schedule, make_optimizer
 from segnet.run_folder import RunFolder
 
@@ -153,8 +153,8 @@ class Run:
     callbacks: TrainCallbacks
     train_loaders: StageLoaders
     val_loaders: StageLoaders | None
-    network: torch.nn.Module  # what trains: the model, or its DDP or compiled wrapper
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    network: torch.nn.Module  # what trains: the model (with its auxiliary head), or its DDP or compiled wrapper
+    loss_fn: LossFunction
 
     def log(self, line: str, shown: str | None = None) -> None:
         """A line for log.txt and (rank 0) the display; `shown` replaces it on the display."""
@@ -206,10 +206,12 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     amp = amp_dtype(device) if config.amp else None
     channels_last = use_channels_last(device, config.channels_last)
     settings = loader_settings(device.type, workers)
+    loss_fn = make_loss(config)
     seed_everything(config.seed)
     weights = config.backbone_weights if not (resume and RunFolder(config.out).last.is_file()) else "none"
     model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
                         sf_scale=config.sf_scale, sf_rescale=config.sf_rescale)
+    trainee = DeepLabWithAux(model) if config.aux_loss > 0 else model  # what the optimizer steps
     train_loaders = StageLoaders(config, config.split, model.in_channels, settings)
     val_loaders = StageLoaders(config, config.val_split, model.in_channels, settings) if config.val_split else None
     warn_on_size_mismatch(config, train_loaders, val_loaders)
@@ -217,15 +219,16 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     sync_bn = sync_batch_norm(config.sync_bn, device, dist_info.world)
     folder = RunFolder(config.out, writer=dist_info.is_main)
     checkpoint = folder.prepare(config, resume)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    if sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = make_optimizer(config, model, device)
+    trainee.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if sync_bn:  # in place: the model and its auxiliary head stay the objects they are
+        trainee = torch.nn.SyncBatchNorm.convert_sync_batchnorm(trainee)
+    optimizer = make_optimizer(config, trainee, device)
     state = TrainingState(model, optimizer, make_lr_schedule(config, optimizer, total_steps(config, train_loaders,
-                                                                                         dist_info)))
+                                                                                         dist_info)),
+                          getattr(trainee, "aux_classifier", None))
     run = Run(config, device, amp, channels_last, dist_info, folder, callbacks, train_loaders, val_loaders,
-              wrap_model(model, dist_info, device, config.compile), make_loss(config))
-    announce_start(run, model, checkpoint)
+              wrap_model(trainee, dist_info, device, config.compile), loss_fn)
+    announce_start(run, model, checkpoint, state.aux_classifier)
     if checkpoint is not None:
         restore_training_state(state, checkpoint, device)
         folder.keep_metrics_until(*state.done)
@@ -253,14 +256,18 @@ def warn_on_size_mismatch(config: TrainConfig, train_loaders: StageLoaders, val_
                       f"{vh}x{vw}; both are resized to each stage size", UserWarning, stacklevel=4)
 
 
-def announce_start(run: Run, model: torch.nn.Module, checkpoint: dict[str, Any] | None) -> None:
+def announce_start(run: Run, model: torch.nn.Module, checkpoint: dict[str, Any] | None,
+                   aux_classifier: torch.nn.Module | None) -> None:
     config = run.config
+    aux_names = [f"aux_classifier.{name}" for name, _ in aux_classifier.named_parameters()] if aux_classifier else []
+    if checkpoint is None and aux_classifier is not None:
+        run.log(f"auxiliary FCN head on layer3 (training only), its loss weighted {config.aux_loss}")
     if run.folder.restarted:
         run.log(f"{run.folder.path}: stopped before its first checkpoint (no last.pt); starting the run over")
     if checkpoint is None and config.backbone_weights == "none":
         run.log(f"{config.variant}: random initialisation (--backbone-weights none)")
     elif checkpoint is None:
-        uncovered = model.uncovered_parameters
+        uncovered = model.uncovered_parameters + aux_names
         run.log(f"{config.variant}: backbone weights {config.backbone_weights}; not from the checkpoint: "
                 f"{', '.join(uncovered) or 'none'}",
                 shown=f"{config.variant}: backbone weights {config.backbone_weights}; {len(uncovered)} "

@@ -180,6 +180,7 @@ def test_resume_on_a_damaged_config_json_is_one_line(segnet_shards, tmp_path):
     (["--variant", "vanilla", "--device", "cuda"], ["--device cuda", "no CUDA GPU"], 1),
     (["--variant", "vanilla", "--split", "nosuch", "--backbone-weights", "none"], ["nosuch", "no built split here"], 1),
     (["--variant", "vanilla", "--backbone-weights", "imagenet"], ["--backbone-weights none"], 1),
+    (["--variant", "vanilla", "--aux-loss", "-0.4"], ["--aux-loss", "-0.4"], 2),
 ])
 def test_bad_train_options_are_one_line(segnet_shards, tmp_path, args, fragments, status):
     if "--device" in args and torch.cuda.is_available():
@@ -368,3 +369,33 @@ def test_a_run_killed_before_linking_best_gets_best_on_resume(segnet_shards, tmp
     train(config(segnet_shards, tmp_path / "run"), resume=True,
           callbacks=TrainCallbacks(on_epoch_start=lambda info: seen.append(best.is_file() and best.samefile(last))))
     assert seen == [True]
+
+
+def test_an_aux_loss_run_resumes_exactly_and_evaluates_without_its_head(segnet_shards, tmp_path):
+    """--aux-loss: the head is in last.pt beside the model, a run interrupted inside an epoch ends with the
+    uninterrupted run's weights (head included), and the model `load_model` gives (evaluate, predict, the
+    study's sheet) is the plain model: its parameter count, and the trained network's output."""
+    from segnet.deeplab import DeepLabWithAux, build_model
+    from segnet.inference import load_model
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(config(segnet_shards, whole, schedule="32x64:4:1", aux_loss=0.4))  # 2 steps
+    with pytest.raises(Interrupted):
+        train(config(segnet_shards, resumed, schedule="32x64:4:1", aux_loss=0.4),
+              callbacks=TrainCallbacks(on_step=StopAt(step=1).on_step))
+    train(config(segnet_shards, resumed, schedule="32x64:4:1", aux_loss=0.4), resume=True)
+    assert same_weights(whole / "last.pt", resumed / "last.pt")
+    first, second = (load_checkpoint(run / "last.pt")["aux_classifier"] for run in (whole, resumed))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert "auxiliary FCN head on layer3 (training only), its loss weighted 0.4" in (whole / "log.txt").read_text()
+
+    model, checkpoint = load_model(whole / "last.pt", torch.device("cpu"))
+    plain = build_model("vanilla", backbone_weights="none")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert not any("aux" in key for key in model.state_dict())
+    network = DeepLabWithAux(plain)
+    network.model.load_state_dict(checkpoint["model"])
+    network.aux_classifier.load_state_dict(checkpoint["aux_classifier"])
+    x = torch.randn(2, 3, 32, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), network.eval()(x).out)
