@@ -19,7 +19,7 @@ from segnet.checkpoint import EpochStats, TrainingState
 from segnet.data import EpochItems, EpochSampler, model_input
 from segnet.distributed import Distribution
 from segnet.losses import LossFunction, cross_entropy_loss
-from segnet.metrics import DeviceConfusion, mean_iou
+from segnet.metrics import DeviceConfusion, EvalResult, evaluation_result
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
@@ -78,9 +78,10 @@ def model_num_classes(model: torch.nn.Module) -> int:
 
 
 def validate(model: torch.nn.Module, loader: DataLoader, items: EpochItems, device: torch.device,
-             dist_info: Distribution, amp: torch.dtype | None, channels_last: bool = False) -> float:
-    """mIoU on the loader's dataset at its size (labels resized to it): each rank scores its share of
-    the frames, every frame exactly once, and the confusion matrices are summed across ranks.
+             dist_info: Distribution, amp: torch.dtype | None, channels_last: bool = False) -> EvalResult:
+    """The scores (mIoU, per-class IoU) on the loader's dataset at its size (labels resized to it): each
+    rank scores its share of the frames, every frame exactly once, and the confusion matrices are summed
+    across ranks.
 
     `model` is the bare model, not its DistributedDataParallel wrapper: ranks may get one frame fewer,
     and the wrapper's forward would wait for the others.
@@ -96,4 +97,4 @@ def validate(model: torch.nn.Module, loader: DataLoader, items: EpochItems, devi
             matrix.update(logits.argmax(1), labels)
     matrix.reduce()
     model.train()
-    return float(mean_iou(matrix.numpy()))
+    return evaluation_result(matrix.numpy(), len(loader.dataset))

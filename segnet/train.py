@@ -56,8 +56,10 @@ from segnet.distributed import Distribution, barrier, broadcast_buffers, init_di
 from segnet.engine import train_one_epoch, training_items, validate
 from segnet.errors import SegnetError, SegnetOptionError
 from segnet.losses import LossFunction, make_loss
+from segnet.metrics import EvalResult
 from segnet.optim import make_lr_schedule, make_optimizer
 from segnet.run_folder import RunFolder
+from segnet.tensorboard_log import TENSORBOARD_MISSING, TensorBoardLog
 
 
 @dataclass
@@ -155,6 +157,7 @@ class Run:
     val_loaders: StageLoaders | None
     network: torch.nn.Module  # what trains: the model (with its auxiliary head), or its DDP or compiled wrapper
     loss_fn: LossFunction
+    tensorboard: TensorBoardLog | None = None  # rank 0's event files, where tensorboard is installed
 
     def log(self, line: str, shown: str | None = None) -> None:
         """A line for log.txt and (rank 0) the display; `shown` replaces it on the display."""
@@ -165,6 +168,11 @@ class Run:
     def notify(self, hook: Callable[[Any], None] | None, value: Any) -> None:
         if hook is not None and self.dist_info.is_main:
             hook(value)
+
+    def close(self) -> None:
+        """Close what the run holds open beyond its loaders: TensorBoard's event file."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult:
@@ -178,17 +186,26 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
 def _train(config: TrainConfig, device: torch.device, workers: int, resume: bool,
            callbacks: TrainCallbacks) -> TrainResult:
     run, state = start_run(config, device, workers, resume, callbacks)
+    try:
+        return run_epochs(run, state)
+    finally:
+        run.close()
+
+
+def run_epochs(run: Run, state: TrainingState) -> TrainResult:
+    """The epochs from `state.position` on, each recorded at its end; Ctrl-C saves where the run stands."""
+    config, callbacks = run.config, run.callbacks
     interrupted = Interrupted(f"interrupted; saved {run.folder.last}: continue with the same command and --resume",
                               run.folder.last)
     epochs_run = 0
     for stage_index, epoch in remaining_epochs(config.schedule, state.position):
         try:
-            metrics = run_epoch(run, state, stage_index, epoch)
+            metrics, validation = run_epoch(run, state, stage_index, epoch)
         except KeyboardInterrupt:
             save_interrupted(run, state)
             raise interrupted from None
         try:
-            save_epoch_end(run, state, metrics)  # a Ctrl-C inside takes effect once the epoch is saved
+            save_epoch_end(run, state, metrics, validation)  # a Ctrl-C inside takes effect once the epoch is saved
             run.notify(callbacks.on_epoch_end, metrics)
         except KeyboardInterrupt:
             raise interrupted from None
@@ -234,6 +251,9 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
         folder.keep_metrics_until(*state.done)
         run.log(f"resumed from {folder.last} at stage {state.position.stage + 1}, epoch {state.position.epoch + 1}, "
                 f"batch {state.position.batch}")
+    run.tensorboard = folder.tensorboard(first_step=state.step + 1)
+    if run.tensorboard is None and folder.writer:
+        run.log(TENSORBOARD_MISSING)
     run.network.train()
     return run, state
 
@@ -293,9 +313,10 @@ def remaining_epochs(schedule: list[Stage], start: Position):
             yield stage_index, epoch
 
 
-def run_epoch(run: Run, state: TrainingState, stage_index: int, epoch: int) -> dict[str, Any]:
+def run_epoch(run: Run, state: TrainingState, stage_index: int,
+              epoch: int) -> tuple[dict[str, Any], EvalResult | None]:
     """Train one epoch (from `state.position`'s batch when resuming inside it), validate, and return its
-    metrics row; `state` is current after every step."""
+    metrics row and validation scores (None without a val split); `state` is current after every step."""
     config, dist_info = run.config, run.dist_info
     stage: Stage = config.schedule[stage_index]
     if (state.position.stage, state.position.epoch) != (stage_index, epoch):
@@ -310,33 +331,44 @@ def run_epoch(run: Run, state: TrainingState, stage_index: int, epoch: int) -> d
                     state.epoch_stats.loss_sum, state.epoch_stats.loss_count, 0.0)
 
     def on_step(stats: EpochStats) -> None:
+        if run.tensorboard is not None:
+            run.tensorboard.step(state.step, state.optimizer.param_groups[0]["lr"], stats.loss_sum, stats.loss_count)
         info.batch, info.loss_total, info.loss_count = state.position.batch, stats.loss_sum, stats.loss_count
         info.images_per_s = stats.images * dist_info.world / stats.seconds
         run.notify(run.callbacks.on_step, info)
 
     run.notify(run.callbacks.on_epoch_start, info)
+    if run.tensorboard is not None:
+        run.tensorboard.start_epoch(state.optimizer.param_groups[0]["lr"], state.epoch_stats.loss_sum,
+                                    state.epoch_stats.loss_count)
+    watched = run.callbacks.on_step is not None or run.tensorboard is not None
     stats = train_one_epoch(run.network, state, loader, run.device, run.loss_fn, run.amp, run.channels_last,
-                            on_step if run.callbacks.on_step is not None else None)
-    val_miou = None
+                            on_step if watched else None)
+    validation = None
     if run.val_loaders is not None:
         broadcast_buffers(state.model, dist_info)  # every rank validates the weights that rank 0 saves
-        val_miou = validate(state.model, *run.val_loaders(stage_index), run.device, dist_info, run.amp,
-                            run.channels_last)
+        validation = validate(state.model, *run.val_loaders(stage_index), run.device, dist_info, run.amp,
+                              run.channels_last)
     return {
-        "stage": stage_index + 1, "epoch": epoch + 1, "step": state.step, "loss": stats.loss, "val_miou": val_miou,
+        "stage": stage_index + 1, "epoch": epoch + 1, "step": state.step, "loss": stats.loss,
+        "val_miou": None if validation is None else validation.miou,
         "images_per_s": stats.images * dist_info.world / stats.seconds if stats.seconds > 0 else None,
         "lr": state.optimizer.param_groups[0]["lr"], "seconds": stats.seconds,
-    }
+    }, validation
 
 
-def save_epoch_end(run: Run, state: TrainingState, metrics: dict[str, Any]) -> None:
-    """Record a finished epoch, with Ctrl-C deferred until it is recorded whole: its metrics row, the state
-    moved past it, last.pt (and best.pt if its validation mIoU is the best so far)."""
+def save_epoch_end(run: Run, state: TrainingState, metrics: dict[str, Any], validation: EvalResult | None) -> None:
+    """Record a finished epoch, with Ctrl-C deferred until it is recorded whole: its metrics row and
+    TensorBoard scalars, the state moved past it, last.pt (and best.pt if its validation mIoU is the best
+    so far)."""
     stage_index, epoch = metrics["stage"] - 1, metrics["epoch"] - 1
     improved = metrics["val_miou"] is not None and (state.best is None or metrics["val_miou"] > state.best)
     with interrupts_deferred():
         if run.dist_info.is_main:
             run.folder.add_metrics(metrics)
+        if run.tensorboard is not None:
+            run.tensorboard.end_epoch(metrics, state.epoch_stats.loss_sum, state.epoch_stats.loss_count,
+                                      None if validation is None else validation.iou)
         state.done, state.metrics = (stage_index, epoch), metrics
         state.position = (Position(stage_index, epoch + 1) if epoch + 1 < run.config.schedule[stage_index].epochs
                           else Position(stage_index + 1, 0))
