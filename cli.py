@@ -626,7 +626,7 @@ def training_options(defaults: str, prefix: str = ""):
 
 
 def recipe_options(defaults: str, prefix: str = ""):
-    """The optimizer and learning-rate schedule options of train and study (TrainConfig's fields)."""
+    """The optimizer, learning-rate schedule and auxiliary loss options of train and study (TrainConfig's fields)."""
 
     def decorate(command):
         options = [
@@ -639,6 +639,11 @@ def recipe_options(defaults: str, prefix: str = ""):
             ("--min-lr", dict(type=click.FloatRange(min=0), help="The rate poly and cosine end at.")),
             ("--warmup-iters", dict(type=click.IntRange(min=0),
                                     help="Optimizer steps of linear warm-up (the rate times (step + 1) / N).")),
+            ("--aux-loss", dict(type=click.FloatRange(min=0),
+                                help="Weight W of an auxiliary FCN head on layer3 (torchvision's aux_classifier): "
+                                     "the loss is the model's cross-entropy plus W times the head's (mmsegmentation "
+                                     "uses 0.4); 0: no head. Training only: evaluation, prediction and the "
+                                     "checkpoint's model do not carry it.")),
         ]
         for name, attrs in reversed(options):
             field = name.lstrip("-").replace("-", "_")

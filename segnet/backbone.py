@@ -130,11 +130,12 @@ class Features(NamedTuple):
     """What the backbone hands the decoder."""
 
     layer1: Tensor  # 256 channels, 1/4 of the input
+    layer3: Tensor  # 1024 channels, 1/16 of the input (1/8 at output stride 8): the auxiliary head's input
     layer4: Tensor  # 2048 channels, 1/output_stride of the input
 
 
 class ResNet50(nn.Module):
-    """ResNet-50 V1.5 without `avgpool` and `fc`; `forward` returns the layer1 and layer4 features.
+    """ResNet-50 V1.5 without `avgpool` and `fc`; `forward` returns the layer1, layer3 and layer4 features.
 
     Args:
         in_channels: 3 (RGB) or 4 (RGB + HED edge map).
@@ -182,7 +183,8 @@ class ResNet50(nn.Module):
     def forward(self, x: Tensor) -> Features:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         layer1 = self.layer1(x)
-        return Features(layer1, self.layer4(self.layer3(self.layer2(layer1))))
+        layer3 = self.layer3(self.layer2(layer1))
+        return Features(layer1, layer3, self.layer4(layer3))
 
 
 def _make_layer(inplanes: int, planes: int, blocks: int, stride: int, dilation: int, dilate: bool,

@@ -159,6 +159,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant, poly (power 0.9) or cosine, per optimizer step, down to min_lr
     min_lr: float = 0.0
     warmup_iters: int = 0  # steps of linear warm-up from lr / warmup_iters
+    aux_loss: float = 0.0  # weight of an auxiliary FCN head's loss on layer3, training only; 0: no head
 
     # How a run computes, not what it learns: a resume may change them (device, workers, out too).
     RUNTIME_OPTIONS = ("out", "device", "workers", "deterministic", "compile", "channels_last")

@@ -11,6 +11,10 @@ the study, and `build_model`, their builder.
 names included (`convs.0` 1x1, `convs.1..3` atrous 3x3, `convs.4` image pooling, `project`). Every resize
 is bilinear with `size=` (never `scale_factor`), so inputs of any size work. `forward` returns the logits
 (N, num_classes, H, W), not torchvision's dict.
+
+`--aux-loss` trains with torchvision's auxiliary `FCNHead` on layer3 (`DeepLabWithAux`, training only):
+the head wraps the model instead of living in it, so the model, its state dict and everything that
+evaluates or predicts are the same with or without it.
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from segnet.backbone import REPLACE_STRIDE_WITH_DILATION, ResNet50, load_torchvision_weights, resolve_backbone_weights
+from segnet.backbone import (
+    REPLACE_STRIDE_WITH_DILATION,
+    Features,
+    ResNet50,
+    load_torchvision_weights,
+    resolve_backbone_weights,
+)
 from segnet.errors import SegnetOptionError
 from segnet.ops import GlobalAverage, resize
 
@@ -34,6 +45,8 @@ ASPP_CHANNELS = 256
 LOW_LEVEL_CHANNELS = 48  # the decoder's projection of layer1 (DeepLabV3+)
 EDGE_SKIP_REDUCED = 32  # decoder channels that EdgeSkip upsamples to full resolution
 EDGE_SKIP_CHANNELS = 64  # output of EdgeSkip's 3x3 convolution, the classifier's input for dlse-hed
+LAYER3_CHANNELS = 1024  # the auxiliary head's input
+AUX_DROPOUT = 0.1  # torchvision's FCNHead and mmsegmentation's auxiliary head
 
 
 @dataclass(frozen=True)
@@ -163,13 +176,53 @@ class DeepLabV3(nn.Module):
         self.uncovered_parameters = [name for name, _ in self.named_parameters()]
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.backbone(x)
+        return self.decode(self.backbone(x), x)
+
+    def decode(self, features: Features, x: Tensor) -> Tensor:
+        """The logits of input `x` from its backbone `features`: ASPP, decoder, classifier."""
         decoded = self.decoder(features.layer1, self.aspp(features.layer4))
         if self.edge_skip is None:
             # The classifier is a 1x1 convolution: applying it before upsampling gives the same logits
             # as after, with 19 channels to upsample instead of 256.
             return resize(self.classifier(decoded), x.shape[-2:])
         return self.classifier(self.edge_skip(decoded, x))
+
+
+class FCNHead(nn.Sequential):
+    """torchvision's FCNHead (its DeepLabV3's `aux_classifier`), key names included: a 3x3 convolution to
+    in_channels / 4 without bias, BatchNorm, ReLU, Dropout 0.1, a 1x1 classifier with bias."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        channels = in_channels // 4
+        super().__init__(*conv_bn_relu(in_channels, channels, 3), nn.Dropout(AUX_DROPOUT),
+                         nn.Conv2d(channels, num_classes, 1))
+
+
+class AuxOutputs(NamedTuple):
+    """What `DeepLabWithAux` returns: both logits at the input size (N, num_classes, H, W)."""
+
+    out: Tensor  # the model's
+    aux: Tensor  # the auxiliary head's
+
+
+class DeepLabWithAux(nn.Module):
+    """A model and an auxiliary FCN head on its layer3, for training with an auxiliary loss (torchvision's
+    `deeplabv3_resnet50(aux_loss=True)`, mmsegmentation's DeepLabV3 R-50). `forward(x)` returns
+    `AuxOutputs`: every parameter is used in every step, as DistributedDataParallel expects.
+
+    `model` is the bare `DeepLabV3` (what validates, is saved as the checkpoint's model and predicts);
+    `aux_classifier` the head, saved apart from it.
+    """
+
+    def __init__(self, model: DeepLabV3) -> None:
+        super().__init__()
+        self.model = model
+        self.aux_classifier = FCNHead(LAYER3_CHANNELS, model.model_args["num_classes"])
+
+    def forward(self, x: Tensor) -> AuxOutputs:
+        features = self.model.backbone(x)
+        out = self.model.decode(features, x)
+        return AuxOutputs(out, resize(self.aux_classifier(features.layer3), x.shape[-2:]))
 
 
 def check_options(variant: str, output_stride: int) -> None:

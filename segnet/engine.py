@@ -19,15 +19,16 @@ from segnet.checkpoint import EpochStats, TrainingState
 from segnet.data import EpochItems, EpochSampler, model_input
 from segnet.distributed import Distribution
 from segnet.losses import LossFunction, cross_entropy_loss
-from segnet.metrics import DeviceConfusion, mean_iou
+from segnet.metrics import DeviceConfusion, EvalResult, evaluation_result
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                amp: torch.dtype | None, loss_fn: LossFunction | None = None) -> torch.Tensor:
-    """One optimizer step on a batch; returns the batch's loss, detached, on the device (not read)."""
+    """One optimizer step on a batch; returns the batch's loss, detached, on the device (not read).
+    `loss_fn` takes what `model` returns (default: cross-entropy of its logits)."""
     with autocast(images.device, amp):
-        logits = model(images)
-    loss = (loss_fn or cross_entropy_loss)(logits.float(), labels.long())
+        outputs = model(images)
+    loss = (loss_fn or cross_entropy_loss)(outputs, labels.long())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -77,9 +78,10 @@ def model_num_classes(model: torch.nn.Module) -> int:
 
 
 def validate(model: torch.nn.Module, loader: DataLoader, items: EpochItems, device: torch.device,
-             dist_info: Distribution, amp: torch.dtype | None, channels_last: bool = False) -> float:
-    """mIoU on the loader's dataset at its size (labels resized to it): each rank scores its share of
-    the frames, every frame exactly once, and the confusion matrices are summed across ranks.
+             dist_info: Distribution, amp: torch.dtype | None, channels_last: bool = False) -> EvalResult:
+    """The scores (mIoU, per-class IoU) on the loader's dataset at its size (labels resized to it): each
+    rank scores its share of the frames, every frame exactly once, and the confusion matrices are summed
+    across ranks.
 
     `model` is the bare model, not its DistributedDataParallel wrapper: ranks may get one frame fewer,
     and the wrapper's forward would wait for the others.
@@ -95,4 +97,4 @@ def validate(model: torch.nn.Module, loader: DataLoader, items: EpochItems, devi
             matrix.update(logits.argmax(1), labels)
     matrix.reduce()
     model.train()
-    return float(mean_iou(matrix.numpy()))
+    return evaluation_result(matrix.numpy(), len(loader.dataset))

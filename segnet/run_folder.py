@@ -7,6 +7,7 @@
     RUN/last.pt                     the checkpoint after the last epoch (or where Ctrl-C stopped it)
     RUN/best.pt                     the checkpoint of the best validation mIoU (a hard link of a last.pt)
     RUN/val.json                    `segnet study`'s evaluation of best.pt on val
+    RUN/events.out.tfevents.*       TensorBoard's event files, one per start or resume (`segnet.tensorboard_log`)
 
 Only rank 0 of a torchrun job writes (`writer=False` elsewhere); every file is written atomically.
 """
@@ -25,6 +26,7 @@ from segnet.checkpoint import link_checkpoint, load_checkpoint
 from segnet.config import TrainConfig
 from segnet.config_file import config_file_text
 from segnet.errors import SegnetError
+from segnet.tensorboard_log import TensorBoardLog, open_tensorboard
 
 METRIC_FIELDS = ("stage", "epoch", "step", "loss", "val_miou", "images_per_s", "lr", "seconds")
 
@@ -143,6 +145,12 @@ class RunFolder:
         self.restarted = True
         if self.writer and self.metrics_jsonl.exists():
             self._write_metrics([])  # rows of epochs no checkpoint kept
+
+    def tensorboard(self, first_step: int) -> TensorBoardLog | None:
+        """TensorBoard's event log of this run from optimizer step `first_step` on (the events earlier
+        starts logged from it are hidden); None where this process does not write or tensorboard is not
+        installed."""
+        return open_tensorboard(self.path, first_step) if self.writer else None
 
     def log(self, line: str) -> None:
         """Append a line to log.txt."""

@@ -50,14 +50,16 @@ from segnet.data import (
     make_loader,
     opencv_single_threaded,
 )
-from segnet.deeplab import build_model
+from segnet.deeplab import DeepLabWithAux, build_model
 from segnet.devices import amp_dtype, resolve_rank_device
 from segnet.distributed import Distribution, barrier, broadcast_buffers, init_distribution
 from segnet.engine import train_one_epoch, training_items, validate
 from segnet.errors import SegnetError, SegnetOptionError
-from segnet.losses import make_loss
+from segnet.losses import LossFunction, make_loss
+from segnet.metrics import EvalResult
 from segnet.optim import make_lr_schedule, make_optimizer
 from segnet.run_folder import RunFolder
+from segnet.tensorboard_log import TENSORBOARD_MISSING, TensorBoardLog
 
 
 @dataclass
@@ -153,9 +155,10 @@ class Run:
     callbacks: TrainCallbacks
     train_loaders: StageLoaders
     val_loaders: StageLoaders | None
-    network: torch.nn.Module  # what trains: the model, or its DDP or compiled wrapper
+    network: torch.nn.Module  # what trains: the model (with its auxiliary head), or its DDP or compiled wrapper
     plan: list[StagePlan]  # each stage's epochs and steps on this rank
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss_fn: LossFunction
+    tensorboard: TensorBoardLog | None = None  # rank 0's event files, where tensorboard is installed
 
     def log(self, line: str, shown: str | None = None) -> None:
         """A line for log.txt and (rank 0) the display; `shown` replaces it on the display."""
@@ -166,6 +169,11 @@ class Run:
     def notify(self, hook: Callable[[Any], None] | None, value: Any) -> None:
         if hook is not None and self.dist_info.is_main:
             hook(value)
+
+    def close(self) -> None:
+        """Close what the run holds open beyond its loaders: TensorBoard's event file."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks | None = None) -> TrainResult:
@@ -179,17 +187,26 @@ def train(config: TrainConfig, resume: bool = False, callbacks: TrainCallbacks |
 def _train(config: TrainConfig, device: torch.device, workers: int, resume: bool,
            callbacks: TrainCallbacks) -> TrainResult:
     run, state = start_run(config, device, workers, resume, callbacks)
+    try:
+        return run_epochs(run, state)
+    finally:
+        run.close()
+
+
+def run_epochs(run: Run, state: TrainingState) -> TrainResult:
+    """The epochs from `state.position` on, each recorded at its end; Ctrl-C saves where the run stands."""
+    callbacks = run.callbacks
     interrupted = Interrupted(f"interrupted; saved {run.folder.last}: continue with the same command and --resume",
                               run.folder.last)
     epochs_run = 0
     for stage_index, epoch in remaining_epochs(run.plan, state.position):
         try:
-            metrics = run_epoch(run, state, stage_index, epoch)
+            metrics, validation = run_epoch(run, state, stage_index, epoch)
         except KeyboardInterrupt:
             save_interrupted(run, state)
             raise interrupted from None
         try:
-            save_epoch_end(run, state, metrics)  # a Ctrl-C inside takes effect once the epoch is saved
+            save_epoch_end(run, state, metrics, validation)  # a Ctrl-C inside takes effect once the epoch is saved
             run.notify(callbacks.on_epoch_end, metrics)
         except KeyboardInterrupt:
             raise interrupted from None
@@ -207,10 +224,12 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     amp = amp_dtype(device) if config.amp else None
     channels_last = use_channels_last(device, config.channels_last)
     settings = loader_settings(device.type, workers)
+    loss_fn = make_loss(config)
     seed_everything(config.seed)
     weights = config.backbone_weights if not (resume and RunFolder(config.out).last.is_file()) else "none"
     model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
                         sf_scale=config.sf_scale, sf_rescale=config.sf_rescale)
+    trainee = DeepLabWithAux(model) if config.aux_loss > 0 else model  # what the optimizer steps
     train_loaders = StageLoaders(config, config.split, model.in_channels, settings)
     val_loaders = StageLoaders(config, config.val_split, model.in_channels, settings) if config.val_split else None
     warn_on_size_mismatch(config, train_loaders, val_loaders)
@@ -218,20 +237,24 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     sync_bn = sync_batch_norm(config.sync_bn, device, dist_info.world)
     folder = RunFolder(config.out, writer=dist_info.is_main)
     checkpoint = folder.prepare(config, resume)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    if sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = make_optimizer(config, model, device)
+    trainee.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if sync_bn:  # in place: the model and its auxiliary head stay the objects they are
+        trainee = torch.nn.SyncBatchNorm.convert_sync_batchnorm(trainee)
+    optimizer = make_optimizer(config, trainee, device)
     plan = stage_plans(config, train_loaders, dist_info)
-    state = TrainingState(model, optimizer, make_lr_schedule(config, optimizer, sum(p.total_steps for p in plan)))
+    state = TrainingState(model, optimizer, make_lr_schedule(config, optimizer, sum(p.total_steps for p in plan)),
+                          getattr(trainee, "aux_classifier", None))
     run = Run(config, device, amp, channels_last, dist_info, folder, callbacks, train_loaders, val_loaders,
-              wrap_model(model, dist_info, device, config.compile), plan, make_loss(config))
-    announce_start(run, model, checkpoint)
+              wrap_model(trainee, dist_info, device, config.compile), plan, loss_fn)
+    announce_start(run, model, checkpoint, state.aux_classifier)
     if checkpoint is not None:
         restore_training_state(state, checkpoint, device)
         folder.keep_metrics_until(*state.done)
         run.log(f"resumed from {folder.last} at stage {state.position.stage + 1}, epoch {state.position.epoch + 1}, "
                 f"batch {state.position.batch}")
+    run.tensorboard = folder.tensorboard(first_step=state.step + 1)
+    if run.tensorboard is None and folder.writer:
+        run.log(TENSORBOARD_MISSING)
     run.network.train()
     return run, state
 
@@ -254,14 +277,18 @@ def warn_on_size_mismatch(config: TrainConfig, train_loaders: StageLoaders, val_
                       f"{vh}x{vw}; both are resized to each stage size", UserWarning, stacklevel=4)
 
 
-def announce_start(run: Run, model: torch.nn.Module, checkpoint: dict[str, Any] | None) -> None:
+def announce_start(run: Run, model: torch.nn.Module, checkpoint: dict[str, Any] | None,
+                   aux_classifier: torch.nn.Module | None) -> None:
     config = run.config
+    aux_names = [f"aux_classifier.{name}" for name, _ in aux_classifier.named_parameters()] if aux_classifier else []
+    if checkpoint is None and aux_classifier is not None:
+        run.log(f"auxiliary FCN head on layer3 (training only), its loss weighted {config.aux_loss}")
     if run.folder.restarted:
         run.log(f"{run.folder.path}: stopped before its first checkpoint (no last.pt); starting the run over")
     if checkpoint is None and config.backbone_weights == "none":
         run.log(f"{config.variant}: random initialisation (--backbone-weights none)")
     elif checkpoint is None:
-        uncovered = model.uncovered_parameters
+        uncovered = model.uncovered_parameters + aux_names
         run.log(f"{config.variant}: backbone weights {config.backbone_weights}; not from the checkpoint: "
                 f"{', '.join(uncovered) or 'none'}",
                 shown=f"{config.variant}: backbone weights {config.backbone_weights}; {len(uncovered)} "
@@ -286,9 +313,10 @@ def remaining_epochs(plan: list[StagePlan], start: Position):
             yield stage_index, epoch
 
 
-def run_epoch(run: Run, state: TrainingState, stage_index: int, epoch: int) -> dict[str, Any]:
+def run_epoch(run: Run, state: TrainingState, stage_index: int,
+              epoch: int) -> tuple[dict[str, Any], EvalResult | None]:
     """Train one epoch (from `state.position`'s batch when resuming inside it), validate, and return its
-    metrics row; `state` is current after every step."""
+    metrics row and validation scores (None without a val split); `state` is current after every step."""
     config, dist_info = run.config, run.dist_info
     plan = run.plan[stage_index]
     stage = plan.stage
@@ -306,33 +334,44 @@ def run_epoch(run: Run, state: TrainingState, stage_index: int, epoch: int) -> d
                     state.epoch_stats.loss_sum, state.epoch_stats.loss_count, 0.0)
 
     def on_step(stats: EpochStats) -> None:
+        if run.tensorboard is not None:
+            run.tensorboard.step(state.step, state.optimizer.param_groups[0]["lr"], stats.loss_sum, stats.loss_count)
         info.batch, info.loss_total, info.loss_count = state.position.batch, stats.loss_sum, stats.loss_count
         info.images_per_s = stats.images * dist_info.world / stats.seconds
         run.notify(run.callbacks.on_step, info)
 
     run.notify(run.callbacks.on_epoch_start, info)
+    if run.tensorboard is not None:
+        run.tensorboard.start_epoch(state.optimizer.param_groups[0]["lr"], state.epoch_stats.loss_sum,
+                                    state.epoch_stats.loss_count)
+    watched = run.callbacks.on_step is not None or run.tensorboard is not None
     stats = train_one_epoch(run.network, state, loader, run.device, run.loss_fn, run.amp, run.channels_last,
-                            on_step if run.callbacks.on_step is not None else None)
-    val_miou = None
+                            on_step if watched else None)
+    validation = None
     if run.val_loaders is not None:
         broadcast_buffers(state.model, dist_info)  # every rank validates the weights that rank 0 saves
-        val_miou = validate(state.model, *run.val_loaders(stage_index), run.device, dist_info, run.amp,
-                            run.channels_last)
+        validation = validate(state.model, *run.val_loaders(stage_index), run.device, dist_info, run.amp,
+                              run.channels_last)
     return {
-        "stage": stage_index + 1, "epoch": epoch + 1, "step": state.step, "loss": stats.loss, "val_miou": val_miou,
+        "stage": stage_index + 1, "epoch": epoch + 1, "step": state.step, "loss": stats.loss,
+        "val_miou": None if validation is None else validation.miou,
         "images_per_s": stats.images * dist_info.world / stats.seconds if stats.seconds > 0 else None,
         "lr": state.optimizer.param_groups[0]["lr"], "seconds": stats.seconds,
-    }
+    }, validation
 
 
-def save_epoch_end(run: Run, state: TrainingState, metrics: dict[str, Any]) -> None:
-    """Record a finished epoch, with Ctrl-C deferred until it is recorded whole: its metrics row, the state
-    moved past it, last.pt (and best.pt if its validation mIoU is the best so far)."""
+def save_epoch_end(run: Run, state: TrainingState, metrics: dict[str, Any], validation: EvalResult | None) -> None:
+    """Record a finished epoch, with Ctrl-C deferred until it is recorded whole: its metrics row and
+    TensorBoard scalars, the state moved past it, last.pt (and best.pt if its validation mIoU is the best
+    so far)."""
     stage_index, epoch = metrics["stage"] - 1, metrics["epoch"] - 1
     improved = metrics["val_miou"] is not None and (state.best is None or metrics["val_miou"] > state.best)
     with interrupts_deferred():
         if run.dist_info.is_main:
             run.folder.add_metrics(metrics)
+        if run.tensorboard is not None:
+            run.tensorboard.end_epoch(metrics, state.epoch_stats.loss_sum, state.epoch_stats.loss_count,
+                                      None if validation is None else validation.iou)
         state.done, state.metrics = (stage_index, epoch), metrics
         state.position = (Position(stage_index, epoch + 1) if epoch + 1 < run.plan[stage_index].epochs
                           else Position(stage_index + 1, 0))

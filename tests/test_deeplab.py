@@ -1,6 +1,6 @@
 """segnet.deeplab: the four variants (forward and backward at odd sizes, where the SE blocks and the long
 edge skip sit, rebuilding from model_args), torchvision's ASPP against the goldens, backbone weights
-through build_model, and option errors."""
+through build_model, option errors, and the auxiliary FCN head of --aux-loss."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segnet.backbone import SqueezeExcitation
-from segnet.deeplab import ASPP, ASPP_RATES, VARIANTS, build_model
+from segnet.deeplab import ASPP, ASPP_RATES, VARIANTS, DeepLabWithAux, build_model
 from segnet.errors import SegnetError, SegnetOptionError
 from tests.conftest import GOLDEN
 from tests.golden.make_segnet_golden import WIDE_FEATURES, seeded_state_dict, seeded_tensor, tensors_sha256
@@ -118,3 +119,44 @@ def test_option_errors(tmp_path, monkeypatch):
     with pytest.raises(SegnetError) as error:
         build_model("vanilla", backbone_weights="imagenet")
     assert "resnet50-0676ba61.pth" in str(error.value) and error.value.exit_code == 1
+
+
+# torchvision's FCNHead(1024, 19): the auxiliary classifier of its deeplabv3_resnet50(aux_loss=True)
+AUX_KEYS = {"0.weight": (256, 1024, 3, 3), "1.weight": (256,), "1.bias": (256,), "1.running_mean": (256,),
+            "1.running_var": (256,), "1.num_batches_tracked": (), "4.weight": (19, 256, 1, 1), "4.bias": (19,)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_with_the_aux_head_on_layer3(variant):
+    """Both outputs at the input size, and a gradient for every parameter (DDP needs each one used)."""
+    torch.manual_seed(0)
+    model = build_model(variant)
+    keys = list(model.state_dict())
+    network = DeepLabWithAux(model).train()
+    assert {k: tuple(v.shape) for k, v in network.aux_classifier.state_dict().items()} == AUX_KEYS
+    assert list(model.state_dict()) == keys  # the head is beside the model, not in it
+    x = torch.randn(2, model.in_channels, 33, 47)
+    outputs = network(x)
+    assert outputs.out.shape == outputs.aux.shape == (2, 19, 33, 47)
+    (outputs.out.logsumexp(dim=1).mean() + outputs.aux.logsumexp(dim=1).mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters())
+
+
+def test_aux_head_computes_torchvisions_fcn_head_on_layer3():
+    """The head in eval mode against its formula written with torch.nn.functional."""
+    torch.manual_seed(1)
+    network = DeepLabWithAux(build_model("vanilla", num_classes=5, output_stride=8)).eval()
+    for module in network.aux_classifier.modules():  # BatchNorm statistics other than the initial 0 and 1
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 3, 40, 56)
+    head = dict(network.aux_classifier.state_dict())
+    with torch.no_grad():
+        layer3 = network.model.backbone(x).layer3
+        assert layer3.shape == (1, 1024, 5, 7)  # 1/8: output stride 8 dilates layer3
+        hidden = F.batch_norm(F.conv2d(layer3, head["0.weight"], padding=1), head["1.running_mean"],
+                              head["1.running_var"], head["1.weight"], head["1.bias"], eps=1e-5)
+        logits = F.conv2d(F.relu(hidden), head["4.weight"], head["4.bias"])
+        expected = F.interpolate(logits, size=(40, 56), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(network(x).aux, expected, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,19 @@ def config(shards: Path, out: Path, variant: str = "vanilla", schedule: str = TI
     return TrainConfig(variant=variant, shards=str(shards), out=str(out), schedule=parse_schedule(schedule),
                        backbone_weights="none", device="cpu", workers=options.pop("workers", 0),
                        lr=options.pop("lr", 1e-3), **options)
+
+
+def tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """A run folder's scalars as TensorBoard reads them (every event file; steps a resume purged left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def metric_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -74,6 +88,40 @@ def test_shards_of_format_v1_still_train(tmp_path):
     assert result.epochs_run == 1 and result.best_miou is not None and (tmp_path / "run" / "best.pt").is_file()
 
 
+def test_tensorboard_events_hold_the_runs_figures(uninterrupted):
+    """Steps are optimizer steps; the epoch's figures are metrics.jsonl's (float32 in the event file), and
+    the per-class IoUs of an epoch average to its mIoU."""
+    from hedprep.shards import TRAIN_CLASSES
+
+    rows, scalars = metric_rows(uninterrupted), tensorboard_scalars(uninterrupted)
+    ends = [row["step"] for row in rows]
+    assert ends == [2, 4, 6]
+    assert scalars["train/lr"] == [(step, pytest.approx(1e-3)) for step in range(1, 7)]
+    for tag, key in (("val/miou", "val_miou"), ("train/epoch_loss", "loss"), ("train/images_per_s", "images_per_s")):
+        assert scalars[tag] == [(row["step"], pytest.approx(row[key], rel=1e-6)) for row in rows], tag
+    loss_steps = [step for step, _ in scalars["train/loss"]]  # at most every 2 s, and at each epoch's end
+    assert loss_steps == sorted(set(loss_steps)) and set(ends) <= set(loss_steps) <= set(range(1, 7))
+    assert all(value > 0 for _, value in scalars["train/loss"])
+    classes = {tag for tag in scalars if tag.startswith("val/iou/")}
+    assert classes and classes <= {f"val/iou/{name}" for name in TRAIN_CLASSES}
+    for row in rows:
+        ious = [value for tag in classes for step, value in scalars[tag] if step == row["step"]]
+        assert sum(ious) / len(ious) == pytest.approx(row["val_miou"], rel=1e-6)
+    assert set(scalars) == classes | {"train/lr", "train/loss", "train/epoch_loss", "train/images_per_s", "val/miou"}
+
+
+def test_without_tensorboard_a_run_writes_no_events_and_says_how_to_get_them(segnet_shards, tmp_path, monkeypatch):
+    from segnet.tensorboard_log import TENSORBOARD_MISSING
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # its import fails, as when not installed
+    shown: list[str] = []
+    train(config(segnet_shards, tmp_path / "run", schedule="32x64:4:1", val_split=None),
+          callbacks=TrainCallbacks(on_log=shown.append))
+    assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
+    assert shown.count(TENSORBOARD_MISSING) == 1
+    assert TENSORBOARD_MISSING in (tmp_path / "run" / "log.txt").read_text().splitlines()
+
+
 def test_training_lowers_the_loss(uninterrupted):
     losses = [json.loads(line)["loss"] for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.8 * losses[0], losses
@@ -108,8 +156,13 @@ def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_weights(segnet_s
     result = train(run_config, resume=True)
     assert result.epochs_run >= 1
     assert same_weights(tmp_path / "run" / "last.pt", uninterrupted / "last.pt")
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(tmp_path / "run")
     assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (1, 2), (2, 1)]  # no row twice
+    # TensorBoard: two event files, each step once (the resume hides what the first logged after last.pt)
+    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 2
+    scalars = tensorboard_scalars(tmp_path / "run")
+    assert [step for step, _ in scalars["train/lr"]] == [1, 2, 3, 4, 5, 6]
+    assert scalars["val/miou"] == [(r["step"], pytest.approx(r["val_miou"], rel=1e-6)) for r in rows]
 
 
 @pytest.mark.parametrize("variant", ["dlse", "dlse-sf", "dlse-hed"])
@@ -180,6 +233,7 @@ def test_resume_on_a_damaged_config_json_is_one_line(segnet_shards, tmp_path):
     (["--variant", "vanilla", "--device", "cuda"], ["--device cuda", "no CUDA GPU"], 1),
     (["--variant", "vanilla", "--split", "nosuch", "--backbone-weights", "none"], ["nosuch", "no built split here"], 1),
     (["--variant", "vanilla", "--backbone-weights", "imagenet"], ["--backbone-weights none"], 1),
+    (["--variant", "vanilla", "--aux-loss", "-0.4"], ["--aux-loss", "-0.4"], 2),
 ])
 def test_bad_train_options_are_one_line(segnet_shards, tmp_path, args, fragments, status):
     if "--device" in args and torch.cuda.is_available():
@@ -349,6 +403,9 @@ def test_sgd_with_a_poly_schedule_records_the_rates_of_its_formula(segnet_shards
     assert [r["step"] for r in rows] == [2, 4]
     assert [r["lr"] for r in rows] == pytest.approx([0.01 * lr_factor(2, run, 4), 1e-4], rel=1e-9)
     assert rows[0]["lr"] == pytest.approx((0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4, rel=1e-9)
+    # TensorBoard's train/lr at step k: the rate step k trained at
+    assert tensorboard_scalars(tmp_path / "run")["train/lr"] == [
+        (step, pytest.approx(0.01 * lr_factor(step - 1, run, 4), rel=1e-6)) for step in (1, 2, 3, 4)]
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     assert checkpoint["lr_schedule"]["last_epoch"] == 4 and checkpoint["config"]["optimizer"] == "sgd"
     assert checkpoint["optimizer"]["param_groups"][0]["momentum"] == 0.9
@@ -377,3 +434,33 @@ def test_a_stage_counted_in_iterations_stops_after_that_many_steps(segnet_shards
     assert [(r["epoch"], r["step"]) for r in rows] == [(1, 2), (2, 4), (3, 5)]
     assert rows[-1]["lr"] == 0.0  # poly reaches --min-lr at the 5th and last step
     assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["schedule"] == ["32x64:4:5it"]
+
+
+def test_an_aux_loss_run_resumes_exactly_and_evaluates_without_its_head(segnet_shards, tmp_path):
+    """--aux-loss: the head is in last.pt beside the model, a run interrupted inside an epoch ends with the
+    uninterrupted run's weights (head included), and the model `load_model` gives (evaluate, predict, the
+    study's sheet) is the plain model: its parameter count, and the trained network's output."""
+    from segnet.deeplab import DeepLabWithAux, build_model
+    from segnet.inference import load_model
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(config(segnet_shards, whole, schedule="32x64:4:1", aux_loss=0.4))  # 2 steps
+    with pytest.raises(Interrupted):
+        train(config(segnet_shards, resumed, schedule="32x64:4:1", aux_loss=0.4),
+              callbacks=TrainCallbacks(on_step=StopAt(step=1).on_step))
+    train(config(segnet_shards, resumed, schedule="32x64:4:1", aux_loss=0.4), resume=True)
+    assert same_weights(whole / "last.pt", resumed / "last.pt")
+    first, second = (load_checkpoint(run / "last.pt")["aux_classifier"] for run in (whole, resumed))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert "auxiliary FCN head on layer3 (training only), its loss weighted 0.4" in (whole / "log.txt").read_text()
+
+    model, checkpoint = load_model(whole / "last.pt", torch.device("cpu"))
+    plain = build_model("vanilla", backbone_weights="none")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert not any("aux" in key for key in model.state_dict())
+    network = DeepLabWithAux(plain)
+    network.model.load_state_dict(checkpoint["model"])
+    network.aux_classifier.load_state_dict(checkpoint["aux_classifier"])
+    x = torch.randn(2, 3, 32, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), network.eval()(x).out)
