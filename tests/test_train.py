@@ -229,7 +229,7 @@ def test_resume_on_a_damaged_config_json_is_one_line(segnet_shards, tmp_path):
 
 @pytest.mark.parametrize("args, fragments, status", [
     (["--variant", "dlse-xx"], ["--variant dlse-xx"], 2),
-    (["--variant", "vanilla", "--schedule", "32x64"], ["--schedule 32x64", "HxW:BATCH[:EPOCHS]"], 2),
+    (["--variant", "vanilla", "--schedule", "32x64"], ["--schedule 32x64", "HxW:BATCH[:EPOCHS or :ITERSit]"], 2),
     (["--variant", "vanilla", "--device", "cuda"], ["--device cuda", "no CUDA GPU"], 1),
     (["--variant", "vanilla", "--split", "nosuch", "--backbone-weights", "none"], ["nosuch", "no built split here"], 1),
     (["--variant", "vanilla", "--backbone-weights", "imagenet"], ["--backbone-weights none"], 1),
