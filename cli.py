@@ -620,7 +620,7 @@ def training_options(defaults: str, prefix: str = ""):
 
 
 def recipe_options(defaults: str, prefix: str = ""):
-    """The optimizer and learning-rate schedule options of train and study (TrainConfig's fields)."""
+    """The optimizer, learning-rate schedule and augmentation options of train and study (TrainConfig's fields)."""
 
     def decorate(command):
         options = [
@@ -633,13 +633,37 @@ def recipe_options(defaults: str, prefix: str = ""):
             ("--min-lr", dict(type=click.FloatRange(min=0), help="The rate poly and cosine end at.")),
             ("--warmup-iters", dict(type=click.IntRange(min=0),
                                     help="Optimizer steps of linear warm-up (the rate times (step + 1) / N).")),
+            ("--scale-range", dict(metavar="LO,HI", callback=scale_range_option, shown=scale_range_text,
+                                   help="Scale each training frame by a random ratio in [LO, HI] of its stored "
+                                        "size and take a random crop of the stage size from it (padded where "
+                                        "smaller), e.g. 0.5,2.0. Default: the whole frame at the stage size.")),
+            ("--cat-max-ratio", dict(type=click.FloatRange(0, 1, min_open=True),
+                                     help="With --scale-range: redraw a crop (up to 10 times) while one class "
+                                          "covers this share or more of its labelled pixels; 1: off.")),
+            ("--flip/--no-flip", dict(help="Mirror each training frame with probability 1/2.")),
+            ("--photometric/--no-photometric", dict(help="Random brightness, contrast, saturation and hue "
+                                                         "of R, G, B (never the edge), each with probability 1/2.")),
         ]
         for name, attrs in reversed(options):
-            field = name.lstrip("-").replace("-", "_")
+            field = name.split("/")[0].lstrip("-").replace("-", "_")
             command = library_option(name, default=(defaults, prefix + field), **attrs)(command)
         return command
 
     return decorate
+
+
+def scale_range_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    """--scale-range LO,HI as TrainConfig takes it (None: not given)."""
+    if value is None:
+        return None
+    from segnet.config import parse_scale_range
+
+    return parse_scale_range(value)
+
+
+def scale_range_text(scale_range: tuple[float, float] | None) -> str | None:
+    """(0.5, 2.0) -> '0.5,2', as --scale-range takes it; None stays None."""
+    return None if scale_range is None else f"{scale_range[0]:g},{scale_range[1]:g}"
 
 
 def epoch_display(bar: ProgressBar, indent: str = "") -> tuple[Callable, Callable, Callable]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from segnet.config import DEFAULT_SCHEDULE, Stage, TrainConfig, parse_schedule
+from segnet.config import DEFAULT_SCHEDULE, Stage, TrainConfig, parse_scale_range, parse_schedule
 from segnet.errors import SegnetOptionError
 
 
@@ -38,3 +40,22 @@ def test_config_round_trips_through_json():
     assert back == config and config.to_json()["schedule"] == ["32x64:4:2", "64x128:2:1"]
     moved = TrainConfig.from_json({**config.to_json(), "out": "elsewhere", "workers": 0, "device": "cpu"})
     assert moved.comparable() == config.comparable()
+
+
+def test_augmentation_options_round_trip_and_older_configs_load_without_them():
+    config = TrainConfig("vanilla", "shards", "runs/a", scale_range=(0.5, 2.0), cat_max_ratio=0.75, flip=False,
+                         photometric=True)
+    written = json.loads(json.dumps(config.to_json()))  # as config.json holds it: the range a list
+    assert written["scale_range"] == [0.5, 2.0] and TrainConfig.from_json(written) == config
+    older = {k: v for k, v in TrainConfig("vanilla", "shards", "runs/a").to_json().items()
+             if k not in ("scale_range", "cat_max_ratio", "flip", "photometric")}
+    loaded = TrainConfig.from_json(older)
+    assert (loaded.scale_range, loaded.cat_max_ratio, loaded.flip, loaded.photometric) == (None, 1.0, True, False)
+    assert loaded.changes_from(TrainConfig("vanilla", "shards", "runs/a")) == ""
+
+
+def test_scale_ranges_are_two_ordered_positive_ratios():
+    assert parse_scale_range("0.5,2.0") == (0.5, 2.0) and parse_scale_range(" 1 , 1 ") == (1.0, 1.0)
+    for text in ("2,1", "0,1", "-1,2", "0.5", "0.5,1,2", "a,b", "0.5,inf", "nan,1", ""):
+        with pytest.raises(SegnetOptionError, match=r"^--scale-range .*LO,HI with 0 < LO <= HI"):
+            parse_scale_range(text)
