@@ -238,33 +238,36 @@ def linear_lut(scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
 
 
 def photometric_distortion(frame: np.ndarray, params: Photometric) -> np.ndarray:
-    """R, G, B of an (H, W, C >= 3) uint8 frame changed as `params` says: brightness, contrast (first
-    or last), saturation, hue, each rounded to uint8 as it is made; channels past the third (the edge)
-    are left as they are. A new array; brightness and contrast are lookup tables, saturation and hue
-    one trip through OpenCV's 8-bit HSV."""
-    before, after = linear_lut(), linear_lut()
+    """R, G, B of an (H, W, 3 or 4) uint8 frame changed as `params` says: brightness, contrast (first
+    or last), saturation, hue, each rounded to uint8 as it is made; the fourth channel (the edge) is
+    left as it is. A new array; brightness and contrast are lookup tables (consecutive ones composed
+    into one), saturation and hue one trip through OpenCV's 8-bit HSV."""
+    identity = linear_lut()
+    before, after = identity, identity
     if params.brightness is not None:
         before = linear_lut(offset=params.brightness)
     if params.contrast is not None:
         contrast = linear_lut(params.contrast)
         before, after = (contrast[before], after) if params.contrast_first else (before, contrast)
-    if params.saturation is None and params.hue is None:  # nothing between the two tables
-        return _apply_rgb_lut(frame, after[before])
-    shifted = _apply_rgb_lut(frame, before)
-    rgb = cv2.cvtColor(shifted, cv2.COLOR_RGBA2RGB) if frame.shape[2] == 4 else shifted
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    hue = np.arange(256) if params.hue is None else (np.arange(256) + params.hue) % 180
-    saturation = linear_lut() if params.saturation is None else linear_lut(params.saturation)
-    hsv = cv2.LUT(hsv, np.stack([hue.astype(np.uint8), saturation, linear_lut()], axis=-1)[:, None])
-    rgb = cv2.LUT(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), after)
+    colour = params.saturation is not None or params.hue is not None
+    if not colour:  # nothing between the two tables
+        before, after = after[before], identity
+    # OpenCV's channel conversions: numpy's strided copies of 3 of 4 channels took 10x as long.
+    rgb = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGBA2RGB) if frame.shape[2] == 4 else frame
+    rgb = _apply_lut(rgb, before)
+    if colour:
+        hue = np.arange(256) if params.hue is None else (np.arange(256) + params.hue) % 180
+        saturation = identity if params.saturation is None else linear_lut(params.saturation)
+        hsv = cv2.LUT(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV),
+                      np.stack([hue.astype(np.uint8), saturation, identity], axis=-1)[:, None])
+        rgb = _apply_lut(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), after)
     if frame.shape[2] == 3:
-        return rgb
-    out = frame.copy()
-    out[..., :3] = rgb
+        return rgb if rgb is not frame else frame.copy()
+    out = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
+    cv2.mixChannels([np.ascontiguousarray(frame)], [out], [3, 3])  # the edge, as it was
     return out
 
 
-def _apply_rgb_lut(frame: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """`lut` applied to R, G, B of `frame`, other channels unchanged (one pass with an identity table for them)."""
-    tables = np.stack([lut] * 3 + [linear_lut()] * (frame.shape[2] - 3), axis=-1)[:, None]
-    return cv2.LUT(np.ascontiguousarray(frame), tables).reshape(frame.shape)
+def _apply_lut(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """`lut` applied to every channel of `image` (the image itself where `lut` is the identity)."""
+    return image if np.array_equal(lut, np.arange(256)) else cv2.LUT(image, lut)
