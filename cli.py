@@ -626,7 +626,8 @@ def training_options(defaults: str, prefix: str = ""):
 
 
 def recipe_options(defaults: str, prefix: str = ""):
-    """The optimizer, learning-rate schedule and auxiliary loss options of train and study (TrainConfig's fields)."""
+    """The optimizer, learning-rate schedule, auxiliary loss and augmentation options of train and study
+    (TrainConfig's fields)."""
 
     def decorate(command):
         options = [
@@ -644,9 +645,19 @@ def recipe_options(defaults: str, prefix: str = ""):
                                      "the loss is the model's cross-entropy plus W times the head's (mmsegmentation "
                                      "uses 0.4); 0: no head. Training only: evaluation, prediction and the "
                                      "checkpoint's model do not carry it.")),
+            ("--scale-range", dict(metavar="LO,HI", callback=scale_range_option, shown=scale_range_text,
+                                   help="Scale each training frame by a random ratio in [LO, HI] of its stored "
+                                        "size and take a random crop of the stage size from it (padded where "
+                                        "smaller), e.g. 0.5,2.0. Default: the whole frame at the stage size.")),
+            ("--cat-max-ratio", dict(type=click.FloatRange(0, 1, min_open=True),
+                                     help="With --scale-range: redraw a crop (up to 10 times) while one class "
+                                          "covers this share or more of its labelled pixels; 1: off.")),
+            ("--flip/--no-flip", dict(help="Mirror each training frame with probability 1/2.")),
+            ("--photometric/--no-photometric", dict(help="Random brightness, contrast, saturation and hue "
+                                                         "of R, G, B (never the edge), each with probability 1/2.")),
         ]
         for name, attrs in reversed(options):
-            field = name.lstrip("-").replace("-", "_")
+            field = name.split("/")[0].lstrip("-").replace("-", "_")
             command = library_option(name, default=(defaults, prefix + field), **attrs)(command)
         return command
 
@@ -700,9 +711,14 @@ def config_file_value(ctx: click.Context, option: click.Option, key: str, value:
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         raise _config_error(path, f"{key} = {_toml_text(value)}: expected {expected}")
     try:
-        return option.type_cast_value(ctx, value)
+        converted = option.type_cast_value(ctx, value)
+        if option.callback is not None:
+            option.callback(ctx, option, converted)  # its own checks (--scale-range's); click calls it again
     except click.BadParameter as error:
         raise _config_error(path, f"{key} = {_toml_text(value)}: {error.message}") from None
+    except HedsegError as error:
+        raise _config_error(path, f"{key} = {_toml_text(value)}: {error}") from None
+    return converted
 
 
 def _expected_kind(option: click.Option) -> tuple[str, tuple[type, ...]]:
@@ -737,6 +753,20 @@ def _config_error(path: str, message: str) -> Exception:
     from segnet.errors import SegnetOptionError
 
     return SegnetOptionError(f"{path}: {message}", path)
+
+
+def scale_range_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    """--scale-range LO,HI as TrainConfig takes it (None: not given)."""
+    if value is None:
+        return None
+    from segnet.config import parse_scale_range
+
+    return parse_scale_range(value)
+
+
+def scale_range_text(scale_range: tuple[float, float] | None) -> str | None:
+    """(0.5, 2.0) -> '0.5,2', as --scale-range takes it; None stays None."""
+    return None if scale_range is None else f"{scale_range[0]:g},{scale_range[1]:g}"
 
 
 def epoch_display(bar: ProgressBar, indent: str = "") -> tuple[Callable, Callable, Callable]:
@@ -853,7 +883,8 @@ def segnet_train(config_file, variant, shards, split, val_split, schedule, epoch
 @click.option("--shards", required=True, type=click.Path(file_okay=False), help="The output folder of hedprep build.")
 @library_option("--split", default=(EVALUATE, "split"), help="The split to evaluate (test: predictions only).")
 @library_option("--eval-size", default=(EVALUATE, "eval_size"), shown=size_text,
-                help="HxW to run the model at; default: the checkpoint's last stage size.")
+                help="HxW to run the model at; default: the checkpoint's last stage size (a run trained with "
+                     "--scale-range: each frame's own size).")
 @library_option("--save-predictions", type=click.Path(file_okay=False), default=(EVALUATE, "save_predictions"),
                 help="Write {frame_id}_pred_labelIds.png (Cityscapes format) and _pred_color.png here.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
@@ -911,7 +942,8 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint (last.pt, best.pt).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
 @library_option("--eval-size", default=(PREDICT, "eval_size"), shown=size_text,
-                help="HxW to run the model at; default: the checkpoint's last stage size.")
+                help="HxW to run the model at; default: the checkpoint's last stage size (a run trained with "
+                     "--scale-range: each frame's own size).")
 @library_option("--device", default=(PREDICT, "device"), help="cpu, cuda, cuda:N, or auto.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:

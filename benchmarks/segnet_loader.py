@@ -3,6 +3,7 @@ loader before them and against Cityscapes PNGs.
 
     python benchmarks/segnet_loader.py --work /tmp/hedseg-bench   # 8 frames of 1024x2048: 30 s (+1 min to build once)
     python benchmarks/segnet_loader.py --work /tmp/hedseg-bench --repeats 10 --no-lz4
+    python benchmarks/segnet_loader.py --work /tmp/hedseg-bench --only augment --no-lz4
 
 One process, one thread (cv2 and torch: a DataLoader worker's view), `(index, flip)` items in a
 shuffled order with random flips, one warm-up pass, then the best of `--repeats` passes. Paths:
@@ -18,6 +19,11 @@ shuffled order with random flips, one warm-up pass, then the best of `--repeats`
   path's resize (`hedprep.shards.resize_frame`, `resize_labels`), select, flip and uint8 tensors (RGB
   only: a PNG has no edge channel).
 Goals: at 128x224 the level path >= 20x today's path and >= 30x PNG; at 512x912 >= 3x PNG (gzip).
+Augmented crops (`--only augment`): mmsegmentation's Cityscapes pipeline (random scale 0.5-2.0 of the
+frame, a 512x1024 crop with cat_max_ratio 0.75, flip, photometric distortion, padding) per core, from
+the levels=3 shards through `ShardDataset(augment=...)` (only the crop's region of a level is read and
+resized), against the same shards read whole at full size, resized to the random scale and then
+cropped, and against Cityscapes PNGs decoded, resized and cropped so (mmsegmentation's way; RGB only).
 Also: where the level path's time goes (read, select, flip, to tensors; and what normalising a batch
 on a CPU costs per sample), what the levels cost on disk (stored bytes per level from HDF5, file sizes
 of levels=3 against levels=0), and the cost of the AVX register state ISA-L leaves behind.
@@ -64,8 +70,18 @@ from hedprep.shards import (  # noqa: E402
     resize_labels,
     write_manifest,
 )
+from segnet.augment import (  # noqa: E402
+    Augmentation,
+    choose_crop,
+    draw_photometric,
+    draw_scale,
+    pad_to,
+    photometric_distortion,
+    resize_image,
+    scaled_size,
+)
 from segnet.config import DEFAULT_SCHEDULE, parse_schedule  # noqa: E402
-from segnet.data import ShardDataset, flip, normalise, select_channels, to_tensors  # noqa: E402
+from segnet.data import EpochSampler, ShardDataset, flip, normalise, select_channels, to_tensors  # noqa: E402
 
 SPLIT = "train"
 LEVELS = 3
@@ -470,6 +486,89 @@ def print_vector_state(repeats: int) -> None:
     print(f"| an ISA-L inflate, then `clean_vector_state()` | {resize_ms(inflate_and_clean):.2f} |")
 
 
+# ---------------------------------------------------------------------------------- augmented crops
+
+
+CROP_SIZE = (512, 1024)
+MMSEG_AUGMENTATION = Augmentation(scale_range=(0.5, 2.0), cat_max_ratio=0.75, photometric=True)
+
+
+def resize_then_crop(frame: np.ndarray, label: np.ndarray, item, augmentation: Augmentation):
+    """mmsegmentation's order on a whole frame: resize it to the random scale, then crop, photometric,
+    flip and pad, with the parameters `ShardDataset` draws from the item's seed."""
+    rng = np.random.default_rng(item.seed)
+    scaled = scaled_size(frame.shape[:2], draw_scale(rng, augmentation.scale_range))
+    big = resize_image(frame, scaled)
+    big_label = resize_labels(label, scaled)
+
+    def crop_labels(box):
+        return big_label[box.top : box.top + box.height, box.left : box.left + box.width]
+
+    box, label = choose_crop(rng, scaled, CROP_SIZE, augmentation.cat_max_ratio, crop_labels)
+    image = big[box.top : box.top + box.height, box.left : box.left + box.width]
+    image = photometric_distortion(image, draw_photometric(rng))
+    if item.flip:
+        image, label = flip(image, label)
+    return to_tensors(*pad_to(image, label, CROP_SIZE))
+
+
+def whole_frame_augmented_loader(out: Path, channels: int) -> Callable:
+    """Shards read whole at full size, then `resize_then_crop` (the region read left out)."""
+    reader = open_split(out, SPLIT)
+
+    def load(item):
+        frame, label, _ = reader.read(item.index)
+        return resize_then_crop(select_channels(frame, channels), label, item, MMSEG_AUGMENTATION)
+
+    return load
+
+
+def png_augmented_loader(root: Path) -> Callable:
+    """Cityscapes PNGs decoded, labelId -> trainId, then `resize_then_crop`."""
+    frames = list_frames(root, SPLIT)
+
+    def load(item):
+        frame = frames[item.index]
+        rgb = cv2.cvtColor(cv2.imread(str(frame.image), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        label = labelid_to_trainid(cv2.imread(str(frame.label), cv2.IMREAD_UNCHANGED))
+        return resize_then_crop(rgb, label, item, MMSEG_AUGMENTATION)
+
+    return load
+
+
+def print_augmented(data: BenchData, frames: int, repeats: int, epochs: int) -> None:
+    """Samples/s of the augmented paths over `epochs` epochs of the sampler's items (scales, crops and
+    colours drawn per item)."""
+    items = []
+    sampler = EpochSampler(frames, seed=0)
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        items += sampler.items()
+
+    def region(channels: int) -> float:
+        dataset = ShardDataset(data.level, SPLIT, channels, CROP_SIZE, augment=MMSEG_AUGMENTATION)
+        with dataset.reader:
+            return rate(dataset.__getitem__, items, repeats, close_between_passes(dataset.reader))
+
+    rates = {"region +e": region(4), "region RGB": region(3),
+             "whole +e": rate(whole_frame_augmented_loader(data.level, 4), items, repeats),
+             "PNG RGB": rate(png_augmented_loader(data.root), items, repeats)}
+    print(f"\n### Augmented 512x1024 crops, samples/s per core ({frames} frames of 1024x2048, {len(items)} samples: "
+          f"{epochs} epochs of random scales, best of {repeats} passes)\n")
+    print("mmsegmentation's Cityscapes pipeline: scale 0.5-2.0, crop 512x1024 with cat_max_ratio 0.75, flip, "
+          "photometric distortion, pad. region = `ShardDataset(augment=...)` on levels=3 shards (the crop's "
+          "region of the smallest sufficient level, read and resized); whole = the same shards read whole at "
+          "full size, resized to the scale, then cropped; PNG = Cityscapes PNGs decoded, resized, cropped "
+          "(RGB only).\n")
+    print("| " + " | ".join(rates) + " | region RGB / PNG RGB | region +e / PNG RGB | region +e / whole +e |")
+    print("|" + "---|" * (len(rates) + 3))
+    print("| " + " | ".join(f"{r:.1f}" for r in rates.values()) + f" | {rates['region RGB'] / rates['PNG RGB']:.1f}x"
+          f" | {rates['region +e'] / rates['PNG RGB']:.1f}x | {rates['region +e'] / rates['whole +e']:.1f}x |")
+
+
+SECTIONS = ("stages", "steps", "storage", "vector", "augment")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--frames", type=int, default=8, help="frames in the dataset (default 8)")
@@ -479,20 +578,29 @@ def main() -> None:
                         help="folder keeping the dataset and shards between runs (default: a temporary folder)")
     parser.add_argument("--lz4", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the level path on lz4 shards (needs hdf5plugin; default on)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    parser.add_argument("--augment-epochs", type=int, default=4,
+                        help="epochs of random scales the augment section measures (default 4)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="segnet-loader-"))
     frame_size = parse_size(args.size)
     data = prepare_data(work, args.frames, frame_size, args.lz4)
     one_thread()
     items = shuffled_items(args.frames)
-    rates = {}
-    for size in STAGE_SIZES:
-        rates[size] = measure_stage(data, size, items, args.repeats, args.lz4)
-        print(f"measured {size[0]}x{size[1]}", file=sys.stderr, flush=True)
-    print_rates(rates, args.frames, frame_size, args.repeats)
-    print_steps(data, items, args.repeats)
-    print_storage(data, frame_size, args.lz4)
-    print_vector_state(args.repeats)
+    if "stages" in args.only:
+        rates = {}
+        for size in STAGE_SIZES:
+            rates[size] = measure_stage(data, size, items, args.repeats, args.lz4)
+            print(f"measured {size[0]}x{size[1]}", file=sys.stderr, flush=True)
+        print_rates(rates, args.frames, frame_size, args.repeats)
+    if "steps" in args.only:
+        print_steps(data, items, args.repeats)
+    if "storage" in args.only:
+        print_storage(data, frame_size, args.lz4)
+    if "vector" in args.only:
+        print_vector_state(args.repeats)
+    if "augment" in args.only:
+        print_augmented(data, args.frames, args.repeats, args.augment_epochs)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

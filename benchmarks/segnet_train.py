@@ -4,13 +4,15 @@ peak memory at the largest stage.
     python benchmarks/segnet_train.py                          # all sections (about 20 minutes on 2 cores)
     python benchmarks/segnet_train.py --only speed --steps 2
     python benchmarks/segnet_train.py --only overhead memory
+    python benchmarks/segnet_train.py --only overhead --augment --frames 8
 
 Sections (each prints a Markdown table for docs/performance.md):
 - speed: forward + backward + Adam step on a batch already in memory, per variant and stage size
   (the schedule's batch sizes), fp32, and bf16 autocast where the CPU has native bf16.
 - overhead: `segnet.train.train` images/s (the second of two epochs per stage, reading 1024x2048 gzip shards with
   `--levels` resolution levels (default 3) and the default DataLoader workers (0 on a CPU), validation off)
-  over the same model's in-memory step rate, per stage; goal >= 0.9.
+  over the same model's in-memory step rate, per stage; goal >= 0.9. With `--augment`, also with
+  mmsegmentation's augmentations (`--scale-range 0.5,2.0 --cat-max-ratio 0.75 --photometric`).
 - memory: peak RSS (VmHWM) of a fresh process training vanilla at 512x912, batch 4, for 2 steps.
 - layout: the in-memory step in NCHW and in channels-last (`--channels-last`), interleaved, per
   variant at the first stages; the ratio decides `segnet.backends.CHANNELS_LAST_ON_CPU`.
@@ -174,23 +176,41 @@ def shards_for_overhead(work: Path, frames: int, levels: int) -> Path:
     return shards
 
 
-def overhead(args) -> None:
+# mmsegmentation's Cityscapes augmentations, as `--augment` trains with them.
+AUGMENTATIONS = {"scale_range": (0.5, 2.0), "cat_max_ratio": 0.75, "flip": True, "photometric": True}
+
+
+def train_rate(shards: Path, work: str, stage, **options) -> float:
+    """`segnet train` images/s of vanilla at one stage: the second of two epochs (the process and the
+    page cache are warm)."""
     from segnet.train import train
 
+    out = Path(tempfile.mkdtemp(prefix="overhead-", dir=work)) / "run"
+    schedule = parse_schedule(f"{stage.height}x{stage.width}:{stage.batch_size}:2")
+    train(TrainConfig(variant="vanilla", shards=str(shards), out=str(out), schedule=schedule,
+                      val_split=None, backbone_weights="none", device="cpu", seed=0, **options))
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["images_per_s"]
+
+
+def overhead(args) -> None:
     shards = shards_for_overhead(Path(args.work), args.frames, args.levels)
     print(f"\n### Training loop overhead: vanilla, {args.frames} frames of 1024x2048 (gzip shards, "
           f"--levels {args.levels}), default DataLoader workers, validation off\n")
-    print("| stage | in-memory step (images/s) | segnet train (images/s) | train / in-memory |\n|---|---|---|---|")
+    head = "| stage | in-memory step (images/s) | segnet train (images/s) | train / in-memory |"
+    if args.augment:
+        head += " augmented train (images/s) | augmented / in-memory |"
+        print("augmented: `--scale-range 0.5,2.0 --cat-max-ratio 0.75 --flip --photometric` (crops of the stage "
+              "size from frames scaled by 0.5-2.0)\n")
+    print(head + "\n|" + "---|" * head.count(" | ") + "---|")
     for stage in args.stages:
         memory = step_rate("vanilla", stage.size, stage.batch_size, args.steps, None)
-        out = Path(tempfile.mkdtemp(prefix="overhead-", dir=args.work)) / "run"
-        schedule = parse_schedule(f"{stage.height}x{stage.width}:{stage.batch_size}:2")
-        train(TrainConfig(variant="vanilla", shards=str(shards), out=str(out), schedule=schedule,
-                          val_split=None, backbone_weights="none", device="cpu", seed=0))
-        row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-        loop = row["images_per_s"]  # the second epoch's: the process and the page cache are warm
-        print(f"| {stage.height}x{stage.width} b{stage.batch_size} | {memory:.2f} | {loop:.2f} | "
-              f"**{loop / memory:.3f}** |", flush=True)
+        loop = train_rate(shards, args.work, stage)
+        row = (f"| {stage.height}x{stage.width} b{stage.batch_size} | {memory:.2f} | {loop:.2f} | "
+               f"**{loop / memory:.3f}** |")
+        if args.augment:
+            augmented = train_rate(shards, args.work, stage, **AUGMENTATIONS)
+            row += f" {augmented:.2f} | **{augmented / memory:.3f}** |"
+        print(row, flush=True)
 
 
 MEMORY_SCRIPT = r"""
@@ -224,6 +244,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32, help="frames of the overhead section's shards")
     parser.add_argument("--levels", type=int, default=3, help="resolution levels of the overhead section's shards")
     parser.add_argument("--work", default=None, help="folder for the overhead section's data (default: temporary)")
+    parser.add_argument("--augment", action="store_true",
+                        help="overhead: also train with mmsegmentation's augmentations (scale, crop, photometric)")
     args = parser.parse_args()
     args.stages = parse_schedule(DEFAULT_SCHEDULE)
     args.work = args.work or tempfile.mkdtemp(prefix="segnet-bench-")

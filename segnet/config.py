@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hedprep.options import parse_size
+from segnet.augment import Augmentation, check_scale_range
 from segnet.errors import SegnetOptionError
 
 # The study trains progressively: 128x224 with batches of 16, then 256x448 with 8, then 512x912 with 4.
@@ -104,6 +105,16 @@ def local_ranks() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
+def parse_scale_range(text: str) -> tuple[float, float]:
+    """--scale-range '0.5,2.0' -> (0.5, 2.0): two ratios 0 < lo <= hi."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(part) for part in parts)
+    except ValueError:
+        raise SegnetOptionError(f"--scale-range {text}: expected LO,HI with 0 < LO <= HI, e.g. 0.5,2.0") from None
+    return check_scale_range((lo, hi))
+
+
 def parse_schedule(text: str, epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE) -> list[Stage]:
     """'128x224:16:10,512x1024:8:80000it' -> stages (a length in epochs, or in optimizer steps with 'it');
     `epochs_per_stage` where an entry gives no length."""
@@ -160,6 +171,12 @@ class TrainConfig:
     min_lr: float = 0.0
     warmup_iters: int = 0  # steps of linear warm-up from lr / warmup_iters
     aux_loss: float = 0.0  # weight of an auxiliary FCN head's loss on layer3, training only; 0: no head
+    # Training augmentations (segnet.augment); the defaults are the study's: whole frames at the stage
+    # size, mirrored at random.
+    scale_range: tuple[float, float] | None = None  # (lo, hi): frames scaled by a random ratio, then cropped
+    cat_max_ratio: float = 1.0  # redraw crops where one class covers this share or more; 1.0: off
+    flip: bool = True  # mirror each training sample with probability 1/2
+    photometric: bool = False  # brightness, contrast, saturation and hue changes of R, G, B
 
     # How a run computes, not what it learns: a resume may change them (device, workers, out too).
     RUNTIME_OPTIONS = ("out", "device", "workers", "deterministic", "compile", "channels_last")
@@ -167,12 +184,16 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["schedule"] = [str(stage) for stage in self.schedule]
+        data["scale_range"] = None if self.scale_range is None else list(self.scale_range)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """The config of a run's config.json; fields it lacks (written before they existed) take their defaults."""
         values = dict(data)
         values["schedule"] = [parse_schedule(s)[0] for s in data["schedule"]]
+        if values.get("scale_range") is not None:
+            values["scale_range"] = tuple(values["scale_range"])
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
     def to_options(self) -> dict[str, Any]:
@@ -181,6 +202,10 @@ class TrainConfig:
         options = {key.replace("_", "-"): value for key, value in self.to_json().items() if value is not None}
         options["val-split"] = self.val_split or "none"
         return options
+
+    def augmentation(self) -> Augmentation:
+        """The training loader's augmentations (checked: a one-line SegnetOptionError for bad values)."""
+        return Augmentation(self.scale_range, self.cat_max_ratio, self.photometric)
 
     def comparable(self) -> dict[str, Any]:
         """What must not change when a run is resumed (`RUNTIME_OPTIONS` may)."""

@@ -5,6 +5,11 @@ Loading is a pipeline of small named steps, each measurable on its own (benchmar
     read at the stage size (shard -> uint8 RGB+edge, trainIds) -> select channels -> flip -> to tensors
     ... batched, moved to the device -> normalise
 
+With training augmentations (`segnet.augment`, `--scale-range`, `--cat-max-ratio`, `--photometric`):
+
+    random scale + crop (read only the crop's region of a level) -> photometric -> select channels
+    -> flip -> pad to the stage size -> to tensors
+
 - `read`: `SplitReader.read(index, size)` of `hedprep.shards` (lazy HDF5 handles, reopened in each
   DataLoader worker). It decodes the smallest resolution level the shards store at least as large as
   the stage size and resizes it the rest of the way (area averaging for image and edge, nearest pixel
@@ -15,16 +20,24 @@ Loading is a pipeline of small named steps, each measurable on its own (benchmar
 - `select_channels`: R, G, B for vanilla, dlse and dlse-sf; R, G, B, edge for dlse-hed. The RGB
   variants pay for the edge channel its share of decompression (it sits in the same chunks as RGB)
   and of a small resize.
-- `flip`: horizontal, when the sampler says so (training only).
+- `random_scale_crop` (with `--scale-range`, instead of `read`): a random ratio of the stored frame
+  size and a random crop of the stage size (redrawn up to 10 times while one class dominates, with
+  `--cat-max-ratio`), of which only the region is read, from the smallest level at least the scaled
+  frame's size, and resized (`segnet.augment`).
+- `photometric_distortion` (with `--photometric`): brightness, contrast, saturation and hue of R, G, B.
+- `flip`: horizontal, when the sampler says so (training only; `--no-flip`: never).
+- `pad_to` (after a random crop): to the stage size, image 0 and labels 255 (ignore), bottom and right.
 - `to_tensors`: uint8 (C, H, W) image and uint8 (H, W) labels: a DataLoader worker sends 5x fewer
   bytes than float32 and int64 would.
 - `normalise`: on the device, per batch: ImageNet mean/std for RGB, edge / 255; float32. At 512x912
   it took as long as the rest of loading when done per sample on the loader's core
   (docs/performance.md).
 
-Randomness lives in the sampler, not in the workers: `EpochSampler` yields `(index, flip)` pairs drawn
-from a generator seeded by (seed, epoch), so an epoch's order and flips are the same whatever the
-number of DataLoader workers or processes, and a resumed run replays them exactly.
+Randomness lives in the sampler, not in the workers: `EpochSampler` yields `Item`s (index, flip, seed)
+drawn from a generator seeded by (seed, epoch), and the augmentations of a sample draw from a generator
+of its item's seed alone, so an epoch's order, flips, scales, crops and colours are the same whatever
+the number of DataLoader workers or processes, and a resumed run replays them exactly. Without
+augmentations the seeds are unused and the order and flips are those drawn before seeds existed.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hedprep.shards import MANIFEST_NAME, IncompleteSplitError, SplitReader, open_split
+from segnet.augment import Augmentation, draw_photometric, pad_to, photometric_distortion, random_scale_crop
 from segnet.errors import SegnetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, of pixel / 255
@@ -52,6 +66,23 @@ class Example:
 
     image: torch.Tensor
     label: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Item:
+    """What a loader serves for one sample: a frame index, whether to mirror it, and the seed of its
+    random augmentations (`segnet.augment`; unused without them)."""
+
+    index: int
+    flip: bool = False
+    seed: int = 0
+
+
+def as_item(item: Item | int | tuple) -> Item:
+    """An `Item` from an item, a frame index, or an `(index, flip[, seed])` tuple."""
+    if isinstance(item, Item):
+        return item
+    return Item(*item) if isinstance(item, tuple) else Item(int(item))
 
 
 def select_channels(frame: np.ndarray, channels: int) -> np.ndarray:
@@ -102,7 +133,7 @@ def model_input(images: torch.Tensor, device: torch.device, channels_last: bool 
 
 
 class ShardDataset(Dataset):
-    """The frames of a built split, prepared for a model: indexed by `(index, flip)` pairs.
+    """The frames of a built split, prepared for a model: indexed by `Item`s (or frame indices).
 
     Args:
         shards: the output folder of `hedprep build` (holding `SPLIT/manifest.json`).
@@ -112,16 +143,19 @@ class ShardDataset(Dataset):
         strict: refuse an incomplete build instead of warning.
         resize_labels: resize labels with the image (training); False keeps them at the stored size
             (evaluation, where predictions are upsampled to the labels).
+        augment: the random augmentations of training (`segnet.augment`), drawn from each item's seed;
+            None (or `Augmentation()`): the whole frame at `size`.
     """
 
     def __init__(self, shards: str | os.PathLike, split: str, channels: int, size: tuple[int, int] | None = None,
-                 strict: bool = False, resize_labels: bool = True) -> None:
+                 strict: bool = False, resize_labels: bool = True, augment: Augmentation | None = None) -> None:
         if channels not in (3, 4):
             raise ValueError(f"channels must be 3 or 4, not {channels}")
         self.reader: SplitReader = open_split_checked(shards, split, strict)
         self.channels = channels
         self.size = size
         self.resize_labels = resize_labels
+        self.augment = augment or Augmentation()
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -131,14 +165,29 @@ class ShardDataset(Dataset):
         """(height, width) of the stored frames."""
         return self.reader.frame_size
 
-    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        index, mirrored = item if isinstance(item, tuple) else (item, False)
-        sample = self.reader.read(index, self.size, full_size_labels=not self.resize_labels)
-        image, label = select_channels(sample.frame, self.channels), sample.label
-        if mirrored:
+    def __getitem__(self, item: Item | int | tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        item = as_item(item)
+        image, label = self.read(item)
+        image = select_channels(image, self.channels)
+        if item.flip:
             image, label = flip(image, label)
+        if self.augment.scale_range is not None:
+            image, label = pad_to(image, label, self.size or self.frame_size)
         example = to_tensors(image, label)
         return example.image, example.label
+
+    def read(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
+        """The (h, w, 4) RGB+edge and (h, w) trainIds of `item` before channels are selected: read at the
+        stage size, or a random scale and crop of it (not yet padded), photometrically distorted if asked."""
+        augment = self.augment
+        rng = np.random.default_rng(item.seed) if augment.random else None
+        if augment.scale_range is not None:
+            frame, label = random_scale_crop(self.reader, item.index, self.size or self.frame_size, augment, rng)
+        else:
+            frame, label, _ = self.reader.read(item.index, self.size, full_size_labels=not self.resize_labels)
+        if augment.photometric:
+            frame = photometric_distortion(frame, draw_photometric(rng))
+        return frame, label
 
     def frame_id(self, index: int) -> str:
         return self.reader.frame_ids[index]
@@ -162,10 +211,10 @@ def open_split_checked(shards: str | os.PathLike, split: str, strict: bool = Fal
 
 
 class EpochSampler(Sampler):
-    """Yields `(index, flip)` for one epoch: a permutation and flips drawn from (seed, epoch).
+    """Yields the `Item`s of one epoch: a permutation, flips and augmentation seeds drawn from (seed, epoch).
 
-    With `shuffle=False` (evaluation): indices in order, never flipped. With `num_replicas > 1` each
-    rank takes every `num_replicas`-th item of the same sequence, padded by wrapping so every rank
+    With `shuffle=False` (evaluation): indices in order, never flipped, seed 0. With `num_replicas > 1`
+    each rank takes every `num_replicas`-th item of the same sequence, padded by wrapping so every rank
     gets as many (training: DistributedDataParallel needs as many steps on every rank), as
     DistributedSampler does; with `pad=False` (validation, evaluation) every item is served exactly
     once and ranks may get one item fewer.
@@ -185,21 +234,23 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def items(self) -> list[tuple[int, bool]]:
-        """This rank's `(index, flip)` pairs of the current epoch, in order."""
+    def items(self) -> list[Item]:
+        """This rank's items of the current epoch, in order."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.size, generator=generator).tolist()
-            flips = (torch.rand(self.size, generator=generator) < 0.5).tolist() if self.flip else [False] * self.size
+            # Drawn whether or not flips are on, so the seeds after them are the same either way.
+            flips = (torch.rand(self.size, generator=generator) < 0.5).tolist()
+            seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
+            items = [Item(i, f and self.flip, s) for i, f, s in zip(order, flips, seeds, strict=True)]
         else:
-            order, flips = list(range(self.size)), [False] * self.size
-        pairs = list(zip(order, flips, strict=True))
-        per_rank = -(-len(pairs) // self.num_replicas)
+            items = [Item(i) for i in range(self.size)]
+        per_rank = -(-len(items) // self.num_replicas)
         if self.num_replicas > 1 and self.pad:
-            pairs += pairs[: per_rank * self.num_replicas - len(pairs)]
-        return pairs[self.rank :: self.num_replicas]
+            items += items[: per_rank * self.num_replicas - len(items)]
+        return items[self.rank :: self.num_replicas]
 
-    def __iter__(self) -> Iterator[tuple[int, bool]]:
+    def __iter__(self) -> Iterator[Item]:
         return iter(self.items())
 
     def __len__(self) -> int:
@@ -207,19 +258,19 @@ class EpochSampler(Sampler):
 
 
 class EpochItems(Sampler):
-    """The `(index, flip)` items a DataLoader serves, replaced before each epoch.
+    """The `Item`s a DataLoader serves, replaced before each epoch.
 
     One DataLoader per stage can then serve every epoch of it, so its worker processes (with their
     open shard handles) persist instead of being started again each epoch.
     """
 
     def __init__(self) -> None:
-        self.items: list[tuple[int, bool]] = []
+        self.items: list[Item] = []
 
-    def set_items(self, items: list[tuple[int, bool]]) -> None:
+    def set_items(self, items: list[Item]) -> None:
         self.items = list(items)
 
-    def __iter__(self) -> Iterator[tuple[int, bool]]:
+    def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
 
     def __len__(self) -> int:

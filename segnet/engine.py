@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from segnet.backends import autocast
 from segnet.checkpoint import EpochStats, TrainingState
-from segnet.data import EpochItems, EpochSampler, model_input
+from segnet.data import EpochItems, EpochSampler, Item, model_input
 from segnet.distributed import Distribution
 from segnet.losses import LossFunction, cross_entropy_loss
 from segnet.metrics import DeviceConfusion, EvalResult, evaluation_result
@@ -35,7 +35,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
     return loss.detach()
 
 
-def training_items(sampler: EpochSampler, batch_size: int, skip_items: int = 0) -> list[tuple[int, bool]]:
+def training_items(sampler: EpochSampler, batch_size: int, skip_items: int = 0) -> list[Item]:
     """This epoch's items for training, from item `skip_items` on (a resumed epoch)."""
     items = sampler.items()
     if len(items) % batch_size == 1 and len(items) > 1:

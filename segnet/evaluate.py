@@ -68,13 +68,14 @@ def evaluate(
     """
     torch_device = resolve_rank_device(device)
     segmenter = load_segmenter(checkpoint_path, torch_device, amp, channels_last)
-    size = eval_size or segmenter.input_size
-    dataset = ShardDataset(shards, split, segmenter.in_channels, size, resize_labels=False)
+    dataset = ShardDataset(shards, split, segmenter.in_channels, eval_size or segmenter.input_size,
+                           resize_labels=False)
+    size = dataset.size or dataset.frame_size
     labeled = split not in UNLABELED_SPLITS
     out_dir = prepare_folder(save_predictions) if save_predictions is not None else None
     dist_info = init_distribution(torch_device)
-    indices = [i for i, _ in EpochSampler(len(dataset), shuffle=False, num_replicas=dist_info.world,
-                                          rank=dist_info.rank, pad=False).items()]
+    indices = [item.index for item in EpochSampler(len(dataset), shuffle=False, num_replicas=dist_info.world,
+                                                   rank=dist_info.rank, pad=False).items()]
     loader = evaluation_loader(dataset, indices, batch_size, torch_device, workers)
     matrix = DeviceConfusion(segmenter.num_classes, torch_device)
     if on_start is not None and dist_info.is_main:

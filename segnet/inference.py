@@ -38,12 +38,13 @@ from segnet.errors import SegnetError
 class Segmenter:
     """A model ready to predict: in eval mode on `device`, in the memory layout it runs in.
 
-    `amp`: the autocast dtype (bfloat16) or None; `input_size`: the size it was trained at last.
+    `amp`: the autocast dtype (bfloat16) or None; `input_size`: the size it was trained at last, or None
+    for frames at their own size (a model trained on crops of randomly scaled frames).
     """
 
     model: torch.nn.Module
     device: torch.device
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] | None
     amp: torch.dtype | None = None
     channels_last: bool = False
 
@@ -81,9 +82,12 @@ def load_model(checkpoint_path: str | os.PathLike, device: torch.device) -> tupl
     return model.to(device).eval(), checkpoint
 
 
-def checkpoint_eval_size(checkpoint: dict) -> tuple[int, int]:
-    """The last stage size of the checkpoint's schedule."""
-    return TrainConfig.from_json(checkpoint["config"]).schedule[-1].size
+def checkpoint_eval_size(checkpoint: dict) -> tuple[int, int] | None:
+    """The size a checkpoint's model runs at by default: its schedule's last stage size, the size it saw
+    whole frames at; None (each frame's own size) for a model trained on crops of frames scaled around
+    their stored size (`--scale-range`), as mmsegmentation runs its Cityscapes models on whole frames."""
+    config = TrainConfig.from_json(checkpoint["config"])
+    return None if config.scale_range is not None else config.schedule[-1].size
 
 
 def load_segmenter(checkpoint_path: str | os.PathLike, device: torch.device, amp: bool = False,
@@ -100,10 +104,12 @@ def load_segmenter(checkpoint_path: str | os.PathLike, device: torch.device, amp
     return Segmenter(model, device, checkpoint_eval_size(checkpoint), amp_dtype(device) if amp else None, layout)
 
 
-def frame_at_size(frame: np.ndarray, size: tuple[int, int], levels: int = DEFAULT_LEVELS) -> np.ndarray:
+def frame_at_size(frame: np.ndarray, size: tuple[int, int] | None, levels: int = DEFAULT_LEVELS) -> np.ndarray:
     """(H, W, C) uint8 -> `size` = (h, w) as a split built with `levels` resolution levels reads it
     (`SplitReader.read`): the smallest level at least `size`, resized the rest of the way by area
-    averaging. Levels past what the frame's size allows are not stored, so not used."""
+    averaging. Levels past what the frame's size allows are not stored, so not used. None: as it is."""
+    if size is None:
+        return frame
     height, width = frame.shape[:2]
     level = choose_level(height, width, min(levels, max_levels(height, width)), size)
     return resize_frame(downsample_frame(frame, level), size)

@@ -4,7 +4,7 @@ A run folder holds `config.json`, `log.txt`, `metrics.jsonl` and `metrics.csv` (
 and checkpoints written atomically: `last.pt` after every epoch (and on Ctrl-C), `best.pt` whenever
 the validation mIoU improves. `--resume` continues from `last.pt`; a run killed at any point and
 resumed ends with the same weights as an uninterrupted run of the same seed on the same machine:
-every epoch's order, flips and dropout come from states saved in the checkpoint.
+every epoch's order, flips, augmentations and dropout come from states saved in the checkpoint.
 
 Under `torchrun` (WORLD_SIZE > 1) each rank takes its own device (`cuda:LOCAL_RANK` on GPUs), the
 model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU; SyncBatchNorm on more than one
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from segnet.augment import Augmentation
 from segnet.backends import backend_settings, use_channels_last
 from segnet.checkpoint import (
     EpochStats,
@@ -127,8 +128,9 @@ class StageLoaders:
     """The DataLoader of each stage of one split, made when first used; its workers (if any) persist
     across the stage's epochs and end when the next stage's loader is made."""
 
-    def __init__(self, config: TrainConfig, split: str, channels: int, settings: LoaderSettings) -> None:
-        self.datasets = [ShardDataset(config.shards, split, channels, stage.size, config.strict)
+    def __init__(self, config: TrainConfig, split: str, channels: int, settings: LoaderSettings,
+                 augment: Augmentation | None = None) -> None:
+        self.datasets = [ShardDataset(config.shards, split, channels, stage.size, config.strict, augment=augment)
                          for stage in config.schedule]
         self.batch_sizes = [stage.batch_size for stage in config.schedule]
         self.settings = settings
@@ -221,6 +223,7 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     """Everything before the first epoch: options checked, model, data, process group, run folder, and
     the state restored from the checkpoint being resumed. Whatever is wrong with the options fails before
     the run folder is touched."""
+    augment = config.augmentation()
     amp = amp_dtype(device) if config.amp else None
     channels_last = use_channels_last(device, config.channels_last)
     settings = loader_settings(device.type, workers)
@@ -230,7 +233,7 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
                         sf_scale=config.sf_scale, sf_rescale=config.sf_rescale)
     trainee = DeepLabWithAux(model) if config.aux_loss > 0 else model  # what the optimizer steps
-    train_loaders = StageLoaders(config, config.split, model.in_channels, settings)
+    train_loaders = StageLoaders(config, config.split, model.in_channels, settings, augment)
     val_loaders = StageLoaders(config, config.val_split, model.in_channels, settings) if config.val_split else None
     warn_on_size_mismatch(config, train_loaders, val_loaders)
     dist_info = init_distribution(device)
@@ -263,8 +266,8 @@ def stage_plans(config: TrainConfig, train_loaders: StageLoaders, dist_info: Dis
     """Each stage's epochs and optimizer steps on this rank (the learning-rate schedule spans them all)."""
     plans = []
     for stage, dataset in zip(config.schedule, train_loaders.datasets, strict=True):
-        items = training_items(EpochSampler(len(dataset), config.seed, num_replicas=dist_info.world,
-                                            rank=dist_info.rank), stage.batch_size)
+        items = training_items(EpochSampler(len(dataset), config.seed, flip=config.flip,
+                                            num_replicas=dist_info.world, rank=dist_info.rank), stage.batch_size)
         plans.append(plan_stage(stage, -(-len(items) // stage.batch_size)))
     return plans
 
@@ -323,8 +326,8 @@ def run_epoch(run: Run, state: TrainingState, stage_index: int,
     if (state.position.stage, state.position.epoch) != (stage_index, epoch):
         state.position, state.epoch_stats = Position(stage_index, epoch, 0), EpochStats()
     skip = state.position.batch
-    sampler = EpochSampler(len(run.train_loaders.datasets[stage_index]), config.seed, num_replicas=dist_info.world,
-                           rank=dist_info.rank)
+    sampler = EpochSampler(len(run.train_loaders.datasets[stage_index]), config.seed, flip=config.flip,
+                           num_replicas=dist_info.world, rank=dist_info.rank)
     sampler.set_epoch(stage_index * 10_000 + epoch)
     loader, items = run.train_loaders(stage_index)
     steps = plan.steps(epoch)  # the last epoch of a stage counted in iterations stops short

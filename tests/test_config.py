@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from segnet.config import DEFAULT_SCHEDULE, Stage, TrainConfig, parse_schedule, plan_stage
+from segnet.config import DEFAULT_SCHEDULE, Stage, TrainConfig, parse_scale_range, parse_schedule, plan_stage
 from segnet.errors import SegnetOptionError
 
 
@@ -60,3 +62,22 @@ def test_a_stage_plan_spans_its_epochs_or_iterations(stage, per_epoch, epochs, l
     plan = plan_stage(stage, per_epoch)
     assert (plan.epochs, plan.steps(epochs - 1), plan.total_steps) == (epochs, last, total)
     assert sum(plan.steps(e) for e in range(plan.epochs)) == total
+
+
+def test_augmentation_options_round_trip_and_older_configs_load_without_them():
+    config = TrainConfig("vanilla", "shards", "runs/a", scale_range=(0.5, 2.0), cat_max_ratio=0.75, flip=False,
+                         photometric=True)
+    written = json.loads(json.dumps(config.to_json()))  # as config.json holds it: the range a list
+    assert written["scale_range"] == [0.5, 2.0] and TrainConfig.from_json(written) == config
+    older = {k: v for k, v in TrainConfig("vanilla", "shards", "runs/a").to_json().items()
+             if k not in ("scale_range", "cat_max_ratio", "flip", "photometric")}
+    loaded = TrainConfig.from_json(older)
+    assert (loaded.scale_range, loaded.cat_max_ratio, loaded.flip, loaded.photometric) == (None, 1.0, True, False)
+    assert loaded.changes_from(TrainConfig("vanilla", "shards", "runs/a")) == ""
+
+
+def test_scale_ranges_are_two_ordered_positive_ratios():
+    assert parse_scale_range("0.5,2.0") == (0.5, 2.0) and parse_scale_range(" 1 , 1 ") == (1.0, 1.0)
+    for text in ("2,1", "0,1", "-1,2", "0.5", "0.5,1,2", "a,b", "0.5,inf", "nan,1", ""):
+        with pytest.raises(SegnetOptionError, match=r"^--scale-range .*LO,HI with 0 < LO <= HI"):
+            parse_scale_range(text)

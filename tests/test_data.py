@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import pytest
 import torch
 
 from hedprep.shards import open_split
-from segnet.data import EpochSampler, ShardDataset, flip, normalise
+from segnet.data import EpochSampler, Item, ShardDataset, flip, normalise
 from segnet.errors import SegnetError
 
 
@@ -64,19 +66,21 @@ def test_normalise_takes_three_or_four_channels():
 def test_epoch_sampler_is_a_seeded_reshuffle_with_flips():
     sampler = EpochSampler(10, seed=3)
     first = sampler.items()
-    assert sorted(i for i, _ in first) == list(range(10)) and first == EpochSampler(10, seed=3).items()
+    assert sorted(i.index for i in first) == list(range(10)) and first == EpochSampler(10, seed=3).items()
     sampler.set_epoch(1)
     assert sampler.items() != first  # reshuffled every epoch
-    assert {f for _, f in first + sampler.items()} == {True, False}
+    assert {i.flip for i in first + sampler.items()} == {True, False}
     assert EpochSampler(10, seed=4).items() != first
-    assert EpochSampler(5, shuffle=False).items() == [(i, False) for i in range(5)]
+    assert EpochSampler(5, shuffle=False).items() == [Item(i, False) for i in range(5)]
 
 
 def test_ranks_split_one_epoch_between_them():
     full = EpochSampler(7, seed=1).items()
     ranks = [EpochSampler(7, seed=1, num_replicas=2, rank=r).items() for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 4
-    assert ranks[0] + ranks[1] != full and sorted(ranks[0][:4] + ranks[1][:3]) == sorted(full)
+    by_index = operator.attrgetter("index")
+    assert ranks[0] + ranks[1] != full
+    assert sorted(ranks[0][:4] + ranks[1][:3], key=by_index) == sorted(full, key=by_index)
 
 
 def test_missing_split_and_incomplete_build(segnet_shards, tmp_path):

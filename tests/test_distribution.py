@@ -84,7 +84,7 @@ def test_unpadded_ranks_serve_every_item_once():
     for size, world in ((5, 2), (7, 3), (2, 4), (8, 2)):
         shares = [EpochSampler(size, shuffle=False, num_replicas=world, rank=r, pad=False).items()
                   for r in range(world)]
-        served = sorted(i for share in shares for i, _ in share)
+        served = sorted(item.index for share in shares for item in share)
         assert served == list(range(size))
         assert [len(EpochSampler(size, shuffle=False, num_replicas=world, rank=r, pad=False))
                 for r in range(world)] == [len(s) for s in shares]

@@ -547,6 +547,33 @@ def test_whole_frame_reads_equal_h5py_reads(tmp_path, text):
         assert np.all(FrameReader(f["labels"])(1) == 255)
 
 
+@pytest.mark.parametrize("text", ["gzip", "lzf"])
+def test_region_reads_equal_slices_of_whole_frames(tmp_path, text):
+    """A region read (ISA-L over the tiles it meets, or h5py) is that slice of the whole frame, at every
+    level, for boxes inside one tile, across tiles and at the border; the split reader reads them too."""
+    rng = np.random.default_rng(5)
+    info = replace(INFO, frame_height=300, frame_width=530, levels=1)
+    frames = rng.integers(0, 256, (1, 300, 530, 4), dtype=np.uint8)
+    label = rng.integers(0, 19, (300, 530), dtype=np.uint8)
+    with ShardWriter(tmp_path / shard_name(0), 1, info, parse_compression(text)) as writer:
+        writer.append("aachen_000000_000019", frames[0], label)
+        record = writer.close()
+    write_manifest(tmp_path, Manifest("train", {**vars(info), "frames_per_shard": 1}, [record], complete=True))
+    reader = open_split(tmp_path)
+    boxes = [((10, 20), (30, 40)), ((200, 300), (250, 530)), ((0, 300), (0, 530)), ((255, 257), (511, 513))]
+    for rows, cols in boxes:
+        for dataset in ("frames", "labels"):
+            whole = reader.read(0).frame if dataset == "frames" else reader.read(0).label
+            expected = whole[rows[0] : rows[1], cols[0] : cols[1]]
+            assert np.array_equal(reader.read_region(0, 0, rows, cols, dataset), expected), (rows, cols, dataset)
+    level1 = downsample_frame(frames[0], 1)  # 150x265
+    assert np.array_equal(reader.read_region(-1, 1, (100, 150), (7, 265)), level1[100:150, 7:265])
+    with pytest.raises(ValueError, match="not a box"):
+        reader.read_region(0, 1, (100, 151), (0, 10))
+    with pytest.raises(ValueError, match="levels 0 to 1"):
+        reader.read_region(0, 2, (0, 1), (0, 1))
+
+
 def test_verify_takes_a_level_pixel_off_by_one_but_not_by_two(tmp_path):
     ids, frames, labels = random_frames(1)
     info = replace(INFO, levels=1)

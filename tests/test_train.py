@@ -234,6 +234,8 @@ def test_resume_on_a_damaged_config_json_is_one_line(segnet_shards, tmp_path):
     (["--variant", "vanilla", "--split", "nosuch", "--backbone-weights", "none"], ["nosuch", "no built split here"], 1),
     (["--variant", "vanilla", "--backbone-weights", "imagenet"], ["--backbone-weights none"], 1),
     (["--variant", "vanilla", "--aux-loss", "-0.4"], ["--aux-loss", "-0.4"], 2),
+    (["--variant", "vanilla", "--scale-range", "2,0.5"], ["--scale-range 2,0.5", "0 < LO <= HI"], 2),
+    (["--variant", "vanilla", "--cat-max-ratio", "0.75"], ["--cat-max-ratio 0.75", "needs --scale-range"], 2),
 ])
 def test_bad_train_options_are_one_line(segnet_shards, tmp_path, args, fragments, status):
     if "--device" in args and torch.cuda.is_available():

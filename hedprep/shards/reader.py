@@ -164,13 +164,7 @@ class SplitReader:
         decompressed (`hedprep.shards.levels`). `full_size_labels` returns the labels at the stored
         frame size whatever `size` (evaluation scores predictions there).
         """
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"frame {index} out of range for {len(self)} frames")
-        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        local = index - int(self._starts[shard])
-        opened = self._handle(shard)
+        index, opened, local = self._locate(index)
         level = choose_level(*self.frame_size, opened.levels, size) if size is not None else 0
         frame = opened.frames[level](local)
         label = opened.labels[0 if full_size_labels else level](local)
@@ -179,6 +173,28 @@ class SplitReader:
             if not full_size_labels:
                 label = resize_labels(label, size)
         return Sample(frame, label, self.frame_ids[index])
+
+    def read_region(self, index: int, level: int, rows: tuple[int, int], cols: tuple[int, int],
+                    dataset: Literal["frames", "labels"] = "frames") -> np.ndarray:
+        """Rows `rows` = (top, bottom) and columns `cols` = (left, right) of frame `index` at resolution
+        `level` (0..`levels`), from its `frames` (uint8 RGB+edge) or its `labels` (trainIds); only the
+        tiles the box meets are decompressed (a random crop)."""
+        if dataset not in ("frames", "labels"):
+            raise ValueError(f"dataset={dataset!r}: frames or labels")
+        _, opened, local = self._locate(index)
+        if not 0 <= level <= opened.levels:
+            raise ValueError(f"level {level}: the shard holds levels 0 to {opened.levels}")
+        readers = opened.frames if dataset == "frames" else opened.labels
+        return readers[level].region(local, rows, cols)
+
+    def _locate(self, index: int) -> tuple[int, _OpenShard, int]:
+        """Frame `index` (negative counts from the end) -> (index, its open shard, its index there)."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"frame {index} out of range for {len(self)} frames")
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return index, self._handle(shard), index - int(self._starts[shard])
 
     def __iter__(self) -> Iterator[Sample]:
         for i in range(len(self)):
