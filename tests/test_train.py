@@ -297,12 +297,21 @@ def start_train(shards: Path, out: Path, *extra: str, schedule: str = "32x64:4:3
                             start_new_session=True, preexec_fn=default_sigint)
 
 
+STRONG = Path(__file__).resolve().parents[1] / "configs" / "strong.toml"
+STRONG_TINY = ("--config", str(STRONG), "--schedule", "32x64:4:2,48x96:4:5it")  # 2 epochs of 2 steps, then 5 steps
+
+
 @pytest.mark.slow
-def test_sigkill_midway_then_resume_equals_an_uninterrupted_run(segnet_shards, uninterrupted, tmp_path):
-    """`segnet train` killed after its 2nd epoch (in its checkpoint write or its 3rd epoch), resumed: the
-    weights of the uninterrupted run of the same options (in this process: the CLI trains as the library)."""
-    schedule = "32x64:4:2,48x96:4:1"  # the `uninterrupted` fixture's
-    killed = start_train(segnet_shards, tmp_path / "killed", schedule=schedule)
+def test_the_strong_recipe_killed_midway_resumes_to_the_uninterrupted_weights(segnet_shards, tmp_path):
+    """`segnet train --config configs/strong.toml` (SGD with poly, the auxiliary head, random scales and
+    crops with cat_max_ratio, flips, photometric distortion, a stage in iterations) at tiny sizes, killed
+    after its 2nd epoch (in its checkpoint write or its 3rd epoch), resumed: the weights, head and rate
+    of the same run uninterrupted (run in this process: the CLI trains as the library)."""
+    reference = invoke("segnet", "train", *STRONG_TINY, "--variant", "vanilla", "--shards", str(segnet_shards),
+                       "--out", str(tmp_path / "whole"), "--backbone-weights", "none", "--device", "cpu",
+                       "--workers", "0", "--lr", "1e-3")  # start_train's
+    assert reference.returncode == 0, reference.stderr
+    killed = start_train(segnet_shards, tmp_path / "killed", *STRONG_TINY)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
@@ -311,11 +320,17 @@ def test_sigkill_midway_then_resume_equals_an_uninterrupted_run(segnet_shards, u
     assert killed.poll() is None, "the run ended before it could be killed"
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)
-    resumed = start_train(segnet_shards, tmp_path / "killed", "--resume", schedule=schedule)
+    resumed = start_train(segnet_shards, tmp_path / "killed", *STRONG_TINY, "--resume")
     _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr
     assert "resumed from" in (tmp_path / "killed" / "log.txt").read_text()
-    assert same_weights(tmp_path / "killed" / "last.pt", uninterrupted / "last.pt")
+    assert same_weights(tmp_path / "killed" / "last.pt", tmp_path / "whole" / "last.pt")
+    whole, again = (load_checkpoint(tmp_path / run / "last.pt") for run in ("whole", "killed"))
+    assert all(torch.equal(whole["aux_classifier"][k], again["aux_classifier"][k]) for k in whole["aux_classifier"])
+    assert whole["lr_schedule"] == again["lr_schedule"] and whole["step"] == again["step"] == 9
+    ran = whole["config"]
+    assert (ran["optimizer"], ran["lr_schedule"], ran["aux_loss"], ran["scale_range"], ran["photometric"]) == (
+        "sgd", "poly", 0.4, [0.5, 2.0], True)
 
 
 @pytest.mark.slow
