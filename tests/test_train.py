@@ -298,7 +298,8 @@ def start_train(shards: Path, out: Path, *extra: str, schedule: str = "32x64:4:3
 
 
 STRONG = Path(__file__).resolve().parents[1] / "configs" / "strong.toml"
-STRONG_TINY = ("--config", str(STRONG), "--schedule", "32x64:4:2,48x96:4:5it")  # 2 epochs of 2 steps, then 5 steps
+# 2 epochs of 2 steps, then 3 steps; output stride 16: what is tested is the resume, at a third of the FLOPs
+STRONG_TINY = ("--config", str(STRONG), "--schedule", "32x64:4:2,32x64:4:3it", "--output-stride", "16")
 
 
 @pytest.mark.slow
@@ -327,7 +328,7 @@ def test_the_strong_recipe_killed_midway_resumes_to_the_uninterrupted_weights(se
     assert same_weights(tmp_path / "killed" / "last.pt", tmp_path / "whole" / "last.pt")
     whole, again = (load_checkpoint(tmp_path / run / "last.pt") for run in ("whole", "killed"))
     assert all(torch.equal(whole["aux_classifier"][k], again["aux_classifier"][k]) for k in whole["aux_classifier"])
-    assert whole["lr_schedule"] == again["lr_schedule"] and whole["step"] == again["step"] == 9
+    assert whole["lr_schedule"] == again["lr_schedule"] and whole["step"] == again["step"] == 7
     ran = whole["config"]
     assert (ran["optimizer"], ran["lr_schedule"], ran["aux_loss"], ran["scale_range"], ran["photometric"]) == (
         "sgd", "poly", 0.4, [0.5, 2.0], True)
@@ -453,22 +454,15 @@ def test_a_stage_counted_in_iterations_stops_after_that_many_steps(segnet_shards
     assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["schedule"] == ["32x64:4:5it"]
 
 
-def test_an_aux_loss_run_resumes_exactly_and_evaluates_without_its_head(segnet_shards, tmp_path):
-    """--aux-loss: the head is in last.pt beside the model, a run interrupted inside an epoch ends with the
-    uninterrupted run's weights (head included), and the model `load_model` gives (evaluate, predict, the
-    study's sheet) is the plain model: its parameter count, and the trained network's output."""
+def test_an_aux_loss_run_evaluates_without_its_head(segnet_shards, tmp_path):
+    """--aux-loss: the head is in last.pt beside the model (a resume restoring it exactly is the strong
+    recipe's SIGKILL test), and the model `load_model` gives (evaluate, predict, the study's sheet) is
+    the plain model: its parameter count, and the trained network's output."""
     from segnet.deeplab import DeepLabWithAux, build_model
     from segnet.inference import load_model
 
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    train(config(segnet_shards, whole, schedule="32x64:4:1", aux_loss=0.4))  # 2 steps
-    with pytest.raises(Interrupted):
-        train(config(segnet_shards, resumed, schedule="32x64:4:1", aux_loss=0.4),
-              callbacks=TrainCallbacks(on_step=StopAt(step=1).on_step))
-    train(config(segnet_shards, resumed, schedule="32x64:4:1", aux_loss=0.4), resume=True)
-    assert same_weights(whole / "last.pt", resumed / "last.pt")
-    first, second = (load_checkpoint(run / "last.pt")["aux_classifier"] for run in (whole, resumed))
-    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    whole = tmp_path / "whole"
+    train(config(segnet_shards, whole, schedule="32x64:4:1", aux_loss=0.4, val_split=None))  # 2 steps
     assert "auxiliary FCN head on layer3 (training only), its loss weighted 0.4" in (whole / "log.txt").read_text()
 
     model, checkpoint = load_model(whole / "last.pt", torch.device("cpu"))
