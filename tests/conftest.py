@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Writes skip their fsyncs (hedprep.atomic): they stay whole and atomic, and a tiny training run spent half
+# its time fsyncing checkpoints. Subprocesses inherit it; tests/test_atomic.py checks the fsyncs themselves.
+os.environ.setdefault("HEDSEG_NO_FSYNC", "1")
+
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_NAMES = tuple(json.loads((GOLDEN / "golden.json").read_text())["maps"])
 BIN = Path(sys.executable).parent

@@ -80,6 +80,7 @@ def test_writers_of_the_same_file_at_once_do_not_collide(tmp_path):
 
 
 def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    monkeypatch.delenv("HEDSEG_NO_FSYNC", raising=False)  # the suite's setting (conftest)
     target = tmp_path / "config.json"
     target.write_bytes(b"old")
     synced = []  # (inode synced, what the target held then)
@@ -92,6 +93,15 @@ def test_the_file_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, mo
     monkeypatch.setattr(os, "fsync", spy)
     write_bytes_atomic(target, b"new")
     assert synced == [(target.stat().st_ino, b"old"), (tmp_path.stat().st_ino, b"new")]
+
+
+def test_hedseg_no_fsync_skips_the_fsyncs_and_still_renames_a_whole_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEDSEG_NO_FSYNC", "1")
+    synced = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    write_bytes_atomic(tmp_path / "config.json", b"new")
+    assert synced == [] and (tmp_path / "config.json").read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
 def test_write_text_fails_in_one_line_naming_the_file(tmp_path):
