@@ -805,7 +805,7 @@ def parse_eval_size(text: str | None) -> tuple[int, int] | None:
 
 @segnet.command("train")
 @config_file_option
-@click.option("--variant", required=True, help="vanilla, dlse, dlse-sf or dlse-hed (RGB + HED edge input).")
+@click.option("--variant", default="vanilla", help="vanilla, dlse, dlse-sf or dlse-hed (RGB + HED edge input).")
 @click.option("--shards", required=True, type=click.Path(file_okay=False),
               help="The output folder of `hedprep build` (holding SPLIT/manifest.json).")
 @library_option("--split", default=(TRAIN_CONFIG, "split"), help="The split to train on.")

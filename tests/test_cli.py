@@ -198,6 +198,7 @@ COMMAND_ONLY = {
     ("hedprep", "build", "root"): None,  # None: $CITYSCAPES_DATASET (BuildConfig.root must be given)
     ("hedprep", "build", "split"): "train",  # BuildConfig.split must be given
     ("segnet", "train", "out"): None,  # None: runs/VARIANT (TrainConfig.out must be given)
+    ("segnet", "train", "variant"): "vanilla",  # the baseline (TrainConfig.variant must be given)
     ("segnet", "train", "epochs_per_stage"): 10,  # segnet.config.DEFAULT_EPOCHS_PER_STAGE, checked below
     ("segnet", "study", "epochs_per_stage"): 10,
     ("segnet", "train", "resume"): False,

@@ -186,7 +186,7 @@ def start_study(root: Path, out: Path) -> subprocess.Popen:
     """The strong recipe's study of two variants, at a tiny size (the command line overrides the file)."""
     command = [str(BIN / "segnet"), "study", "--config", str(STRONG), "--root", str(root), "--out", str(out),
                "--variants", "vanilla,dlse-hed", "--schedule", "32x64:4:2", "--backbone-weights", "none",
-               "--lr", "1e-3", "--device", "cpu", "--frames-per-shard", "4"]
+               "--lr", "1e-3", "--output-stride", "16", "--device", "cpu", "--frames-per-shard", "4"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=default_sigint)
 

@@ -411,23 +411,26 @@ def test_torchrun_two_processes_train_validate_and_evaluate_each_frame_once(odd_
     assert len(list((tmp_path / "predictions").glob("*_pred_labelIds.png"))) == 5
 
 
-def test_sgd_with_a_poly_schedule_records_the_rates_of_its_formula(segnet_shards, tmp_path):
-    """8 train frames in batches of 4: 2 steps an epoch, 4 in all; each row's lr is the next step's."""
+def test_sgd_with_poly_over_a_stage_in_iterations_records_the_rates_of_its_formula(segnet_shards, tmp_path):
+    """8 train frames in batches of 4 are 2 steps an epoch: 5 iterations are epochs of 2, 2 and 1 steps;
+    each row's lr is the next step's, and poly reaches --min-lr at the 5th and last."""
     from segnet.optim import lr_factor
 
-    run = config(segnet_shards, tmp_path / "run", optimizer="sgd", momentum=0.9, weight_decay=5e-4,
-                 lr_schedule="poly", min_lr=1e-4, lr=0.01, val_split=None)
+    run = config(segnet_shards, tmp_path / "run", schedule="32x64:4:5it", optimizer="sgd", momentum=0.9,
+                 weight_decay=5e-4, lr_schedule="poly", min_lr=1e-4, lr=0.01, val_split=None)
     train(run)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [2, 4]
-    assert [r["lr"] for r in rows] == pytest.approx([0.01 * lr_factor(2, run, 4), 1e-4], rel=1e-9)
-    assert rows[0]["lr"] == pytest.approx((0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4, rel=1e-9)
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 2), (2, 4), (3, 5)]
+    assert [r["lr"] for r in rows] == pytest.approx([0.01 * lr_factor(s, run, 5) for s in (2, 4)] + [1e-4],
+                                                    rel=1e-9)
+    assert rows[0]["lr"] == pytest.approx((0.01 - 1e-4) * 0.6 ** 0.9 + 1e-4, rel=1e-9)
     # TensorBoard's train/lr at step k: the rate step k trained at
     assert tensorboard_scalars(tmp_path / "run")["train/lr"] == [
-        (step, pytest.approx(0.01 * lr_factor(step - 1, run, 4), rel=1e-6)) for step in (1, 2, 3, 4)]
+        (step, pytest.approx(0.01 * lr_factor(step - 1, run, 5), rel=1e-6)) for step in (1, 2, 3, 4, 5)]
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert checkpoint["lr_schedule"]["last_epoch"] == 4 and checkpoint["config"]["optimizer"] == "sgd"
+    assert checkpoint["lr_schedule"]["last_epoch"] == 5 and checkpoint["config"]["optimizer"] == "sgd"
     assert checkpoint["optimizer"]["param_groups"][0]["momentum"] == 0.9
+    assert checkpoint["config"]["schedule"] == ["32x64:4:5it"]
 
 
 def test_a_run_killed_before_linking_best_gets_best_on_resume(segnet_shards, tmp_path):
@@ -444,15 +447,6 @@ def test_a_run_killed_before_linking_best_gets_best_on_resume(segnet_shards, tmp
     train(config(segnet_shards, tmp_path / "run"), resume=True,
           callbacks=TrainCallbacks(on_epoch_start=lambda info: seen.append(best.is_file() and best.samefile(last))))
     assert seen == [True]
-
-
-def test_a_stage_counted_in_iterations_stops_after_that_many_steps(segnet_shards, tmp_path):
-    """8 frames in batches of 4 are 2 steps an epoch: 5 iterations are epochs of 2, 2 and 1 steps."""
-    train(config(segnet_shards, tmp_path / "run", schedule="32x64:4:5it", val_split=None, lr_schedule="poly"))
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 2), (2, 4), (3, 5)]
-    assert rows[-1]["lr"] == 0.0  # poly reaches --min-lr at the 5th and last step
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["schedule"] == ["32x64:4:5it"]
 
 
 def test_an_aux_loss_run_evaluates_without_its_head(segnet_shards, tmp_path):
