@@ -1,0 +1,171 @@
+"""The boundary F-score of issue 19: how well predicted class boundaries match the ground truth's.
+
+Per class c and frame:
+
+- P = (prediction == c) and G = (label == c), both false where the label is `ignore_index` (255).
+- A mask's boundary holds the pixels that differ from their right, lower or lower-right neighbour (in
+  the last row only the right one counts, in the last column only the lower one; the bottom-right pixel
+  is never on it).
+- The tolerance is t = ceil(th * sqrt(H^2 + W^2)) pixels (2, 5, 9 and 12 px for the default
+  thresholds at 1024x2048); a boundary is dilated by the disk x^2 + y^2 <= t^2.
+- Precision = |Bp and dilated Bg| / |Bp|, recall = |Bg and dilated Bp| / |Bg|. Both boundaries empty:
+  P = R = 1; only Bp empty: P = 1, R = 0; only Bg empty: P = 0, R = 1. F = 2PR / (P + R), 0 when
+  P + R = 0.
+- A frame counts for c when c occurs in P or G; c's F is the mean over its counted frames, and the mean
+  boundary F is the mean over the classes counted in at least one frame.
+
+Boundaries are found for every class at once from the pixels whose neighbours differ; each class's
+dilations (OpenCV, a disk kernel built here: `cv2.getStructuringElement`'s ellipse is not that disk)
+run on the bounding box of its two boundaries only, which holds every pixel the counts read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from hedprep.shards import IGNORE_INDEX, NUM_CLASSES
+
+THRESHOLDS = (0.0005, 0.001875, 0.00375, 0.005)
+
+
+def tolerance_pixels(height: int, width: int, threshold: float) -> int:
+    """The tolerance t = ceil(threshold * sqrt(H^2 + W^2)) in pixels, for a frame of height x width."""
+    return math.ceil(threshold * math.hypot(height, width))
+
+
+def disk_kernel(radius: int) -> np.ndarray:
+    """A (2r+1, 2r+1) uint8 kernel: 1 where x^2 + y^2 <= r^2, the centre at (r, r)."""
+    offsets = np.arange(-radius, radius + 1)
+    return (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius * radius).astype(np.uint8)
+
+
+def class_boundaries(values: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    """Each class's 1-pixel boundary in a 2-D class map, as sorted flat pixel indices.
+
+    A pixel p is on class c's boundary when it and a neighbour q (right, lower, lower-right) differ
+    and one of the two is c; values outside 0..num_classes-1 (ignored pixels) belong to no class.
+    """
+    height, width = values.shape
+    flat = np.arange(height * width).reshape(height, width)
+    keys = []
+    for dy, dx in ((0, 1), (1, 0), (1, 1)):
+        here, there = values[: height - dy, : width - dx], values[dy:, dx:]
+        differs = here != there
+        pixels = flat[: height - dy, : width - dx][differs]
+        # The pair puts p on the boundary of both its own class and its neighbour's.
+        for classes in (here[differs], there[differs]):
+            real = (classes >= 0) & (classes < num_classes)
+            keys.append(classes[real].astype(np.int64) * (height * width) + pixels[real])
+    keys_all = np.unique(np.concatenate(keys))
+    starts = np.searchsorted(keys_all, np.arange(num_classes + 1, dtype=np.int64) * (height * width))
+    return [keys_all[starts[c] : starts[c + 1]] - c * height * width for c in range(num_classes)]
+
+
+def _hits(source: np.ndarray, target: np.ndarray, width: int, radius: int) -> int:
+    """How many `target` pixels lie within the disk of `radius` around some `source` pixel (flat indices)."""
+    rows_s, cols_s = np.divmod(source, width)
+    rows_t, cols_t = np.divmod(target, width)
+    top, left = min(rows_s.min(), rows_t.min()), min(cols_s.min(), cols_t.min())
+    bottom, right = max(rows_s.max(), rows_t.max()), max(cols_s.max(), cols_t.max())
+    # Both sets lie inside this box, so dilating within it reads every source pixel that matters.
+    image = np.zeros((bottom - top + 1, right - left + 1), dtype=np.uint8)
+    image[rows_s - top, cols_s - left] = 1
+    dilated = cv2.dilate(image, disk_kernel(radius), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return int(dilated[rows_t - top, cols_t - left].sum())
+
+
+def boundary_f(pred_boundary: np.ndarray, label_boundary: np.ndarray, width: int, radius: int) -> float:
+    """The F-score of two boundaries (flat pixel indices in a frame `width` wide) at tolerance `radius`."""
+    if pred_boundary.size == 0 or label_boundary.size == 0:
+        # Both empty: P = R = 1, F = 1; only one empty: P or R is 0 and the other 1, F = 0.
+        return float(pred_boundary.size == label_boundary.size)
+    precision = _hits(label_boundary, pred_boundary, width, radius) / pred_boundary.size
+    recall = _hits(pred_boundary, label_boundary, width, radius) / label_boundary.size
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def frame_boundary_f(prediction: np.ndarray, label: np.ndarray, num_classes: int = NUM_CLASSES,
+                     thresholds: Sequence[float] = THRESHOLDS, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """One frame's boundary F: a (len(thresholds), num_classes) float64 array, NaN for classes the frame
+    does not count (in neither the prediction nor the label, ignored pixels left out).
+
+    Raises:
+        ValueError: shapes differ, are not 2-D, or a label is neither a class nor `ignore_index`.
+    """
+    prediction, label = np.asarray(prediction), np.asarray(label)
+    if prediction.shape != label.shape or prediction.ndim != 2:
+        raise ValueError(f"prediction {prediction.shape} and label {label.shape} must be one (H, W) frame")
+    label = label.astype(np.int32)
+    ignored = label == ignore_index
+    if np.any(~ignored & ((label < 0) | (label >= num_classes))):
+        raise ValueError(f"labels must be classes 0..{num_classes - 1} or {ignore_index}")
+    # Ignored pixels become -1 in both maps: no class, as P and G are false there.
+    pred_values = np.where(ignored, -1, prediction.astype(np.int32))
+    label_values = np.where(ignored, -1, label)
+    pred_bounds = class_boundaries(pred_values, num_classes)
+    label_bounds = class_boundaries(label_values, num_classes)
+    counted = np.zeros(num_classes, dtype=bool)
+    for values in (pred_values, label_values):
+        present = np.unique(values)
+        counted[present[(present >= 0) & (present < num_classes)]] = True
+    height, width = label.shape
+    scores = np.full((len(thresholds), num_classes), np.nan)
+    for i, threshold in enumerate(thresholds):
+        radius = tolerance_pixels(height, width, threshold)
+        for c in np.flatnonzero(counted):
+            scores[i, c] = boundary_f(pred_bounds[c], label_bounds[c], width, radius)
+    return scores
+
+
+@dataclass(frozen=True)
+class BoundaryScore:
+    """The boundary F at one threshold over the frames seen."""
+
+    threshold: float
+    pixels: int  # the tolerance t of the frames' size
+    mean_f: float  # NaN when no class was counted in any frame
+    per_class: list[float | None]  # None for a class no frame counted
+
+
+class BoundaryFScore:
+    """Boundary F accumulated frame by frame, like `ConfusionMatrix`: `update` per (H, W) frame,
+    `result` for one `BoundaryScore` per threshold. Every frame must have the same size."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, thresholds: Sequence[float] = THRESHOLDS,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        self.num_classes = num_classes
+        self.thresholds = tuple(thresholds)
+        self.ignore_index = ignore_index
+        self.f_sums = np.zeros((len(self.thresholds), num_classes))
+        self.frames = np.zeros(num_classes, dtype=np.int64)  # counted frames per class
+        self.size: tuple[int, int] | None = None
+
+    def update(self, prediction: np.ndarray, label: np.ndarray) -> None:
+        """Add one frame (see `frame_boundary_f`)."""
+        size = tuple(np.shape(label))
+        if self.size is not None and size != self.size:
+            raise ValueError(f"frame size {size} differs from the earlier frames' {self.size}")
+        scores = frame_boundary_f(prediction, label, self.num_classes, self.thresholds, self.ignore_index)
+        self.size = size  # type: ignore[assignment]  # checked 2-D by frame_boundary_f
+        counted = ~np.isnan(scores[0])
+        self.f_sums[:, counted] += scores[:, counted]
+        self.frames += counted
+
+    def result(self) -> list[BoundaryScore]:
+        """Per threshold: its t (0 before any frame), the mean F over counted classes, each class's F."""
+        counted = self.frames > 0
+        means = self.f_sums[:, counted] / self.frames[counted]
+        results = []
+        for i, threshold in enumerate(self.thresholds):
+            pixels = tolerance_pixels(*self.size, threshold) if self.size else 0
+            per_class: list[float | None] = [None] * self.num_classes
+            for c, value in zip(np.flatnonzero(counted), means[i], strict=True):
+                per_class[c] = float(value)
+            mean_f = float(means[i].mean()) if counted.any() else math.nan
+            results.append(BoundaryScore(threshold, pixels, mean_f, per_class))
+        return results
