@@ -45,25 +45,27 @@ def disk_kernel(radius: int) -> np.ndarray:
 
 
 def class_boundaries(values: np.ndarray, num_classes: int) -> list[np.ndarray]:
-    """Each class's 1-pixel boundary in a 2-D class map, as sorted flat pixel indices.
+    """Each class's 1-pixel boundary in a 2-D class map, as flat pixel indices (ascending).
 
     A pixel p is on class c's boundary when it and a neighbour q (right, lower, lower-right) differ
     and one of the two is c; values outside 0..num_classes-1 (ignored pixels) belong to no class.
     """
-    height, width = values.shape
-    flat = np.arange(height * width).reshape(height, width)
-    keys = []
-    for dy, dx in ((0, 1), (1, 0), (1, 1)):
-        here, there = values[: height - dy, : width - dx], values[dy:, dx:]
-        differs = here != there
-        pixels = flat[: height - dy, : width - dx][differs]
-        # The pair puts p on the boundary of both its own class and its neighbour's.
-        for classes in (here[differs], there[differs]):
-            real = (classes >= 0) & (classes < num_classes)
-            keys.append(classes[real].astype(np.int64) * (height * width) + pixels[real])
-    keys_all = np.unique(np.concatenate(keys))
-    starts = np.searchsorted(keys_all, np.arange(num_classes + 1, dtype=np.int64) * (height * width))
-    return [keys_all[starts[c] : starts[c + 1]] - c * height * width for c in range(num_classes)]
+    # Replicating the last row and column makes missing neighbours equal to p, or to its lower
+    # (right) neighbour for the lower-right one: the same classes as the definition's neighbours.
+    padded = np.pad(values, ((0, 1), (0, 1)), mode="edge")
+    here, right, down, diag = padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
+    edge = (here != right) | (here != down) | (here != diag)
+    pixels = np.flatnonzero(edge)
+    own, r, d, g = here[edge], right[edge], down[edge], diag[edge]
+    # p's own class, then each neighbour's class that differs from p's and from the ones before it.
+    takes = (np.ones_like(own, dtype=bool), r != own, (d != own) & (d != r), (g != own) & (g != r) & (g != d))
+    classes = np.concatenate([v[t] for v, t in zip((own, r, d, g), takes, strict=True)])
+    owners = np.concatenate([pixels[t] for t in takes])
+    real = (classes >= 0) & (classes < num_classes)
+    classes, owners = classes[real], owners[real]
+    order = np.argsort(classes, kind="stable")
+    starts = np.searchsorted(classes[order], np.arange(num_classes + 1))
+    return [np.sort(owners[order[starts[c] : starts[c + 1]]]) for c in range(num_classes)]
 
 
 def _hits(source: np.ndarray, target: np.ndarray, width: int, radius: int) -> int:
