@@ -414,7 +414,8 @@ def build(state, root, split, out, labels, weights, frames_per_shard, batch_size
 def inspect_shards(path) -> None:
     """Show how the shards at PATH are stored: a shard file, a split folder or an output folder.
 
-    Per split: a table with a row per shard (frames, frame size HxW, dtype, chunk shape and filter
+    Per split: its labels (fine or coarse) and a table with a row per shard (frames, frame size HxW,
+    ignored = the share of its full-size label pixels that are ignore (255), dtype, chunk shape and filter
     of `frames`, stored = compressed bytes of frames and labels at every level, file size, and
     ratio = uncompressed frames and labels / file size), the resolution levels (size, stored bytes
     and their share of level 0's, beside their share of its pixels), the shards' root attributes
@@ -435,8 +436,11 @@ def inspect_shards(path) -> None:
         return
     for split in result:
         incomplete = "" if split.manifest.complete else " (build incomplete: the manifest lists the shards done so far)"
-        _print_section(f"{split.split_dir}: {split.frames} frames in {len(split.shards)} shard(s){incomplete}",
-                       _shard_table(split.shards))
+        share = split.ignore_share
+        ignored = ("ignore share unknown (shards built before they recorded it)" if share is None
+                   else f"{_share_text(share)} of the label pixels ignored")
+        _print_section(f"{split.split_dir}: {split.frames} frames in {len(split.shards)} shard(s), "
+                       f"{split.label_kind or 'unknown'} labels, {ignored}{incomplete}", _shard_table(split.shards))
         if split.shards and split.shards[0].levels:
             _print_section("resolution levels (all shards)", _levels_table(split.level_storage()))
         if split.shards:
@@ -452,28 +456,37 @@ def _print_section(heading: str, table: Table) -> None:
 
 
 def _shard_table(shards) -> Table:
-    table = _table("file", "frames", "HxW", "dtype", "chunks", "filter", "stored", "size", "ratio")
+    table = _table("file", "frames", "HxW", "ignored", "dtype", "chunks", "filter", "stored", "size", "ratio")
     for s in shards:
         h, w = s.frame_shape
         dtypes = s.frames_dtype if s.frames_dtype == s.labels_dtype else f"{s.frames_dtype}/{s.labels_dtype}"
         table.add_row(
-            escape(s.path.name), str(s.frames), f"{h}x{w}", dtypes, _chunks(s.frames_chunks), s.compression,
-            filesize.decimal(s.stored_bytes), filesize.decimal(s.file_bytes), f"{s.ratio:.2f}",
+            escape(s.path.name), str(s.frames), f"{h}x{w}", _share_text(s.ignore_share), dtypes,
+            _chunks(s.frames_chunks), s.compression, filesize.decimal(s.stored_bytes), filesize.decimal(s.file_bytes),
+            f"{s.ratio:.2f}",
         )
     if len(shards) > 1:
+        from hedprep.shard_report import shards_ignore_share
+
         raw, size = sum(s.raw_bytes for s in shards), sum(s.file_bytes for s in shards)
         table.add_section()
-        table.add_row("total", str(sum(s.frames for s in shards)), "", "", "", "",
+        table.add_row("total", str(sum(s.frames for s in shards)), "", _share_text(shards_ignore_share(shards)),
+                      "", "", "",
                       filesize.decimal(sum(s.stored_bytes for s in shards)), filesize.decimal(size),
                       f"{raw / size:.2f}" if size else "")
     return table
+
+
+def _share_text(share: float | None) -> str:
+    """An ignore share as a percentage; 'unknown' where the shards do not record it (built before they did)."""
+    return "unknown" if share is None else f"{100 * share:.1f}%"
 
 
 def _table(*columns: str) -> Table:
     """A compact table: numbers right-aligned and never wrapped, long text folded rather than cut off."""
     table = Table(box=box.SIMPLE_HEAD, highlight=False, padding=0, show_edge=False)
     for name in columns:
-        numeric = name in ("frames", "stored", "size", "ratio", "IoU", "level", "of level 0", "pixels")
+        numeric = name in ("frames", "ignored", "stored", "size", "ratio", "IoU", "level", "of level 0", "pixels")
         table.add_column(name, justify="right" if numeric else "left", overflow="fold",
                          no_wrap=numeric or name == "file")
     return table

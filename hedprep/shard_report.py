@@ -22,9 +22,11 @@ from hedprep.cityscapes import trainid_to_color
 from hedprep.errors import HedprepError, one_line
 from hedprep.images import encode_png
 from hedprep.shards import (
+    IGNORED_PIXELS,
     IMAGES_GROUP,
     Manifest,
     ShardError,
+    ignore_share,
     level_dataset,
     open_shard,
     read_attrs,
@@ -98,6 +100,20 @@ class ShardSummary:
     def ratio(self) -> float:
         """Uncompressed frames + labels bytes per byte of file."""
         return self.raw_bytes / self.file_bytes if self.file_bytes else 0.0
+
+    @property
+    def ignored_pixels(self) -> int | None:
+        """Level-0 label pixels that are ignore (255), as the shard records them (None: not recorded)."""
+        return self.attrs.get(IGNORED_PIXELS)
+
+    @property
+    def label_pixels(self) -> int:
+        return self.frames * self.frame_shape[0] * self.frame_shape[1]
+
+    @property
+    def ignore_share(self) -> float | None:
+        """The share of the shard's level-0 label pixels that are ignore; None: not recorded, or no frame."""
+        return ignore_share([self.ignored_pixels], self.label_pixels)
 
 
 def describe_filters(dataset: h5py.Dataset) -> str:
@@ -195,6 +211,16 @@ class SplitSummary:
         """Uncompressed frames + labels bytes per byte of shard files."""
         return sum(s.raw_bytes for s in self.shards) / self.file_bytes if self.file_bytes else 0.0
 
+    @property
+    def label_kind(self) -> str | None:
+        """`fine` or `coarse`, as the manifest records the build's labels."""
+        return self.manifest.label_kind
+
+    @property
+    def ignore_share(self) -> float | None:
+        """The share of the split's level-0 label pixels that are ignore; None where a shard does not record it."""
+        return shards_ignore_share(self.shards)
+
     def level_storage(self) -> list[LevelStorage]:
         """Stored bytes per resolution level over the split's shards (the levels all shards hold)."""
         return level_storage(self.shards)
@@ -209,6 +235,11 @@ class LevelStorage:
     stored_bytes: int
     share_of_level0: float  # stored bytes / level 0's stored bytes
     pixel_share: float  # pixels / level 0's pixels: what the share would be if compression were even
+
+
+def shards_ignore_share(shards: Sequence[ShardSummary]) -> float | None:
+    """The share of the label pixels of `shards` (level 0) that are ignore; None where one does not record it."""
+    return ignore_share((s.ignored_pixels for s in shards if s.frames), sum(s.label_pixels for s in shards))
 
 
 def level_storage(shards: Sequence[ShardSummary]) -> list[LevelStorage]:

@@ -100,16 +100,17 @@ def assert_one_line_error(result, *fragments: str, status: int = 1) -> None:
 
 @pytest.fixture(scope="session")
 def segnet_shards(tmp_path_factory) -> Path:
-    """Shards of a tiny fixture (8 train, 4 val, 2 test frames of 64x128), built by hedprep's build."""
+    """Shards of a tiny fixture (8 train, 4 val, 2 test frames of 64x128, and 3 train_extra frames with
+    gtCoarse labels), built by hedprep's build."""
     from hedprep.build_plan import BuildConfig
     from hedprep.fixture import make_fixture
     from pipelines.build import build_split
 
     base = tmp_path_factory.mktemp("segnet-data")
-    make_fixture(base / "cityscapes", {"train": 8, "val": 4, "test": 2}, size=(64, 128), seed=11)
-    for split in ("train", "val", "test"):
+    make_fixture(base / "cityscapes", {"train": 8, "val": 4, "test": 2, "train_extra": 3}, size=(64, 128), seed=11)
+    for split, labels in (("train", "fine"), ("val", "fine"), ("test", "fine"), ("train_extra", "coarse")):
         build_split(BuildConfig(root=str(base / "cityscapes"), split=split, out=str(base / "shards"),
-                                frames_per_shard=3, device="cpu"))
+                                frames_per_shard=3, device="cpu", labels=labels))
     return base / "shards"
 
 

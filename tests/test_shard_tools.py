@@ -139,7 +139,7 @@ def test_summarize_split_and_output(built):
     assert sum(e.stored_bytes for e in levels) == sum(s.stored_bytes for s in split.shards)
     shared, differing = common_attrs(split.shards)
     assert shared["split"] == "train" and shared["frame_height"] == SIZE[0]
-    assert set(differing) <= {"created"}
+    assert set(differing) <= {"created", "ignored_pixels"}
     assert [s.frames for s in summarize(built)] == [FRAMES]
 
 
@@ -172,6 +172,46 @@ def test_inspect_lists_skipped_frames(copy):
     assert result.returncode == 0, result.stderr
     assert "1 skipped frame(s)" in result.stdout
     assert re.search(r"^ulm_000099_000019 +ulm_000099_000019_leftImg8bit\.png +unreadable", result.stdout, re.M)
+
+
+def test_the_ignore_share_is_the_label_maps_share_of_ignore_pixels(segnet_shards, tmp_path):
+    """A split's ignore share (manifest, shard attributes, inspect) against a count made here from the gtCoarse
+    labelIds PNGs, mapped with cityscapesscripts' own label table; shards written before the count was
+    recorded say 'unknown'."""
+    from cityscapesscripts.helpers.labels import id2label
+
+    from hedprep.shards import check_shard, read_manifest
+
+    to_train = np.full(256, 255, np.uint8)
+    for label_id, label in id2label.items():
+        if 0 <= label_id < 256 and 0 <= label.trainId < 255:
+            to_train[label_id] = label.trainId
+    pngs = sorted((segnet_shards.parent / "cityscapes" / "gtCoarse" / "train_extra").glob("*/*_labelIds.png"))
+    maps = [to_train[cv2.imread(str(path), cv2.IMREAD_UNCHANGED)] for path in pngs]
+    ignored, pixels = sum(int(np.count_nonzero(m == 255)) for m in maps), sum(m.size for m in maps)
+    assert len(maps) == 3 and 0.1 < ignored / pixels < 0.9  # coarse: a band along every region's border
+    manifest = read_manifest(segnet_shards / "train_extra")
+    assert manifest.label_kind == "coarse" and manifest.ignore_share == ignored / pixels
+    split = summarize_split(segnet_shards / "train_extra")
+    assert split.ignore_share == ignored / pixels and split.label_kind == "coarse"
+    for record, summary in zip(manifest.shards, split.shards, strict=True):
+        with h5py.File(segnet_shards / "train_extra" / record.file, "r") as f:
+            counted = int(np.count_nonzero(f["labels"][()] == 255))
+        assert record.ignored_pixels == summary.ignored_pixels == counted
+    fine = read_manifest(segnet_shards / "train")
+    assert fine.label_kind == "fine" and fine.ignore_share < manifest.ignore_share
+    result = invoke("hedprep", "inspect", str(segnet_shards / "train_extra"))
+    assert f"coarse labels, {100 * ignored / pixels:.1f}% of the label pixels ignored" in result.stdout
+    # hedprep verify's full check counts them again
+    path = Path(shutil.copy(segnet_shards / "train_extra" / "shard-00000.h5", tmp_path / "shard.h5"))
+    assert check_shard(path, every_frame=True) == []
+    with h5py.File(path, "r+") as f:
+        f.attrs["ignored_pixels"] = 1
+    assert check_shard(path, every_frame=True) == [f"records 1 ignored label pixels, its labels hold "
+                                                   f"{manifest.shards[0].ignored_pixels}"]
+    old = Path(__file__).parent / "data" / "v2-shards" / "train"
+    assert read_manifest(old).ignore_share is None and summarize_split(old).ignore_share is None
+    assert "fine labels, ignore share unknown" in invoke("hedprep", "inspect", str(old)).stdout
 
 
 def test_inspect_refuses_other_files(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ BROWSE_GROUP = "browse"  # NeXus NXdata of every frame's RGB: what a viewer open
 LABEL_COLORS = "label_colors"  # the labels in Cityscapes colours, for viewers
 LEVELS_GROUP = "levels"
 REQUIRED_DATASETS = ("frames", "labels", "frame_ids")
+# The root attribute counting the shard's level-0 label pixels that are ignore (255): what share of a
+# split training learns nothing from (most of a coarse one). Shards written before it lack it (unknown).
+IGNORED_PIXELS = "ignored_pixels"
 
 # Chunks are 256x256 tiles of one frame: a random 512x512 crop (the usual training input) then
 # decompresses 4-9 tiles instead of a whole 1024x2048 frame (3.5x faster), and whole frames read as
@@ -76,6 +80,13 @@ def read_attrs(obj: h5py.HLObject) -> dict[str, Any]:
 def is_shard_attrs(attrs: dict[str, Any]) -> bool:
     """True if root attributes name this format and a version this package reads (1 to 3)."""
     return attrs.get("format") == FORMAT_NAME and attrs.get("format_version") in READABLE_VERSIONS
+
+
+def ignore_share(counts: Iterable[int | None], pixels: int) -> float | None:
+    """The share of `pixels` label pixels that are ignore, from shards' `IGNORED_PIXELS` counts; None
+    where a count is unknown (None) or there is no pixel."""
+    counts = list(counts)
+    return None if not pixels or None in counts else sum(counts) / pixels
 
 
 def stored_levels(attrs: dict[str, Any]) -> int:

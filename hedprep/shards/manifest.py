@@ -10,7 +10,14 @@ from typing import Any
 
 from hedprep.atomic import write_bytes_atomic
 from hedprep.errors import HedprepError
-from hedprep.shards.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, READABLE_VERSIONS, is_plain_file_name
+from hedprep.shards.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    READABLE_VERSIONS,
+    ignore_share,
+    is_plain_file_name,
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,9 @@ class SkippedFrame:
 
 @dataclass
 class ShardRecord:
-    """A finished shard as the manifest lists it; `levels`: the resolution levels it holds (0 in v1)."""
+    """A finished shard as the manifest lists it; `levels`: the resolution levels it holds (0 in v1);
+    `ignored_pixels`: its level-0 label pixels that are ignore (255), as its root attribute says (None:
+    not recorded, in manifests written before it was)."""
 
     file: str
     sha256: str
@@ -40,6 +49,7 @@ class ShardRecord:
     bytes: int
     skipped: list[SkippedFrame] = field(default_factory=list)
     levels: int = 0
+    ignored_pixels: int | None = None
 
     def __post_init__(self) -> None:
         self.skipped = [s if isinstance(s, SkippedFrame) else SkippedFrame(**s) for s in self.skipped]
@@ -73,6 +83,18 @@ class Manifest:
     @property
     def skipped(self) -> list[SkippedFrame]:
         return [s for shard in self.shards for s in shard.skipped]
+
+    @property
+    def label_kind(self) -> str | None:
+        """`fine` or `coarse`: the Cityscapes labels the split was built from (None: not recorded)."""
+        return self.params.get("labels")
+
+    @property
+    def ignore_share(self) -> float | None:
+        """The share of the split's level-0 label pixels that are ignore (255); None where a shard does not
+        record its count (built before it was recorded) or the split holds no frame."""
+        pixels = self.num_frames * int(self.params["frame_height"]) * int(self.params["frame_width"])
+        return ignore_share((s.ignored_pixels for s in self.shards if s.frame_ids), pixels)
 
     def to_json(self) -> str:
         data = {

@@ -14,7 +14,15 @@ from typing import Any
 
 from hedprep.digests import file_sha256
 from hedprep.errors import HedprepError
-from hedprep.shards.format import MANIFEST_NAME, SHARD_PATTERN, ShardInfo, read_attrs, shard_name, stored_levels
+from hedprep.shards.format import (
+    IGNORED_PIXELS,
+    MANIFEST_NAME,
+    SHARD_PATTERN,
+    ShardInfo,
+    read_attrs,
+    shard_name,
+    stored_levels,
+)
 from hedprep.shards.manifest import Manifest, ShardRecord, read_manifest, write_manifest
 from hedprep.shards.reader import open_shard
 from hedprep.shards.verify import check_shard, shard_is_complete
@@ -127,7 +135,7 @@ def _adopt(path: Path, info: ShardInfo, frame_ids: Sequence[str], record: ShardR
     if any(attrs.get(name) != value for name, value in wanted.items()):
         return None
     return ShardRecord(path.name, file_sha256(path), stored_ids, path.stat().st_size, list(skipped),
-                       stored_levels(attrs))
+                       stored_levels(attrs), attrs.get(IGNORED_PIXELS))
 
 
 def remove_leftovers(split_dir: Path, planned: Iterable[int], kept: Iterable[int]) -> None:

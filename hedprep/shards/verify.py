@@ -10,10 +10,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hedprep.cityscapes import trainid_to_color
+from hedprep.cityscapes import IGNORE_INDEX, trainid_to_color
 from hedprep.digests import file_sha256
 from hedprep.errors import HedprepError, one_line
 from hedprep.shards.format import (
+    IGNORED_PIXELS,
     IMAGES_GROUP,
     LABEL_COLORS,
     MANIFEST_NAME,
@@ -72,11 +73,15 @@ def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | 
     ids = f["frame_ids"]
     n = ids.shape[0]
     h, w = f.attrs.get("frame_height"), f.attrs.get("frame_width")
-    levels = stored_levels(read_attrs(f))
+    attrs = read_attrs(f)
+    levels = stored_levels(attrs)
     if info is not None and (h, w) != (info.frame_height, info.frame_width):
         problems.append(f"frames are {h}x{w}, the manifest says {info.frame_height}x{info.frame_width}")
     if record is not None and record.levels != levels:
         problems.append(f"holds {levels} resolution level(s), the manifest says {record.levels}")
+    ignored = attrs.get(IGNORED_PIXELS)  # None in shards written before it was recorded
+    if record is not None and None not in (ignored, record.ignored_pixels) and ignored != record.ignored_pixels:
+        problems.append(f"records {ignored} ignored label pixels, the manifest says {record.ignored_pixels}")
     if info is not None:
         problems += _check_hed_run(read_attrs(f), info)
     for k in range(levels + 1):
@@ -94,7 +99,10 @@ def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | 
     try:
         if every_frame:
             for k in range(levels + 1):
-                f[level_dataset(k, "frames")][()], f[level_dataset(k, "labels")][()]
+                f[level_dataset(k, "frames")][()]
+                labels = f[level_dataset(k, "labels")][()]
+                if k == 0:
+                    problems += _check_ignored_pixels(labels, ignored)
     except H5PY_DAMAGE_ERRORS as error:
         return [f"data does not decode ({one_line(error)})"]
     try:  # the first and last frame decode, their levels derive from them, and the views resolve
@@ -111,6 +119,14 @@ def _check_contents(f: h5py.File, record: ShardRecord | None, info: ShardInfo | 
     except H5PY_DAMAGE_ERRORS as error:
         problems.append(f"data does not decode ({one_line(error)})")
     return problems
+
+
+def _check_ignored_pixels(labels: np.ndarray, recorded: int | None) -> list[str]:
+    """The root attribute `ignored_pixels` counts the ignore pixels of the level-0 labels (where recorded)."""
+    if recorded is None:
+        return []
+    counted = int(np.count_nonzero(labels == IGNORE_INDEX))
+    return [] if counted == recorded else [f"records {recorded} ignored label pixels, its labels hold {counted}"]
 
 
 def _check_hed_run(attrs: dict, info: ShardInfo) -> list[str]:

@@ -21,6 +21,7 @@ from hedprep.shards.format import (
     CHANNELS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    IGNORED_PIXELS,
     IMAGES_GROUP,
     LABEL_COLORS,
     LEVELS_GROUP,
@@ -42,6 +43,7 @@ class PreparedFrame:
 
     frame_id: str
     parts: tuple[tuple[int, ChunkPayload], ...]
+    ignored_pixels: int = 0  # level-0 label pixels that are ignore (255)
 
 
 class ShardWriter:
@@ -72,6 +74,7 @@ class ShardWriter:
         self.compression = compression
         self.frame_ids: list[str] = []
         self.skipped: list[SkippedFrame] = []
+        self.ignored_pixels = 0  # of the frames written so far, at level 0
         h, w = info.frame_height, info.frame_width
         options = compression.h5py_options()
         self.file = h5py.File(
@@ -137,7 +140,8 @@ class ShardWriter:
                 parts.append(self._part(2 * level + 1, downsample_labels(label, level), fill=IGNORE_INDEX))
         if label is not None:  # else black, the colour of ignore, as the fill value
             parts.append(self._part(len(self._targets) - 1, trainid_to_color(label), fill=0))
-        return PreparedFrame(frame_id, tuple(parts))
+        ignored = rgbe.shape[0] * rgbe.shape[1] if label is None else int(np.count_nonzero(label == IGNORE_INDEX))
+        return PreparedFrame(frame_id, tuple(parts), ignored)
 
     def _part(self, target: int, image: np.ndarray, fill: int) -> tuple[int, ChunkPayload]:
         if self._deflate is None:  # HDF5's filter compresses it in `write`
@@ -155,6 +159,7 @@ class ShardWriter:
             for (y, x), chunk in payload:
                 dataset.id.write_direct_chunk((i, y, x) + (0,) * (dataset.ndim - 3), chunk)
         self.frame_ids.append(frame.frame_id)
+        self.ignored_pixels += frame.ignored_pixels
 
     def skip(self, frame: SkippedFrame) -> None:
         """Record a frame left out (`--on-error skip`)."""
@@ -177,7 +182,7 @@ class ShardWriter:
             ) from None
         sha256 = hashlib.sha256(image).hexdigest()
         return ShardRecord(self.path.name, sha256, list(self.frame_ids), len(image), list(self.skipped),
-                           self.info.levels)
+                           self.info.levels, self.ignored_pixels)
 
     def _finish(self) -> None:
         n = len(self.frame_ids)
@@ -201,6 +206,7 @@ class ShardWriter:
         set_string_attr(f, "format", FORMAT_NAME)
         f.attrs["format_version"] = FORMAT_VERSION
         set_string_attr(f, "filter_plugin", self.compression.plugin_note())
+        f.attrs[IGNORED_PIXELS] = self.ignored_pixels
         if n:
             f.attrs["default"] = BROWSE_GROUP  # NeXus: viewers open the file on this picture
         set_string_attr(f, "created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
