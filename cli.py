@@ -609,7 +609,8 @@ def segnet() -> None:
 SCHEDULE_HELP = (
     "Stages as HxW:BATCH[:EPOCHS] or HxW:BATCH:ITERSit entries, e.g. 128x224:16:10,256x448:8:10,512x912:4:10 "
     "or 512x1024:8:80000it (frames are resized to HxW, or cropped to it with --scale-range; EPOCHS defaults to "
-    "--epochs-per-stage; ITERS counts optimizer steps)."
+    "--epochs-per-stage; ITERS counts optimizer steps). An entry ending in @SPLIT trains on that split instead of "
+    "--split, e.g. 128x224:16:2@train_extra for a coarse stage."
 )
 
 
@@ -629,6 +630,11 @@ def training_options(defaults: str, prefix: str = ""):
                                       "R-50-D8; FLOPs in docs/segnet.md).")(command)
         command = library_option("--lr", type=float, default=(defaults, prefix + "lr"),
                                  help="The learning rate (with --lr-schedule: its peak).")(command)
+        command = library_option("--coarse-epochs", type=click.IntRange(min=1),
+                                 default=(defaults, prefix + "coarse_epochs"),
+                                 help="Epochs of the coarse stage (segnet train --coarse-split, segnet study "
+                                      "--with-coarse), trained before the schedule at its first stage's size and "
+                                      "batch.")(command)
         command = library_option("--epochs-per-stage", type=click.IntRange(min=1),
                                  default="segnet.config:DEFAULT_EPOCHS_PER_STAGE",
                                  help="Epochs of each stage whose --schedule entry gives none.")(command)
@@ -824,6 +830,11 @@ def parse_eval_size(text: str | None) -> tuple[int, int] | None:
 @library_option("--split", default=(TRAIN_CONFIG, "split"), help="The split to train on.")
 @library_option("--val-split", default=(TRAIN_CONFIG, "val_split"), shown=lambda split: split or "none",
                 help="The split to validate on after every epoch ('none': no validation).")
+@library_option("--coarse-split", default=(TRAIN_CONFIG, "coarse_split"),
+                help="Pretrain on coarse labels first, as PSPNet did: --coarse-epochs epochs on this split (e.g. "
+                     "train_extra, built with `hedprep build --split train_extra --labels coarse`) at the size and "
+                     "batch of the schedule's first stage (its smallest: the coarse split is large, its labels "
+                     "coarse), then the schedule on --split. Validation stays on --val-split. Default: none.")
 @training_options(TRAIN_CONFIG)
 @library_option("--sf-scale", type=float, default=(TRAIN_CONFIG, "sf_scale"),
                 help="dlse-sf: factor of the channel with the highest gate.")

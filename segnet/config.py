@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,18 +18,25 @@ DEFAULT_SCHEDULE = "128x224:16,256x448:8,512x912:4"
 DEFAULT_EPOCHS_PER_STAGE = 10
 MAX_DEFAULT_WORKERS = 8  # DataLoader workers per rank when --workers is not given
 MIN_SIDE = 16  # the smallest height and width segnet trains or evaluates at: one pixel at output stride 16
+# Epochs of the coarse stage (--coarse-split) where --coarse-epochs is not given. Cityscapes' train_extra
+# holds 19998 gtCoarse frames, 6.7 times train's 2975: 2 of its epochs are about as many steps as 13
+# epochs of train, a little more than one stage of the default schedule.
+DEFAULT_COARSE_EPOCHS = 2
+SPLIT_NAME = re.compile(r"\w[\w.-]*")  # a split's folder name, as a schedule entry's @SPLIT may give it
 
 
 @dataclass(frozen=True)
 class Stage:
     """One size of the schedule: frames read at height x width, in batches, for a number of epochs or
-    of optimizer steps (`iters`, as mmsegmentation counts; exactly one of the two is set)."""
+    of optimizer steps (`iters`, as mmsegmentation counts; exactly one of the two is set), from `split`
+    (None: the run's --split; e.g. train_extra, gtCoarse's frames, for a coarse stage)."""
 
     height: int
     width: int
     batch_size: int
     epochs: int | None = None
     iters: int | None = None
+    split: str | None = None
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.iters is None):
@@ -39,8 +47,10 @@ class Stage:
         return self.height, self.width
 
     def __str__(self) -> str:
+        """The stage as --schedule spells it: HxW:BATCH:EPOCHS or HxW:BATCH:ITERSit, then @SPLIT if it names one."""
         length = f"{self.iters}it" if self.iters is not None else str(self.epochs)
-        return f"{self.height}x{self.width}:{self.batch_size}:{length}"
+        split = f"@{self.split}" if self.split is not None else ""
+        return f"{self.height}x{self.width}:{self.batch_size}:{length}{split}"
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,8 @@ def parse_scale_range(text: str) -> tuple[float, float]:
 
 
 def parse_schedule(text: str, epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE) -> list[Stage]:
-    """'128x224:16:10,512x1024:8:80000it' -> stages (a length in epochs, or in optimizer steps with 'it');
+    """'128x224:16:10,512x1024:8:80000it' -> stages (a length in epochs, or in optimizer steps with 'it';
+    an entry ending in '@SPLIT' trains on that split, e.g. '128x224:16:2@train_extra');
     `epochs_per_stage` where an entry gives no length."""
     if epochs_per_stage < 1:
         raise SegnetOptionError(f"--epochs-per-stage {epochs_per_stage}: must be at least 1")
@@ -124,20 +135,23 @@ def parse_schedule(text: str, epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE) 
 
 
 def _parse_stage(entry: str, text: str, epochs_per_stage: int) -> Stage:
-    size, *counts = entry.split(":")
+    entry_counts, at, split = entry.partition("@")
+    size, *counts = entry_counts.split(":")
     length_text = counts[1].strip().removesuffix("it") if len(counts) == 2 else str(epochs_per_stage)
-    if len(counts) not in (1, 2) or not counts[0].strip().isdecimal() or not length_text.isdecimal():
+    if (len(counts) not in (1, 2) or not counts[0].strip().isdecimal() or not length_text.isdecimal()
+            or (at and not SPLIT_NAME.fullmatch(split.strip()))):
         raise SegnetOptionError(
-            f"--schedule {text}: '{entry}' is not HxW:BATCH[:EPOCHS or :ITERSit], e.g. 128x224:16:10 or "
-            "512x1024:8:80000it"
+            f"--schedule {text}: '{entry}' is not HxW:BATCH[:EPOCHS or :ITERSit][@SPLIT], e.g. 128x224:16:10, "
+            "512x1024:8:80000it or 128x224:16:2@train_extra"
         )
     height, width = parse_size(size, "--schedule", MIN_SIDE, SegnetOptionError)
     batch, length = int(counts[0]), int(length_text)
     if batch < 1 or length < 1:
         raise SegnetOptionError(f"--schedule {text}: '{entry}' needs a batch and a length of at least 1")
+    split = split.strip() if at else None
     if len(counts) == 2 and counts[1].strip().endswith("it"):
-        return Stage(height, width, batch, iters=length)
-    return Stage(height, width, batch, length)
+        return Stage(height, width, batch, iters=length, split=split)
+    return Stage(height, width, batch, length, split=split)
 
 
 @dataclass
@@ -150,6 +164,10 @@ class TrainConfig:
     split: str = "train"
     val_split: str | None = "val"
     schedule: list[Stage] = field(default_factory=lambda: parse_schedule(DEFAULT_SCHEDULE))
+    # Coarse pretraining, as PSPNet's: a stage of `coarse_epochs` epochs on `coarse_split` (train_extra built
+    # with --labels coarse) before the schedule, at its first stage's size and batch (`stages`).
+    coarse_split: str | None = None
+    coarse_epochs: int = DEFAULT_COARSE_EPOCHS
     lr: float = 1e-5
     backbone_weights: str = "imagenet"
     output_stride: int = 16
@@ -203,6 +221,23 @@ class TrainConfig:
         options["val-split"] = self.val_split or "none"
         return options
 
+    @property
+    def stages(self) -> list[Stage]:
+        """The stages a run trains, in order: the coarse stage (with `coarse_split`), then the schedule.
+
+        The coarse stage takes the size and batch of the schedule's first stage: in the progressive
+        schedule the smallest and cheapest, which makes epochs over a large coarse split affordable, and
+        coarse polygons hold little detail a larger size would show; the first fine stage then goes on
+        at the size the coarse one trained at.
+        """
+        if self.coarse_split is None:
+            return list(self.schedule)
+        if self.coarse_epochs < 1:
+            raise SegnetOptionError(f"--coarse-epochs {self.coarse_epochs}: must be at least 1")
+        first = self.schedule[0]
+        return [Stage(first.height, first.width, first.batch_size, self.coarse_epochs, split=self.coarse_split),
+                *self.schedule]
+
     def augmentation(self) -> Augmentation:
         """The training loader's augmentations (checked: a one-line SegnetOptionError for bad values)."""
         return Augmentation(self.scale_range, self.cat_max_ratio, self.photometric)
@@ -212,6 +247,8 @@ class TrainConfig:
         data = self.to_json()
         for key in self.RUNTIME_OPTIONS:
             data.pop(key)
+        if self.coarse_split is None:  # no coarse stage: its length is moot
+            data.pop("coarse_epochs")
         return data
 
     def changes_from(self, earlier: TrainConfig, ignore: tuple[str, ...] = ()) -> str:

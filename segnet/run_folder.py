@@ -61,7 +61,7 @@ class RunFolder:
         return self.last.is_file() or self.config.is_file()
 
     def finished(self, config: TrainConfig, ignore: tuple[str, ...] = ()) -> bool:
-        """True if last.pt is past the last epoch of `config`'s schedule.
+        """True if last.pt is past the last epoch of `config`'s stages (the coarse one and the schedule).
 
         Raises:
             SegnetError: the run here used other options than `config` (besides `ignore`).
@@ -73,7 +73,7 @@ class RunFolder:
         if checkpoint["variant"] != config.variant or what:
             raise SegnetError(f"{self.path}: a run with other options ({what or 'variant'}); rerun the study with "
                               "them, or choose another --out", self.path)
-        return checkpoint["next"]["stage"] >= len(config.schedule)
+        return checkpoint["next"]["stage"] >= len(config.stages)
 
     def metrics(self) -> list[dict[str, Any]]:
         """The metrics rows of the finished epochs, in order."""

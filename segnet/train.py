@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from hedprep.shards import Manifest
 from segnet.augment import Augmentation
 from segnet.backends import backend_settings, use_channels_last
 from segnet.checkpoint import (
@@ -125,14 +126,17 @@ def sync_batch_norm(requested: bool | None, device: torch.device, world: int) ->
 
 
 class StageLoaders:
-    """The DataLoader of each stage of one split, made when first used; its workers (if any) persist
-    across the stage's epochs and end when the next stage's loader is made."""
+    """The DataLoader of each stage, made when first used; its workers (if any) persist across the
+    stage's epochs and end when the next stage's loader is made. Every stage reads `split`, but with
+    `stage_splits` (training) a stage naming its own split (the coarse stage) reads that one."""
 
     def __init__(self, config: TrainConfig, split: str, channels: int, settings: LoaderSettings,
-                 augment: Augmentation | None = None) -> None:
-        self.datasets = [ShardDataset(config.shards, split, channels, stage.size, config.strict, augment=augment)
-                         for stage in config.schedule]
-        self.batch_sizes = [stage.batch_size for stage in config.schedule]
+                 augment: Augmentation | None = None, stage_splits: bool = False) -> None:
+        stages = config.stages
+        self.splits = [stage.split if stage_splits and stage.split is not None else split for stage in stages]
+        self.datasets = [ShardDataset(config.shards, stage_split, channels, stage.size, config.strict, augment=augment)
+                         for stage, stage_split in zip(stages, self.splits, strict=True)]
+        self.batch_sizes = [stage.batch_size for stage in stages]
         self.settings = settings
         self._current: tuple[int, DataLoader, EpochItems] | None = None
 
@@ -200,8 +204,11 @@ def run_epochs(run: Run, state: TrainingState) -> TrainResult:
     callbacks = run.callbacks
     interrupted = Interrupted(f"interrupted; saved {run.folder.last}: continue with the same command and --resume",
                               run.folder.last)
-    epochs_run = 0
+    epochs_run, announced = 0, None
     for stage_index, epoch in remaining_epochs(run.plan, state.position):
+        if stage_index != announced:  # the stage's first epoch, or the one a resume continues
+            announce_stage(run, stage_index)
+            announced = stage_index
         try:
             metrics, validation = run_epoch(run, state, stage_index, epoch)
         except KeyboardInterrupt:
@@ -233,7 +240,7 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
                         sf_scale=config.sf_scale, sf_rescale=config.sf_rescale)
     trainee = DeepLabWithAux(model) if config.aux_loss > 0 else model  # what the optimizer steps
-    train_loaders = StageLoaders(config, config.split, model.in_channels, settings, augment)
+    train_loaders = StageLoaders(config, config.split, model.in_channels, settings, augment, stage_splits=True)
     val_loaders = StageLoaders(config, config.val_split, model.in_channels, settings) if config.val_split else None
     warn_on_size_mismatch(config, train_loaders, val_loaders)
     dist_info = init_distribution(device)
@@ -265,7 +272,7 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
 def stage_plans(config: TrainConfig, train_loaders: StageLoaders, dist_info: Distribution) -> list[StagePlan]:
     """Each stage's epochs and optimizer steps on this rank (the learning-rate schedule spans them all)."""
     plans = []
-    for stage, dataset in zip(config.schedule, train_loaders.datasets, strict=True):
+    for stage, dataset in zip(config.stages, train_loaders.datasets, strict=True):
         items = training_items(EpochSampler(len(dataset), config.seed, flip=config.flip,
                                             num_replicas=dist_info.world, rank=dist_info.rank), stage.batch_size)
         plans.append(plan_stage(stage, -(-len(items) // stage.batch_size)))
@@ -276,8 +283,8 @@ def warn_on_size_mismatch(config: TrainConfig, train_loaders: StageLoaders, val_
     train_size = train_loaders.datasets[0].frame_size
     if val_loaders is not None and val_loaders.datasets[0].frame_size != train_size:
         (th, tw), (vh, vw) = train_size, val_loaders.datasets[0].frame_size
-        warnings.warn(f"{config.shards}: {config.split} frames are {th}x{tw} but {config.val_split} frames are "
-                      f"{vh}x{vw}; both are resized to each stage size", UserWarning, stacklevel=4)
+        warnings.warn(f"{config.shards}: {train_loaders.splits[0]} frames are {th}x{tw} but {config.val_split} frames "
+                      f"are {vh}x{vw}; both are resized to each stage size", UserWarning, stacklevel=4)
 
 
 def announce_start(run: Run, model: torch.nn.Module, checkpoint: dict[str, Any] | None,
@@ -296,6 +303,24 @@ def announce_start(run: Run, model: torch.nn.Module, checkpoint: dict[str, Any] 
                 f"{', '.join(uncovered) or 'none'}",
                 shown=f"{config.variant}: backbone weights {config.backbone_weights}; {len(uncovered)} "
                       f"parameter tensors not from the checkpoint (listed in {run.folder.log_file})")
+
+
+def announce_stage(run: Run, stage_index: int) -> None:
+    """Log what a stage trains on: its size, batch and length, its split and that split's labels."""
+    plan, loaders = run.plan[stage_index], run.train_loaders
+    stage = plan.stage
+    length = f"{stage.iters} step(s)" if stage.iters is not None else f"{plan.epochs} epoch(s)"
+    run.log(f"stage {stage_index + 1}/{len(run.plan)}: {stage.height}x{stage.width}, batch {stage.batch_size}, "
+            f"{length} on {loaders.splits[stage_index]} "
+            f"({labels_text(loaders.datasets[stage_index].reader.manifest)})")
+
+
+def labels_text(manifest: Manifest) -> str:
+    """A split's labels in words: 'coarse labels, 61.2% of the pixels ignored'."""
+    share = manifest.ignore_share
+    ignored = ("ignored share unknown (shards built before it was recorded)" if share is None
+               else f"{100 * share:.1f}% of the pixels ignored")
+    return f"{manifest.label_kind or 'unknown'} labels, {ignored}"
 
 
 def wrap_model(model: torch.nn.Module, dist_info: Distribution, device: torch.device,
@@ -333,7 +358,7 @@ def run_epoch(run: Run, state: TrainingState, stage_index: int,
     steps = plan.steps(epoch)  # the last epoch of a stage counted in iterations stops short
     todo = training_items(sampler, stage.batch_size, skip * stage.batch_size)
     items.set_items(todo[: (steps - skip) * stage.batch_size])
-    info = StepInfo(stage_index, len(config.schedule), stage.size, epoch, plan.epochs, skip, steps,
+    info = StepInfo(stage_index, len(run.plan), stage.size, epoch, plan.epochs, skip, steps,
                     state.epoch_stats.loss_sum, state.epoch_stats.loss_count, 0.0)
 
     def on_step(stats: EpochStats) -> None:

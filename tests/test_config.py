@@ -81,3 +81,34 @@ def test_scale_ranges_are_two_ordered_positive_ratios():
     for text in ("2,1", "0,1", "-1,2", "0.5", "0.5,1,2", "a,b", "0.5,inf", "nan,1", ""):
         with pytest.raises(SegnetOptionError, match=r"^--scale-range .*LO,HI with 0 < LO <= HI"):
             parse_scale_range(text)
+
+
+def test_stages_may_name_their_split_and_round_trip():
+    stages = parse_schedule("32x64:4:2@train_extra, 64x128:2:9it @ train_extra,64x128:2", 3)
+    assert stages == [Stage(32, 64, 4, 2, split="train_extra"), Stage(64, 128, 2, iters=9, split="train_extra"),
+                      Stage(64, 128, 2, 3)]
+    assert [str(s) for s in stages] == ["32x64:4:2@train_extra", "64x128:2:9it@train_extra", "64x128:2:3"]
+    assert parse_schedule(",".join(str(s) for s in stages)) == stages
+    for text in ("32x64:4@", "32x64:4:2@a/b", "32x64:4:2@x@y", "32x64@train_extra"):
+        with pytest.raises(SegnetOptionError, match=r"^--schedule .*\[@SPLIT\]"):
+            parse_schedule(text)
+
+
+def test_a_coarse_split_puts_a_stage_at_the_first_stages_size_before_the_schedule():
+    schedule = parse_schedule("32x64:4:2,64x128:2:100it")
+    config = TrainConfig("vanilla", "shards", "runs/a", schedule=schedule, coarse_split="train_extra",
+                         coarse_epochs=3)
+    assert config.stages == [Stage(32, 64, 4, 3, split="train_extra"), *schedule]
+    assert TrainConfig("vanilla", "shards", "runs/a", schedule=schedule).stages == schedule
+    written = json.loads(json.dumps(config.to_json()))
+    assert (written["coarse_split"], written["coarse_epochs"]) == ("train_extra", 3)
+    assert TrainConfig.from_json(written) == config
+    assert config.to_options()["coarse-split"] == "train_extra"
+    # part of what a resume compares; a config.json written before them loads as a run without a coarse stage
+    plain = TrainConfig("vanilla", "shards", "runs/a", schedule=schedule)
+    assert "coarse_split None -> 'train_extra'" in config.changes_from(plain)
+    older = {k: v for k, v in plain.to_json().items() if k not in ("coarse_split", "coarse_epochs")}
+    assert TrainConfig.from_json(older).changes_from(plain) == "" and TrainConfig.from_json(older).stages == schedule
+    assert TrainConfig("vanilla", "shards", "runs/a", schedule=schedule, coarse_epochs=7).changes_from(plain) == ""
+    with pytest.raises(SegnetOptionError, match="--coarse-epochs 0"):
+        _ = TrainConfig("vanilla", "shards", "runs/a", coarse_split="train_extra", coarse_epochs=0).stages

@@ -433,6 +433,53 @@ def test_sgd_with_poly_over_a_stage_in_iterations_records_the_rates_of_its_formu
     assert checkpoint["config"]["schedule"] == ["32x64:4:5it"]
 
 
+def test_a_coarse_stage_trains_first_and_a_resume_at_the_boundary_ends_with_the_uninterrupted_weights(
+        segnet_shards, tmp_path):
+    """--coarse-split: an epoch on train_extra's gtCoarse labels at the first stage's size, then the schedule
+    on train (one step each, no validation: cheap); stopped after the coarse epoch and resumed, the weights
+    are those of the uninterrupted run (which runs through the command line)."""
+    from hedprep.shards import read_manifest
+    from segnet.run_folder import RunFolder
+
+    reference = tmp_path / "reference"
+    result = invoke("segnet", "train", "--variant", "vanilla", "--shards", str(segnet_shards), "--out", str(reference),
+                    "--schedule", "32x64:4:1it", "--coarse-split", "train_extra", "--coarse-epochs", "1",
+                    "--val-split", "none", "--backbone-weights", "none", "--device", "cpu", "--lr", "1e-3",
+                    "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    share = read_manifest(segnet_shards / "train_extra").ignore_share
+    coarse_line = (f"stage 1/2: 32x64, batch 4, 1 epoch(s) on train_extra (coarse labels, {100 * share:.1f}% of the "
+                   "pixels ignored)")
+    assert coarse_line in result.stderr  # the display's log lines
+    log = (reference / "log.txt").read_text()
+    assert coarse_line in log and "stage 2/2: 32x64, batch 4, 1 step(s) on train (fine labels, " in log
+    rows = metric_rows(reference)
+    assert [(r["stage"], r["epoch"], r["step"]) for r in rows] == [(1, 1, 1), (2, 1, 2)]  # 3 coarse frames: 1 step
+    run_config = config(segnet_shards, tmp_path / "run", schedule="32x64:4:1it", coarse_split="train_extra",
+                        coarse_epochs=1, val_split=None)
+    with pytest.raises(Interrupted):
+        train(run_config, callbacks=TrainCallbacks(on_epoch_end=StopAt(epoch_end=1).on_epoch_end))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["next"] == {"stage": 1, "epoch": 0, "batch": 0}
+    assert not RunFolder(tmp_path / "run").finished(run_config)
+    train(run_config, resume=True)
+    assert RunFolder(tmp_path / "run").finished(run_config)
+    assert same_weights(tmp_path / "run" / "last.pt", reference / "last.pt")
+    assert "stage 2/2: 32x64" in (tmp_path / "run" / "log.txt").read_text().split("resumed from")[1]
+
+
+def test_a_coarse_stage_reads_its_split_and_validation_stays_on_val(segnet_shards):
+    from segnet.data import LoaderSettings
+    from segnet.train import StageLoaders
+
+    run_config = config(segnet_shards, Path("unused"), schedule="32x64:4:1,48x96:2:1@train_extra,64x128:2:1",
+                        coarse_split="train_extra")
+    train_loaders = StageLoaders(run_config, "train", 3, LoaderSettings(), stage_splits=True)
+    assert train_loaders.splits == ["train_extra", "train", "train_extra", "train"]
+    assert [len(d) for d in train_loaders.datasets] == [3, 8, 3, 8]
+    assert [d.size for d in train_loaders.datasets] == [(32, 64), (32, 64), (48, 96), (64, 128)]
+    assert StageLoaders(run_config, "val", 3, LoaderSettings()).splits == ["val"] * 4
+
+
 def test_a_run_killed_before_linking_best_gets_best_on_resume(segnet_shards, tmp_path):
     """SIGKILL between an improving epoch's last.pt and its best.pt link (seen in the killed-study test):
     the resume links that last.pt, which is the best checkpoint."""
