@@ -1007,13 +1007,17 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
                 help="The build's frames per HED pass (hedprep build --batch-size).")
 @library_option("--amp", is_flag=True, default=(STUDY_CONFIG, "train.amp"),
                 help="bfloat16 autocast in training and evaluation, where it is native.")
+@library_option("--with-coarse", is_flag=True, default=(STUDY_CONFIG, "with_coarse"),
+                help="Also build train_extra with gtCoarse labels and pretrain every run on it for --coarse-epochs "
+                     "epochs before the schedule (segnet train --coarse-split train_extra).")
 def segnet_study(config_file, root, out, variants, schedule, epochs_per_stage, lr, output_stride, backbone_weights,
                  seed, device, levels, frames_per_shard, scheduler, workers, hed_precision, hed_batch_size, amp,
-                 **recipe) -> None:
-    """Run the study: build train and val shards, train each variant with the same seed and schedule,
-    evaluate each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU,
-    with plots in OUT/plots/: mIoU per variant, per-class IoU, training curves, and the qualitative
-    sheet (image, HED edges, ground truth and each variant's prediction for 3 val frames).
+                 with_coarse, **recipe) -> None:
+    """Run the study: build train and val shards (with --with-coarse also train_extra's, with gtCoarse
+    labels, for every run's coarse stage), train each variant with the same seed and schedule, evaluate
+    each on val, and write OUT/results.csv and OUT/results.md beside the study's reported mIoU, with plots
+    in OUT/plots/: mIoU per variant, per-class IoU, training curves, and the qualitative sheet (image,
+    HED edges, ground truth and each variant's prediction for 3 val frames).
 
     Rerunning resumes: complete shards, finished runs and evaluations are reused, an interrupted run
     continues where it stopped. A variant that fails is reported in the table; the others still run.
@@ -1029,7 +1033,7 @@ def segnet_study(config_file, root, out, variants, schedule, epochs_per_stage, l
     if unknown or not chosen:
         raise SegnetOptionError(f"--variants {variants}: choose from {', '.join(VARIANTS)}")
     config = StudyConfig(
-        out=out, variants=chosen, recipe=config_file,
+        out=out, variants=chosen, recipe=config_file, with_coarse=with_coarse,
         train=StudyConfig.run_options(schedule=parse_schedule(schedule, epochs_per_stage), lr=lr,
                                       output_stride=output_stride,
                                       backbone_weights=backbone_weights, seed=seed, device=device, amp=amp,

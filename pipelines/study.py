@@ -2,7 +2,8 @@
 
 `run_study(config)` lays out `OUT/` as
 
-    OUT/shards/{train,val}/     the Dask build (hedprep), missing shards only
+    OUT/shards/{train,val}/     the Dask build (hedprep), missing shards only (train_extra too, gtCoarse,
+                                with --with-coarse: every run then trains on it first)
     OUT/runs/{variant}/         segnet train's run folder, and val.json, its evaluation on val
     OUT/results.csv, results.md one row per variant beside the figure the study reported
     OUT/plots/*.png             mIoU per variant, per-class IoU heatmap, training curves, and the
@@ -40,6 +41,7 @@ from segnet.train import TrainCallbacks, train
 # mIoU (%) the study reported for each variant, on the full Cityscapes val with ImageNet weights.
 REPORTED_MIOU = {"vanilla": 60.24, "dlse": 57.5, "dlse-sf": 52.79, "dlse-hed": 38.83}
 SPLITS = ("train", "val")
+COARSE_SPLIT = "train_extra"  # --with-coarse: built with gtCoarse labels, every run's coarse stage
 SHEET_FRAMES = 3  # val frames on the qualitative sheet
 DEFAULT_RECIPE = "the defaults (the study's recipe, configs/study.toml)"
 
@@ -48,18 +50,28 @@ DEFAULT_RECIPE = "the defaults (the study's recipe, configs/study.toml)"
 class StudyConfig:
     """What `segnet study` takes (see `segnet study --help`): the study folder, the variants, and the
     options of its runs and of its build as a `TrainConfig` and a `BuildConfig` (`run_options`,
-    `build_options`). Evaluations and the qualitative sheet run as the runs do (`train.device`, `train.amp`)."""
+    `build_options`). Evaluations and the qualitative sheet run as the runs do (`train.device`, `train.amp`).
+    `with_coarse`: also build `COARSE_SPLIT` with gtCoarse labels, and train every run on it first for
+    `train.coarse_epochs` epochs (its coarse stage)."""
 
     out: str = "runs/study"
     variants: tuple[str, ...] = VARIANTS
-    train: TrainConfig = field(default_factory=lambda: StudyConfig.run_options())  # variant, shards, out: each run's
-    build: BuildConfig = field(default_factory=lambda: StudyConfig.build_options())  # split, out: each split's
+    # variant, shards, out and coarse_split: each run's
+    train: TrainConfig = field(default_factory=lambda: StudyConfig.run_options())
+    build: BuildConfig = field(default_factory=lambda: StudyConfig.build_options())  # split, out, labels: each split's
     recipe: str | None = None  # the --config file the options came from, if any (named in results.md)
+    with_coarse: bool = False
 
     @staticmethod
     def run_options(**options: Any) -> TrainConfig:
-        """The runs' options (TrainConfig's fields but variant, shards and out, which `train_config` fills in)."""
+        """The runs' options (TrainConfig's fields but variant, shards, out and coarse_split, which
+        `train_config` fills in)."""
         return TrainConfig(variant="", shards="", out="", **options)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits the study builds: train and val, and with `with_coarse` the coarse split."""
+        return SPLITS + ((COARSE_SPLIT,) if self.with_coarse else ())
 
     @staticmethod
     def build_options(root: str | None = None, **options: Any) -> BuildConfig:
@@ -68,14 +80,15 @@ class StudyConfig:
         return BuildConfig(root=root, split="", out="", **options)
 
     def build_config(self, split: str) -> BuildConfig:
-        """The `hedprep build` of one split of the study's shards."""
-        return replace(self.build, split=split, out=str(Path(self.out) / "shards"))
+        """The `hedprep build` of one split of the study's shards (the coarse split with gtCoarse labels)."""
+        labels = "coarse" if split == COARSE_SPLIT else self.build.labels
+        return replace(self.build, split=split, out=str(Path(self.out) / "shards"), labels=labels)
 
     def train_config(self, variant: str) -> TrainConfig:
-        """The `segnet train` of one variant."""
+        """The `segnet train` of one variant (with `with_coarse`, its coarse stage on the coarse split)."""
         out = Path(self.out)
         return replace(self.train, variant=variant, shards=str(out / "shards"), out=str(out / "runs" / variant),
-                       schedule=list(self.train.schedule))
+                       schedule=list(self.train.schedule), coarse_split=COARSE_SPLIT if self.with_coarse else None)
 
 
 @dataclass
@@ -118,7 +131,7 @@ def run_study(config: StudyConfig, on_log: Callable[[str], None] | None = None,
     out = Path(config.out)
     shards = out / "shards"
     frames = {}
-    for split in SPLITS:
+    for split in config.splits:
         def start(todo: int, done: int, split: str = split) -> None:
             if progress.on_build_start is not None:
                 progress.on_build_start(split, todo, done)
@@ -273,6 +286,15 @@ def recipe_summary(train: TrainConfig) -> str:
     return f"{optimizer}, weight decay {train.weight_decay}, {rate}"
 
 
+def coarse_summary(config: StudyConfig) -> str:
+    """The runs' coarse stage in words ('none' without --with-coarse)."""
+    if not config.with_coarse:
+        return "none"
+    stage = config.train_config("").stages[0]
+    return (f"{stage.epochs} epoch(s) on {stage.split} (gtCoarse labels) at {stage.height}x{stage.width}, "
+            f"batch {stage.batch_size}, before the schedule")
+
+
 def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dict[str, int],
                      plots: list[Path] | None = None) -> str:
     """The results as a Markdown page: the table, then the exact settings."""
@@ -298,6 +320,7 @@ def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dic
     lines += ["", "Settings:", "",
               f"- recipe: {config.recipe or DEFAULT_RECIPE}; {recipe_summary(config.train)}",
               f"- schedule: {','.join(str(s) for s in config.train.schedule)}",
+              f"- coarse pretraining: {coarse_summary(config)}",
               f"- seed: {config.train.seed}; lr: {config.train.lr}; backbone weights: {config.train.backbone_weights}",
               f"- dataset root: {Path(config.build.root).resolve() if config.build.root else '$CITYSCAPES_DATASET'}; "
               "frames: " + ", ".join(f"{split} {count}" for split, count in frames.items())

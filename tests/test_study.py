@@ -56,6 +56,7 @@ def test_every_variant_is_trained_evaluated_and_tabulated(study):
     page = result.results_md.read_text()
     assert "| dlse-hed |" in page and "38.83" in page and "schedule: 32x64:4:1" in page and "train 8, val 4" in page
     assert "recipe: the defaults (the study's recipe, configs/study.toml); adam, weight decay 0.0, lr 0.001" in page
+    assert "coarse pretraining: none" in page
     assert sum("training in" in line for line in lines) == 4
 
 
@@ -90,6 +91,35 @@ def test_a_study_runs_and_builds_with_the_libraries_defaults_but_for_its_own_opt
     run = TrainConfig("dlse", shards, str(tmp_path / "runs" / "dlse"))
     assert config.train_config("dlse") == run and config.train_config("dlse").to_json() == run.to_json()
     assert config.build_config("train") == BuildConfig(root=None, split="train", out=shards)
+
+
+def test_with_coarse_builds_the_coarse_split_and_gives_every_run_its_stage(monkeypatch, tmp_path):
+    """`segnet study --with-coarse --coarse-epochs N` as the study receives it (run_study stubbed: a run's
+    coarse stage is tested in tests/test_train.py), and as results.md reports it."""
+    from pipelines.study import StudyResult, results_table_md
+    from segnet.config import Stage
+
+    seen = []
+
+    def record(config, **hooks):
+        seen.append(config)
+        return StudyResult(Path(config.out), [], Path(config.out) / "results.csv", Path(config.out) / "results.md")
+
+    monkeypatch.setattr("pipelines.study.run_study", record)
+    for extra in ([], ["--with-coarse", "--coarse-epochs", "3"]):
+        result = invoke("segnet", "study", "--out", str(tmp_path), "--schedule", "32x64:4:2,64x128:2", *extra)
+        assert result.returncode == 0, result.stderr
+    plain, coarse = seen
+    assert not plain.with_coarse and plain.splits == ("train", "val")
+    assert plain.train_config("dlse").coarse_split is None and len(plain.train_config("dlse").stages) == 2
+    assert coarse.with_coarse and coarse.splits == ("train", "val", "train_extra")
+    assert coarse.build_config("train_extra").labels == "coarse" and coarse.build_config("train").labels == "fine"
+    run = coarse.train_config("dlse")
+    assert (run.coarse_split, run.coarse_epochs) == ("train_extra", 3) and coarse.train.coarse_split is None
+    assert run.stages[0] == Stage(32, 64, 4, 3, split="train_extra") and len(run.stages) == 3
+    page = results_table_md([], coarse, {"train": 8, "val": 4, "train_extra": 2})
+    assert "coarse pretraining: 3 epoch(s) on train_extra (gtCoarse labels) at 32x64, batch 4" in page
+    assert "frames: train 8, val 4, train_extra 2" in page
 
 
 def test_a_rerun_reuses_everything(study):
