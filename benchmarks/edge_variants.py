@@ -39,7 +39,9 @@ GROUPS = {
     "alpha": [("dl-hed-loss", {"edge_alpha": alpha}) for alpha in (0.0, 1.0, 2.0, 5.0)],
     "se-init": [("dlse", {"se_init": init}) for init in ("default", "identity")],
     "edge-init": [("dlse-hed", {"edge_init": init}) for init in ("default", "zero", "mean")],
-    "compare": [(variant, {}) for variant in ("vanilla", "dl-boundary", "dl-hed-head", "dl-hed-loss")],
+    # dl-hed-loss at the default --edge-alpha, named as its run in the alpha group (reused from it)
+    "compare": [("vanilla", {}), ("dl-boundary", {}), ("dl-hed-head", {}),
+                ("dl-hed-loss", {"edge_alpha": TrainConfig("dl-hed-loss", "", "").edge_alpha})],
 }
 
 

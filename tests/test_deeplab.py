@@ -167,10 +167,10 @@ def test_aux_head_computes_torchvisions_fcn_head_on_layer3():
 
 def test_edge_loss_variants_are_vanillas_network_at_inference():
     """dl-boundary, dl-hed-head and dl-hed-loss build vanilla's model: RGB input, vanilla's state-dict
-    keys and shapes, vanilla's FLOPs (torch's FLOP counter); their heads live in the training wrapper."""
+    keys and shapes, vanilla's FLOPs (torch's FLOP counter); what they add trains in the wrapper."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from segnet.deeplab import EDGE_LOSS_VARIANTS
+    from segnet.deeplab import EDGE_LOSS_VARIANTS, VARIANT_SPECS, TrainingNetwork, training_network
 
     def flops(model):
         with torch.device("meta"), FlopCounterMode(display=False) as counter:
@@ -180,10 +180,16 @@ def test_edge_loss_variants_are_vanillas_network_at_inference():
     with torch.device("meta"):
         vanilla = build_model("vanilla")
         shapes = {k: v.shape for k, v in vanilla.state_dict().items()}
+        assert training_network(vanilla) is vanilla  # nothing to train beside it
         for variant in EDGE_LOSS_VARIANTS:
             model = build_model(variant)
             assert model.in_channels == 3 and {k: v.shape for k, v in model.state_dict().items()} == shapes
             assert flops(model.eval()) == flops(vanilla.eval()) > 0
+            network = training_network(model)
+            heads = {"dl-hed-loss": set()}.get(variant, {"boundary_head"})
+            assert isinstance(network, TrainingNetwork) and set(network.heads()) == heads
+            # the training loader reads the edge where the loss does
+            assert VARIANT_SPECS[variant].train_channels == (3 if variant == "dl-boundary" else 4)
 
 
 def test_the_training_network_feeds_rgb_to_the_model_and_the_edge_to_the_loss():
@@ -194,7 +200,6 @@ def test_the_training_network_feeds_rgb_to_the_model_and_the_edge_to_the_loss():
 
     torch.manual_seed(3)
     model = build_model("dl-hed-head", num_classes=5)
-    assert training_network(build_model("vanilla")).__class__.__name__ == "DeepLabV3"  # nothing to wrap
     network = training_network(model, aux_head=True)
     assert set(network.heads()) == {"aux_classifier", "boundary_head"}
     x = torch.randn(2, 4, 33, 47)
@@ -203,33 +208,34 @@ def test_the_training_network_feeds_rgb_to_the_model_and_the_edge_to_the_loss():
     assert torch.equal(outputs.edge, x[:, 3])
     (outputs.out.logsumexp(1).mean() + outputs.aux.logsumexp(1).mean() + outputs.boundary.mean()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
-    network.eval()
     with torch.no_grad():
-        assert torch.equal(network(x).out, model(x[:, :3]))
-        assert network(x[:, :3]).edge is None  # prediction: RGB only
+        assert torch.equal(network.eval()(x).out, model(x[:, :3]))
 
 
-@pytest.mark.parametrize("variant", ["dlse", "dlse-sf"])
-def test_identity_se_gates_start_at_one_so_vanillas_weights_give_vanillas_logits(variant):
+def test_identity_se_gates_start_at_one_so_vanillas_weights_give_vanillas_logits():
     torch.manual_seed(4)
     vanilla = build_model("vanilla").eval()
-    model = build_model(variant, se_init="identity")
-    assert model.model_args["se_init"] == "identity" and "se_init" not in build_model(variant).model_args
-    loaded = model.load_state_dict(vanilla.state_dict(), strict=False)
-    assert not loaded.unexpected_keys and all(".se." in key for key in loaded.missing_keys)
-    gates = []
-    for module in model.modules():
-        if isinstance(module, SqueezeExcitation):
-            module.register_forward_hook(lambda m, args, out: gates.append(m.gates(args[0])))
     x = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
-        assert torch.equal(model.eval()(x), vanilla(x))
-    assert len(gates) == 13 and all(torch.equal(g, torch.ones_like(g)) for g in gates)
-    # the gate form is the architecture's: rebuilt from model_args (a checkpoint's), it is the same
-    rebuilt = build_model(variant, **model.model_args)
-    rebuilt.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        assert torch.equal(rebuilt.eval()(x), vanilla(x))
+        expected = vanilla(x)
+    for variant in ("dlse", "dlse-sf"):
+        model = build_model(variant, se_init="identity")
+        loaded = model.load_state_dict(vanilla.state_dict(), strict=False)
+        assert not loaded.unexpected_keys and all(".se." in key for key in loaded.missing_keys)
+        gates: list[torch.Tensor] = []
+        for module in model.modules():
+            if isinstance(module, SqueezeExcitation):
+                module.register_forward_hook(lambda m, args, out, gates=gates: gates.append(m.gates(args[0])))
+        with torch.no_grad():
+            assert torch.equal(model.eval()(x), expected), variant
+        assert len(gates) == 13 and all(torch.equal(g, torch.ones_like(g)) for g in gates)
+        # the gate form is the architecture's: a checkpoint's model_args rebuild it; older ones lack the key
+        assert model.model_args["se_init"] == "identity"
+        with torch.device("meta"):
+            rebuilt, older = build_model(variant, **model.model_args), build_model(variant)
+        assert all(m.identity for m in rebuilt.modules() if isinstance(m, SqueezeExcitation))
+        assert "se_init" not in older.model_args
+        assert not any(m.identity for m in older.modules() if isinstance(m, SqueezeExcitation))
 
 
 def test_edge_init_zero_makes_dlse_hed_start_as_its_rgb_network_and_mean_averages_the_rgb_filters():

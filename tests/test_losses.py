@@ -138,25 +138,3 @@ def test_each_variants_loss_is_the_sum_of_its_terms():
     with pytest.raises(SegnetOptionError, match="--edge-alpha -1.0: "):
         make_loss(recipe(edge_alpha=-1.0))
 
-
-def test_a_dl_hed_loss_step_reads_the_edge_channel_the_model_never_sees():
-    """A train step of dl-hed-loss on an R, G, B, edge batch: the loss is the edge-weighted cross-entropy
-    of the model's logits of R, G, B alone."""
-    from segnet.deeplab import training_network
-
-    torch.manual_seed(6)
-    model = build_model("dl-hed-loss")
-    network = training_network(model).train()
-    config = TrainConfig(variant="dl-hed-loss", shards="", out="", backbone_weights="none", lr=1e-3, edge_alpha=2.0)
-    optimizer = make_optimizer(config, network, torch.device("cpu"))
-    images = torch.cat([torch.randn(2, 3, 32, 48), torch.rand(2, 1, 32, 48)], dim=1)
-    labels = torch.randint(0, 19, (2, 32, 48))
-    labels[:, -4:] = 255
-    torch.manual_seed(7)  # both forwards draw the same dropout masks
-    with torch.no_grad():
-        logits = model(images[:, :3])
-    per_pixel = F.cross_entropy(logits, labels, ignore_index=255, reduction="none")
-    expected = (per_pixel * (1 + 2 * images[:, 3])).sum() / (labels != 255).sum()
-    torch.manual_seed(7)
-    loss = train_step(network, optimizer, images, labels, None, make_loss(config))
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)

@@ -474,28 +474,25 @@ def test_an_aux_loss_run_evaluates_without_its_head(segnet_shards, tmp_path):
         assert torch.equal(model(x), network.eval()(x).out)
 
 
-# dl-hed-head with --aux-loss holds both training-only heads and reads the edge channel for its loss;
-# dl-boundary's head learns label boundaries. dl-hed-loss has no head: its loss is tested in
-# tests/test_losses.py, its run (the 4-channel loader and a model without heads) in tests/test_study.py.
-@pytest.mark.parametrize("variant, options", [("dl-hed-head", {"aux_loss": 0.4}), ("dl-boundary", {})],
-                         ids=["dl-hed-head+aux", "dl-boundary"])
-def test_edge_loss_variants_resume_exactly_and_predict_as_vanilla(segnet_shards, uninterrupted, tmp_path, variant,
-                                                                  options):
+# dl-hed-head with --aux-loss holds both training-only heads and reads the edge channel for its loss, so
+# it stands for the three: dl-boundary's run is in tests/test_study.py, the losses in tests/test_losses.py.
+def test_a_head_variant_resumes_exactly_and_predicts_as_vanilla(segnet_shards, uninterrupted, tmp_path):
     """Ctrl-C after the first step, resumed: the model and its boundary head are the uninterrupted run's.
     The checkpoint's model is vanilla's (RGB input, no HED) for evaluate; predict --boundaries draws the
     head's map beside the same prediction, and is one line for a checkpoint without a head."""
     from segnet.evaluate import predict_frame_boundaries, predict_frames
     from segnet.inference import load_segmenter
 
-    runs = {name: config(segnet_shards, tmp_path / name, variant, schedule="32x64:4:2", val_split=None, **options)
+    variant = "dl-hed-head"
+    runs = {name: config(segnet_shards, tmp_path / name, variant, schedule="32x64:4:1", val_split=None, aux_loss=0.4)
             for name in ("whole", "resumed")}
     train(runs["whole"])
     with pytest.raises(Interrupted):
         train(runs["resumed"], callbacks=TrainCallbacks(on_step=StopAt(step=1).on_step))
     train(runs["resumed"], resume=True)
     whole, again = (load_checkpoint(tmp_path / name / "last.pt") for name in runs)
-    assert same_weights(tmp_path / "whole" / "last.pt", tmp_path / "resumed" / "last.pt") and again["step"] == 4
-    for key in ["boundary_head"] + (["aux_classifier"] if options else []):
+    assert same_weights(tmp_path / "whole" / "last.pt", tmp_path / "resumed" / "last.pt") and again["step"] == 2
+    for key in ("boundary_head", "aux_classifier"):
         assert whole[key].keys() == again[key].keys() and all(torch.equal(whole[key][k], again[key][k])
                                                              for k in whole[key])
     assert again["variant"] == variant and not any("boundary" in key for key in again["model"])
@@ -506,8 +503,6 @@ def test_edge_loss_variants_resume_exactly_and_predict_as_vanilla(segnet_shards,
     ids = predict_frames(checkpoint, segnet_shards, "val", [0, 1], device="cpu")
     maps = predict_frame_boundaries(checkpoint, segnet_shards, "val", [0, 1], device="cpu")
     assert [m.shape for m in maps] == [i.shape for i in ids] and maps[0].dtype == np.uint8
-    if variant != "dl-hed-head":
-        return
     photo = next((segnet_shards.parent / "cityscapes" / "leftImg8bit" / "val").rglob("*.png"))
     plain = invoke("segnet", "predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "plain"),
                    "--device", "cpu", str(photo))
