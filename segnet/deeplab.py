@@ -302,6 +302,9 @@ class TrainingNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> TrainingOutputs:
         image = x[:, : self.model.in_channels]
+        if image.shape[1] != x.shape[1]:  # a dense copy in the input's memory layout, as convolutions want
+            channels_last = x.is_contiguous(memory_format=torch.channels_last)
+            image = image.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         size = x.shape[-2:]
         features = self.model.backbone(image)
         decoded = self.model.decoder_features(features)
