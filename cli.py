@@ -649,7 +649,7 @@ def recipe_options(defaults: str, prefix: str = ""):
             ("--edge-alpha", dict(type=click.FloatRange(min=0),
                                   help="dl-hed-loss: each pixel's cross-entropy weighted by 1 + ALPHA x edge/255 "
                                        "(HED's edge map), summed over the labelled pixels and divided by their "
-                                       "count; chosen by measurement on the fixture (docs/segnet.md).")),
+                                       "count (measured on the fixture in docs/segnet.md).")),
             ("--se-init", dict(type=click.Choice(["default", "identity"]),
                                help="SE variants' gates: default (sigmoid or softmax, initialised as any "
                                     "convolution) or identity (2 sigmoid, or C softmax, with the excitation's last "

@@ -5,6 +5,9 @@ its four thresholds, at the labels' 128x256 (tolerances of 1, 1, 2 and 2 px ther
     python benchmarks/edge_variants.py --shards out/study/shards                 # every group
     python benchmarks/edge_variants.py --shards out/study/shards --only alpha --seeds 0 1
 
+docs/segnet.md's figures: `OMP_NUM_THREADS=1` (one thread per run, on a shared 2-core machine), seeds
+0 and 1 for alpha, se-init and edge-init, 0 1 2 for compare.
+
 Groups (each prints a Markdown table for docs/segnet.md: one row per setting, per-seed figures, mean
 and spread = max - min):
 - alpha: dl-hed-loss with --edge-alpha 0 (vanilla's loss exactly), 1, 2, 5;
