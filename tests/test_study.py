@@ -247,17 +247,20 @@ def test_variants_take_every_name_and_all():
             parse_variants(text)
 
 
-def test_the_boundary_variant_is_studied_and_its_boundaries_drawn(study, tmp_path):
+def test_the_boundary_variant_is_studied_and_its_boundaries_drawn(study, tmp_path, monkeypatch):
     """dl-boundary in the study: trained, evaluated as vanilla is, and the sheet shows its head's map."""
     import cv2
 
+    import pipelines.study
+
+    drawn, draw = [], pipelines.study.write_sheet
+    monkeypatch.setattr(pipelines.study, "write_sheet", lambda frames, *a: drawn.append(frames) or draw(frames, *a))
     base, _, _ = study
     out = tmp_path / "out"
     shutil.copytree(base / "out" / "shards", out / "shards", copy_function=os.link)
     result = run_study(replace(study_config(base / "cityscapes", out), variants=("dl-boundary",)))
     assert [(row.variant, row.error) for row in result.rows] == [("dl-boundary", None)] and result.rows[0].miou >= 0
-    frames = sheet_frames(out / "shards", result.rows, 2, device="cpu")  # segnet.evaluate.predict_frame_boundaries
-    for frame in frames:
+    for frame in drawn[0]:  # sheet_frames' maps (segnet.evaluate.predict_frame_boundaries), at the labels' size
         assert set(frame.boundaries) == {"dl-boundary"} and frame.boundaries["dl-boundary"].shape == frame.label.shape
     sheet = cv2.imread(str(out / "plots" / "qualitative.png"))
-    assert sheet.shape[1] > 5 * 320  # image, edge, truth, prediction, boundaries
+    assert len(drawn[0]) == 3 and sheet.shape[1] > 5 * 320  # image, edge, truth, prediction, boundaries
