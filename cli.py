@@ -603,7 +603,8 @@ def show_frame(shard, index, out_dir) -> None:
              epilog=EXIT_STATUS_HELP)
 @click.version_option(package_name="hedseg")
 def segnet() -> None:
-    """Train and evaluate DeepLabV3 variants (vanilla, DLSE, DLSE-SF, DLSE-HED) from hedprep shards."""
+    """Train and evaluate DeepLabV3 variants (vanilla, DLSE, DLSE-SF, DLSE-HED, and dl-boundary, dl-hed-head,
+    dl-hed-loss, which put edges into the loss) from hedprep shards."""
 
 
 SCHEDULE_HELP = (
@@ -664,6 +665,19 @@ def recipe_options(defaults: str, prefix: str = ""):
                                      "the loss is the model's cross-entropy plus W times the head's (mmsegmentation "
                                      "uses 0.4); 0: no head. Training only: evaluation, prediction and the "
                                      "checkpoint's model do not carry it.")),
+            ("--edge-alpha", dict(type=click.FloatRange(min=0),
+                                  help="dl-hed-loss: each pixel's cross-entropy weighted by 1 + ALPHA x edge/255 "
+                                       "(HED's edge map), summed over the labelled pixels and divided by their "
+                                       "count (measured on the fixture in docs/segnet.md).")),
+            ("--se-init", dict(type=click.Choice(["default", "identity"]),
+                               help="SE variants' gates: default (sigmoid or softmax, initialised as any "
+                                    "convolution) or identity (2 sigmoid, or C softmax, with the excitation's last "
+                                    "convolution zeroed: every gate starts at exactly 1, so pretrained residual "
+                                    "branches start unchanged).")),
+            ("--edge-init", dict(type=click.Choice(["default", "zero", "mean"]),
+                                 help="dlse-hed's conv1 filter of the edge channel: default (the mean of the RGB "
+                                      "filters with backbone weights, random without), zero (dlse-hed starts as "
+                                      "dlse) or mean (the mean of the RGB filters, random ones too).")),
             ("--scale-range", dict(metavar="LO,HI", callback=scale_range_option, shown=scale_range_text,
                                    help="Scale each training frame by a random ratio in [LO, HI] of its stored "
                                         "size and take a random crop of the stage size from it (padded where "
@@ -824,7 +838,10 @@ def parse_eval_size(text: str | None) -> tuple[int, int] | None:
 
 @segnet.command("train")
 @config_file_option
-@click.option("--variant", default="vanilla", help="vanilla, dlse, dlse-sf or dlse-hed (RGB + HED edge input).")
+@click.option("--variant", default="vanilla",
+              help="vanilla, dlse (SE), dlse-sf (softmax SE), dlse-hed (RGB + HED edge input); dl-boundary, "
+                   "dl-hed-head (vanilla with a training-only boundary head on label boundaries or on HED's edges), "
+                   "dl-hed-loss (vanilla with the cross-entropy weighted by HED's edges); docs/segnet.md.")
 @click.option("--shards", required=True, type=click.Path(file_okay=False),
               help="The output folder of `hedprep build` (holding SPLIT/manifest.json).")
 @library_option("--split", default=(TRAIN_CONFIG, "split"), help="The split to train on.")
@@ -969,16 +986,21 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
                 help="HxW to run the model at; default: the checkpoint's last stage size (a run trained with "
                      "--scale-range: each frame's own size).")
 @library_option("--device", default=(PREDICT, "device"), help="cpu, cuda, cuda:N, or auto.")
+@library_option("--boundaries", is_flag=True, default=(PREDICT, "boundaries"),
+                help="Also write OUT/{stem}_boundary.png, the boundary map of the checkpoint's training-only "
+                     "boundary head (dl-boundary, dl-hed-head): its probability as 8-bit grey.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
+def segnet_predict(checkpoint, out_dir, eval_size, device, boundaries, images) -> None:
     """Segment IMAGE files (PNG or JPEG, any size): OUT/{stem}_pred_color.png and OUT/{stem}_overlay.png.
 
     For dlse-hed checkpoints the edge channel is computed by hedprep's HED, as in the shards.
     """
     from segnet.predict import predict
 
-    for result in predict(checkpoint, list(images), out_dir, parse_eval_size(eval_size), device):
-        console.print(f"{escape(str(result.color))} {escape(str(result.overlay))}", highlight=False)
+    for result in predict(checkpoint, list(images), out_dir, parse_eval_size(eval_size), device,
+                          boundaries=boundaries):
+        boundary = "" if result.boundary is None else f" {escape(str(result.boundary))}"
+        console.print(f"{escape(str(result.color))} {escape(str(result.overlay))}{boundary}", highlight=False)
 
 
 @segnet.command("study")
@@ -988,7 +1010,7 @@ def segnet_predict(checkpoint, out_dir, eval_size, device, images) -> None:
 @library_option("--out", "out", default=(STUDY_CONFIG, "out"), type=click.Path(file_okay=False),
                 help="Study folder: shards/, runs/VARIANT/, results.csv, results.md, plots/.")
 @library_option("--variants", default=(STUDY_CONFIG, "variants"), shown=list_text,
-                help="Comma-separated variants to train.")
+                help="Comma-separated variants to train (any of segnet train --variant's), or all.")
 @training_options(STUDY_CONFIG, "train.")
 @library_option("--seed", type=int, default=(STUDY_CONFIG, "train.seed"), help="Seed of every variant's run.")
 @library_option("--device", default=(STUDY_CONFIG, "train.device"),
@@ -1022,16 +1044,11 @@ def segnet_study(config_file, root, out, variants, schedule, epochs_per_stage, l
     Rerunning resumes: complete shards, finished runs and evaluations are reused, an interrupted run
     continues where it stopped. A variant that fails is reported in the table; the others still run.
     """
-    from pipelines.study import REPORTED_MIOU, StudyConfig, StudyProgress, run_study
+    from pipelines.study import REPORTED_MIOU, StudyConfig, StudyProgress, parse_variants, run_study
     from segnet.config import parse_schedule
-    from segnet.deeplab import VARIANTS
-    from segnet.errors import SegnetOptionError
     from segnet.train import TrainCallbacks
 
-    chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
-    unknown = [v for v in chosen if v not in VARIANTS]
-    if unknown or not chosen:
-        raise SegnetOptionError(f"--variants {variants}: choose from {', '.join(VARIANTS)}")
+    chosen = parse_variants(variants)
     config = StudyConfig(
         out=out, variants=chosen, recipe=config_file, with_coarse=with_coarse,
         train=StudyConfig.run_options(schedule=parse_schedule(schedule, epochs_per_stage), lr=lr,

@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hedprep.errors import OptionError  # noqa: E402
 from hedprep.options import parse_size  # noqa: E402
-from segnet.config import DEFAULT_EPOCHS_PER_STAGE, DEFAULT_SCHEDULE, Stage, parse_schedule  # noqa: E402
+from segnet.config import DEFAULT_EPOCHS_PER_STAGE, DEFAULT_SCHEDULE, Stage, TrainConfig, parse_schedule  # noqa: E402
 from segnet.config_file import read_config_file  # noqa: E402
-from segnet.deeplab import VARIANTS, DeepLabWithAux, build_model  # noqa: E402
-from segnet.losses import cross_entropy_loss, with_aux_loss  # noqa: E402
+from segnet.deeplab import VARIANTS, TrainingNetwork, build_model  # noqa: E402
+from segnet.losses import make_loss  # noqa: E402
 
 H100_SXM_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's datasheet figure without sparsity
 BATCH = 2
@@ -60,10 +60,10 @@ def step_flops(variant: str, size: Size, device: str, output_stride: int = 16,
     torch.manual_seed(0)
     with torch.device(device):
         model = build_model(variant, backbone_weights="none", output_stride=output_stride).train()
-        network = DeepLabWithAux(model).train() if aux else model
+        network = TrainingNetwork(model).train() if aux else model
         images = torch.randn(BATCH, model.in_channels, *size)
         labels = torch.randint(0, 19, (BATCH, *size))
-    loss = with_aux_loss(0.4) if aux else cross_entropy_loss
+    loss = make_loss(TrainConfig(variant=variant, shards="", out="", aux_loss=0.4 if aux else 0.0))
     with FlopCounterMode(display=False) as counter:
         outputs = network(images)
         forward = counter.get_total_flops()

@@ -33,8 +33,9 @@ from hedprep.hed import release_cached_detectors
 from hedprep.shards import TRAIN_CLASSES, open_split
 from pipelines.build import build_split
 from segnet.config import TrainConfig
-from segnet.deeplab import VARIANTS
-from segnet.evaluate import evaluate, predict_frames
+from segnet.deeplab import ALL_VARIANTS, VARIANT_SPECS, VARIANTS
+from segnet.errors import SegnetOptionError
+from segnet.evaluate import evaluate, predict_frame_boundaries, predict_frames
 from segnet.run_folder import RunFolder
 from segnet.train import TrainCallbacks, train
 
@@ -43,6 +44,7 @@ REPORTED_MIOU = {"vanilla": 60.24, "dlse": 57.5, "dlse-sf": 52.79, "dlse-hed": 3
 SPLITS = ("train", "val")
 COARSE_SPLIT = "train_extra"  # --with-coarse: built with gtCoarse labels, every run's coarse stage
 SHEET_FRAMES = 3  # val frames on the qualitative sheet
+ALL = "all"  # --variants all: every variant of segnet.deeplab.ALL_VARIANTS
 DEFAULT_RECIPE = "the defaults (the study's recipe, configs/study.toml)"
 
 
@@ -89,6 +91,20 @@ class StudyConfig:
         out = Path(self.out)
         return replace(self.train, variant=variant, shards=str(out / "shards"), out=str(out / "runs" / variant),
                        schedule=list(self.train.schedule), coarse_split=COARSE_SPLIT if self.with_coarse else None)
+
+
+def parse_variants(text: str) -> tuple[str, ...]:
+    """--variants 'vanilla,dl-boundary' -> the variants in that order; 'all' -> every variant.
+
+    Raises:
+        SegnetOptionError: an unknown variant, or none.
+    """
+    chosen = tuple(v.strip() for v in text.split(",") if v.strip())
+    if chosen == (ALL,):
+        return ALL_VARIANTS
+    if not chosen or any(v not in ALL_VARIANTS for v in chosen):
+        raise SegnetOptionError(f"--variants {text}: choose from {', '.join(ALL_VARIANTS)}, or {ALL}")
+    return chosen
 
 
 @dataclass
@@ -203,6 +219,8 @@ class SheetFrame:
     edge: np.ndarray  # (H, W) uint8, HED's edge map as stored
     label: np.ndarray  # (H, W) uint8 trainIds, 255 = ignore
     predictions: dict[str, np.ndarray | None]  # variant -> (H, W) trainIds, None if it has no model
+    # variant -> (H, W) uint8 boundary map of its training-only boundary head (dl-boundary, dl-hed-head)
+    boundaries: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def sheet_indices(frames: int, count: int) -> list[int]:
@@ -215,22 +233,27 @@ def sheet_indices(frames: int, count: int) -> list[int]:
 def sheet_frames(shards: Path, rows: Sequence[VariantResult], count: int, device: str = "auto",
                  amp: bool = False) -> list[SheetFrame]:
     """The qualitative sheet's frames: `count` val frames and the prediction of each row's best.pt
-    (as `segnet evaluate` makes it, with `amp` as the study evaluates); a failed variant's predictions
-    are None."""
+    (as `segnet evaluate` makes it, with `amp` as the study evaluates), and the boundary map of each
+    variant trained with a boundary head; a failed variant's predictions are None (and it has no map)."""
     with open_split(shards, "val") as reader:
         indices = sheet_indices(len(reader), count)
         samples = [reader.read(i) for i in indices]
     predictions: dict[str, list[np.ndarray] | None] = {}
+    boundaries: dict[str, list[np.ndarray]] = {}
     for row in rows:
         best = row.run_dir / "best.pt"
         predictions[row.variant] = None
         if row.error is None and best.is_file():
             try:
                 predictions[row.variant] = predict_frames(best, shards, "val", indices, device=device, amp=amp)
+                if VARIANT_SPECS[row.variant].boundary_target is not None:
+                    boundaries[row.variant] = predict_frame_boundaries(best, shards, "val", indices, device=device,
+                                                                       amp=amp)
             except HedsegError:  # e.g. best.pt damaged since its evaluation: a blank column
                 pass
     return [SheetFrame(sample.frame_id, sample.frame[..., :3], sample.frame[..., 3], sample.label,
-                       {v: None if p is None else p[k] for v, p in predictions.items()})
+                       {v: None if p is None else p[k] for v, p in predictions.items()},
+                       {v: maps[k] for v, maps in boundaries.items()})
             for k, sample in enumerate(samples)]
 
 

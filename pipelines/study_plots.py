@@ -78,8 +78,10 @@ def plot_training_curves(rows, path: Path) -> Path:
 
 def plot_qualitative_sheet(frames, variants: list[str], path: Path) -> Path:
     """One row per frame: image, edge map (white = edge), ground truth, then each variant's prediction,
-    in Cityscapes colours (ignore and missing predictions black), pictures drawn pixel for pixel."""
-    columns = ["image", "HED edge", "ground truth", *variants]
+    in Cityscapes colours (ignore and missing predictions black), then the boundary map of each variant
+    trained with a boundary head (white = boundary), pictures drawn pixel for pixel."""
+    with_maps = [v for v in variants if any(v in frame.boundaries for frame in frames)]
+    columns = ["image", "HED edge", "ground truth", *variants, *(f"{v} boundaries" for v in with_maps)]
     height, width = frames[0].label.shape if frames else (1, 2)
     panel_h = max(1, round(SHEET_PANEL_WIDTH * height / width))
     dpi = 100
@@ -94,6 +96,10 @@ def plot_qualitative_sheet(frames, variants: list[str], path: Path) -> Path:
             prediction = frame.predictions.get(variant)
             pictures.append(np.zeros_like(pictures[0]) if prediction is None
                             else trainid_to_color(_fit(prediction, panel_h, cv2.INTER_NEAREST)))
+        for variant in with_maps:
+            boundary = frame.boundaries.get(variant)
+            pictures.append(np.zeros_like(pictures[0]) if boundary is None
+                            else np.repeat(_fit(boundary, panel_h, cv2.INTER_AREA)[..., None], 3, axis=2))
         for c, (ax, picture) in enumerate(zip(axes[r], pictures, strict=True)):
             ax.imshow(picture, interpolation="nearest")
             if frame.predictions.get(columns[c], True) is None:

@@ -60,16 +60,24 @@ class SqueezeExcitation(nn.Module):
         sf_scale: factor of the largest softmax gate (softmax only).
         sf_rescale: multiply the softmax gates by C (softmax only). Softmax gates average 1/C, which scales
             the residual branch down C-fold; rescaled they average 1, as sigmoid gates roughly do.
+        identity: gates that start at exactly 1 (`--se-init identity`), so a pretrained residual branch
+            is unchanged at the start: `fc2` (the excitation's last convolution) starts at zero, and the
+            gates take a form that is 1 where its logits are 0: 2 sigmoid(z) instead of sigmoid(z)
+            (which starts at 0.5 and halves every branch); for softmax, C softmax(z) (`sf_rescale`
+            implied), with the `sf_scale` boost only where one channel's gate is strictly the highest
+            (all tie at the start). The form changes the function, so checkpoints record it
+            (`model_args["se_init"]`).
     """
 
     def __init__(self, channels: int, reduction: int = SE_REDUCTION, gate: str = "sigmoid",
-                 sf_scale: float = 2.0, sf_rescale: bool = False) -> None:
+                 sf_scale: float = 2.0, sf_rescale: bool = False, identity: bool = False) -> None:
         super().__init__()
         if gate not in SE_GATES:
             raise ValueError(f"gate must be one of {', '.join(SE_GATES)}, not {gate!r}")
         self.gate = gate
         self.sf_scale = float(sf_scale)
-        self.sf_rescale = bool(sf_rescale)
+        self.sf_rescale = bool(sf_rescale) or (identity and gate == "softmax")
+        self.identity = bool(identity)
         self.avgpool = GlobalAverage()
         self.fc1 = nn.Conv2d(channels, channels // reduction, 1)
         self.relu = nn.ReLU(inplace=True)
@@ -79,21 +87,31 @@ class SqueezeExcitation(nn.Module):
         """The per-channel gates (N, C, 1, 1) that `forward` multiplies `x` with."""
         logits = self.fc2(self.relu(self.fc1(self.avgpool(x))))
         if self.gate == "sigmoid":
-            return torch.sigmoid(logits)
+            return 2 * torch.sigmoid(logits) if self.identity else torch.sigmoid(logits)
         gates = torch.softmax(logits, dim=1)
         if self.sf_rescale:
             gates = gates * gates.shape[1]
         top = gates.argmax(dim=1, keepdim=True)
-        boost = torch.ones_like(gates).scatter_(1, top, self.sf_scale)
+        scale = torch.full_like(top, self.sf_scale, dtype=gates.dtype)
+        if self.identity:  # no boost where the highest gate is shared (every gate, at the start)
+            shared = (gates == gates.amax(dim=1, keepdim=True)).sum(dim=1, keepdim=True) > 1
+            scale = torch.where(shared, torch.ones_like(scale), scale)
+        boost = torch.ones_like(gates).scatter_(1, top, scale)
         return gates * boost
+
+    def start_as_identity(self) -> None:
+        """Zero `fc2`, so that identity gates start at exactly 1."""
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gates(x)
 
     def extra_repr(self) -> str:
+        identity = ", identity" if self.identity else ""
         if self.gate == "sigmoid":
-            return "gate=sigmoid"
-        return f"gate=softmax, sf_scale={self.sf_scale}, sf_rescale={self.sf_rescale}"
+            return f"gate=sigmoid{identity}"
+        return f"gate=softmax, sf_scale={self.sf_scale}, sf_rescale={self.sf_rescale}{identity}"
 
 
 class Bottleneck(nn.Module):
@@ -141,11 +159,12 @@ class ResNet50(nn.Module):
         in_channels: 3 (RGB) or 4 (RGB + HED edge map).
         output_stride: 16 (layer4 dilated) or 8 (layer3 and layer4 dilated).
         se: None, "sigmoid" or "softmax": an SE block of that gate in every bottleneck of layer1-3
-            (none in layer4); `sf_scale` and `sf_rescale` as in `SqueezeExcitation`.
+            (none in layer4); `sf_scale`, `sf_rescale` and `se_identity` (`identity`) as in
+            `SqueezeExcitation`.
     """
 
     def __init__(self, in_channels: int = 3, output_stride: int = 16, se: str | None = None,
-                 sf_scale: float = 2.0, sf_rescale: bool = False) -> None:
+                 sf_scale: float = 2.0, sf_rescale: bool = False, se_identity: bool = False) -> None:
         super().__init__()
         if in_channels not in (3, 4):
             raise ValueError(f"in_channels must be 3 or 4, not {in_channels!r}")
@@ -166,7 +185,8 @@ class ResNet50(nn.Module):
             name = f"layer{index + 1}"
             se_block = None
             if se is not None and name in SE_LAYERS:
-                se_block = partial(SqueezeExcitation, gate=se, sf_scale=sf_scale, sf_rescale=sf_rescale)
+                se_block = partial(SqueezeExcitation, gate=se, sf_scale=sf_scale, sf_rescale=sf_rescale,
+                                   identity=se_identity)
             layer, dilation = _make_layer(inplanes, planes, blocks, 1 if index == 0 else 2, dilation,
                                           dilate[index], se_block)
             self.add_module(name, layer)
@@ -179,6 +199,9 @@ class ResNet50(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, SqueezeExcitation) and module.identity:
+                module.start_as_identity()
 
     def forward(self, x: Tensor) -> Features:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -8,7 +8,10 @@ runs code). Keys:
   `segnet.deeplab.build_model` besides the variant (num_classes, output_stride, ...)
 - `model`: the model's state dict; `optimizer`: the optimizer's state dict (training checkpoints)
 - `aux_classifier`: the state dict of the auxiliary head `--aux-loss` trains (`segnet.deeplab.FCNHead`),
-  None without one; a training key, which `evaluate` and `predict` never read
+  None without one; a training key, which `evaluate` never reads
+- `boundary_head`: the state dict of the boundary head of dl-boundary and dl-hed-head
+  (`segnet.deeplab.BoundaryHead`), None without one (absent in checkpoints written before it existed);
+  a training key too, read only by `segnet predict --boundaries`
 - `config`: the training configuration (plain JSON values); `next`: the stage, epoch and batch to run
   next; `done`: the last (stage, epoch) finished; `step`: optimizer steps so far
 - `rng`: random states (torch, numpy, python) for an exact resume; `metrics`: the last epoch's figures,
@@ -42,6 +45,8 @@ from segnet.errors import SegnetError
 
 CHECKPOINT_FORMAT = "segnet-checkpoint"
 CHECKPOINT_VERSION = 1
+# The training-only heads (segnet.deeplab.TrainingNetwork's attributes), each saved under its own key
+TRAINING_HEADS = ("aux_classifier", "boundary_head")
 
 
 @contextlib.contextmanager
@@ -177,7 +182,7 @@ class TrainingState:
     model: torch.nn.Module  # the bare model (not a DistributedDataParallel or compiled wrapper)
     optimizer: torch.optim.Optimizer
     lr_schedule: torch.optim.lr_scheduler.LRScheduler | None = None
-    aux_classifier: torch.nn.Module | None = None  # the auxiliary head (--aux-loss), trained beside the model
+    heads: dict[str, torch.nn.Module] = field(default_factory=dict)  # training-only heads by `TRAINING_HEADS` key
     position: Position = field(default_factory=Position)
     done: tuple[int, int] = (-1, -1)
     step: int = 0
@@ -214,7 +219,7 @@ def training_checkpoint(state: TrainingState, config: dict[str, Any], device: to
     model = state.model
     return {
         "variant": model.variant, "model_args": dict(model.model_args), "model": model.state_dict(),
-        "aux_classifier": None if state.aux_classifier is None else state.aux_classifier.state_dict(),
+        **{name: state.heads[name].state_dict() if name in state.heads else None for name in TRAINING_HEADS},
         "optimizer": state.optimizer.state_dict(),
         "lr_schedule": None if state.lr_schedule is None else state.lr_schedule.state_dict(),
         "config": config, "next": state.position.to_json(), "done": list(state.done), "step": state.step,
@@ -227,8 +232,8 @@ def restore_training_state(state: TrainingState, checkpoint: dict[str, Any], dev
     """Load a `training_checkpoint` into `state` (its model, optimizer and schedule already built) and
     restore the random states."""
     state.model.load_state_dict(checkpoint["model"])
-    if state.aux_classifier is not None:
-        state.aux_classifier.load_state_dict(checkpoint["aux_classifier"])
+    for name, head in state.heads.items():
+        head.load_state_dict(checkpoint[name])
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     if state.lr_schedule is not None and checkpoint.get("lr_schedule") is not None:
         state.lr_schedule.load_state_dict(checkpoint["lr_schedule"])

@@ -189,6 +189,11 @@ class TrainConfig:
     min_lr: float = 0.0
     warmup_iters: int = 0  # steps of linear warm-up from lr / warmup_iters
     aux_loss: float = 0.0  # weight of an auxiliary FCN head's loss on layer3, training only; 0: no head
+    # dl-hed-loss: each pixel's cross-entropy weighted by 1 + edge_alpha * edge / 255; 1: the mildest weight
+    # measured on the fixture, which could not tell 0, 1 and 2 apart (docs/segnet.md)
+    edge_alpha: float = 1.0
+    se_init: str = "default"  # SE variants: "identity" gates start at exactly 1 (segnet.backbone.SqueezeExcitation)
+    edge_init: str = "default"  # dlse-hed's conv1 edge filter: default, zero or mean (segnet.deeplab.build_model)
     # Training augmentations (segnet.augment); the defaults are the study's: whole frames at the stage
     # size, mirrored at random.
     scale_range: tuple[float, float] | None = None  # (lo, hi): frames scaled by a random ratio, then cropped

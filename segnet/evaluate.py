@@ -116,11 +116,43 @@ def predict_frames(
 ) -> list[np.ndarray]:
     """A checkpoint's (H, W) uint8 trainId predictions for frames `indices` of a split, at the labels'
     stored size: the maps `evaluate` scores for those frames (with the same `eval_size` and `amp`)."""
+    return [ids for ids, _ in _frame_predictions(checkpoint_path, shards, split, indices, device, eval_size, amp,
+                                                 batch_size, boundaries=False)]
+
+
+def predict_frame_boundaries(
+    checkpoint_path: str | os.PathLike,
+    shards: str | os.PathLike,
+    split: str,
+    indices: list[int],
+    device: str = "auto",
+    eval_size: tuple[int, int] | None = None,
+    amp: bool = False,
+    batch_size: int = 2,
+) -> list[np.ndarray]:
+    """The boundary head's maps of a dl-boundary or dl-hed-head checkpoint for frames `indices` of a split,
+    as (H, W) uint8 round(255 p) at the labels' stored size (`Segmenter.predict_boundaries`).
+
+    Raises:
+        SegnetError: the checkpoint holds no boundary head.
+    """
+    return [boundary for _, boundary in _frame_predictions(checkpoint_path, shards, split, indices, device,
+                                                           eval_size, amp, batch_size, boundaries=True)]
+
+
+def _frame_predictions(checkpoint_path: str | os.PathLike, shards: str | os.PathLike, split: str, indices: list[int],
+                       device: str, eval_size: tuple[int, int] | None, amp: bool, batch_size: int,
+                       boundaries: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(trainIds, boundary map or None) of frames `indices`, at the labels' stored size."""
     torch_device = resolve_device(device)
-    segmenter = load_segmenter(checkpoint_path, torch_device, amp)
+    segmenter = load_segmenter(checkpoint_path, torch_device, amp, boundaries=boundaries)
     dataset = ShardDataset(shards, split, segmenter.in_channels, eval_size or segmenter.input_size,
                            resize_labels=False)
     predictions = []
     for images, labels in evaluation_loader(dataset, indices, batch_size, torch_device, workers=0):
-        predictions.extend(segmenter.predict(images, labels.shape[-2:]).cpu().numpy())
+        if boundaries:
+            ids, maps = (t.cpu().numpy() for t in segmenter.predict_boundaries(images, labels.shape[-2:]))
+            predictions.extend(zip(ids, maps, strict=True))
+        else:
+            predictions.extend((ids, None) for ids in segmenter.predict(images, labels.shape[-2:]).cpu().numpy())
     return predictions

@@ -29,7 +29,7 @@ from segnet.backends import autocast, use_channels_last
 from segnet.checkpoint import load_checkpoint
 from segnet.config import TrainConfig
 from segnet.data import model_input
-from segnet.deeplab import build_model
+from segnet.deeplab import TrainingNetwork, build_model
 from segnet.devices import amp_dtype
 from segnet.errors import SegnetError
 
@@ -39,7 +39,9 @@ class Segmenter:
     """A model ready to predict: in eval mode on `device`, in the memory layout it runs in.
 
     `amp`: the autocast dtype (bfloat16) or None; `input_size`: the size it was trained at last, or None
-    for frames at their own size (a model trained on crops of randomly scaled frames).
+    for frames at their own size (a model trained on crops of randomly scaled frames); `boundary_network`:
+    the model with its checkpoint's training-only boundary head (`load_segmenter(boundaries=True)`), for
+    `predict_boundaries`.
     """
 
     model: torch.nn.Module
@@ -47,6 +49,7 @@ class Segmenter:
     input_size: tuple[int, int] | None
     amp: torch.dtype | None = None
     channels_last: bool = False
+    boundary_network: TrainingNetwork | None = None
 
     @property
     def in_channels(self) -> int:
@@ -61,9 +64,25 @@ class Segmenter:
         """uint8 (N, C, h, w) frames, on any device -> uint8 (N, H, W) trainIds of `output_size` on
         the model's device: the logits, in float32, upsampled bilinearly to that size, then argmax."""
         with torch.inference_mode(), autocast(self.device, self.amp):
-            logits = self.model(model_input(images, self.device, self.channels_last)).float()
-            logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
-            return logits.argmax(1).to(torch.uint8)
+            return trainids(self.model(model_input(images, self.device, self.channels_last)), output_size)
+
+    def predict_boundaries(self, images: torch.Tensor, output_size: tuple[int, int]
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `predict` (the same trainIds), and the boundary head's map: its logits upsampled bilinearly
+        to `output_size`, sigmoid, as uint8 (N, H, W) round(255 p). Needs `boundary_network`."""
+        if self.boundary_network is None:
+            raise ValueError("this Segmenter was loaded without its boundary head (load_segmenter(boundaries=True))")
+        with torch.inference_mode(), autocast(self.device, self.amp):
+            outputs = self.boundary_network(model_input(images, self.device, self.channels_last))
+            boundary = F.interpolate(outputs.boundary.unsqueeze(1).float(), size=tuple(output_size), mode="bilinear",
+                                     align_corners=False)
+            return trainids(outputs.out, output_size), boundary[:, 0].sigmoid().mul(255).round().to(torch.uint8)
+
+
+def trainids(logits: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    """Logits (N, C, h, w) -> uint8 (N, H, W) trainIds of `output_size`: upsampled in float32, then argmax."""
+    logits = F.interpolate(logits.float(), size=tuple(output_size), mode="bilinear", align_corners=False)
+    return logits.argmax(1).to(torch.uint8)
 
 
 def load_model(checkpoint_path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -91,17 +110,35 @@ def checkpoint_eval_size(checkpoint: dict) -> tuple[int, int] | None:
 
 
 def load_segmenter(checkpoint_path: str | os.PathLike, device: torch.device, amp: bool = False,
-                   channels_last: bool | None = None) -> Segmenter:
+                   channels_last: bool | None = None, boundaries: bool = False) -> Segmenter:
     """The `Segmenter` of a checkpoint on `device`.
 
     `amp`: bfloat16 autocast where it is native (elsewhere float32, with a warning); `channels_last`:
-    None chooses as training does (`segnet.backends.use_channels_last`: on CUDA).
+    None chooses as training does (`segnet.backends.use_channels_last`: on CUDA); `boundaries`: also
+    the checkpoint's boundary head (dl-boundary, dl-hed-head), for `Segmenter.predict_boundaries`.
+
+    Raises:
+        SegnetError: as `load_model`; with `boundaries`, a checkpoint without a boundary head.
     """
     model, checkpoint = load_model(checkpoint_path, device)
+    network = load_boundary_network(checkpoint_path, checkpoint, model, device) if boundaries else None
     layout = use_channels_last(device, channels_last)
     if layout:
         model = model.to(memory_format=torch.channels_last)
-    return Segmenter(model, device, checkpoint_eval_size(checkpoint), amp_dtype(device) if amp else None, layout)
+        network = None if network is None else network.to(memory_format=torch.channels_last)
+    return Segmenter(model, device, checkpoint_eval_size(checkpoint), amp_dtype(device) if amp else None, layout,
+                     network)
+
+
+def load_boundary_network(checkpoint_path: str | os.PathLike, checkpoint: dict, model: torch.nn.Module,
+                          device: torch.device) -> TrainingNetwork:
+    """`model` with the checkpoint's boundary head, in eval mode (a SegnetError where it has none)."""
+    if checkpoint.get("boundary_head") is None:
+        raise SegnetError(f"{checkpoint_path}: a {checkpoint['variant']} checkpoint holds no boundary head "
+                          "(dl-boundary and dl-hed-head train one)", checkpoint_path)
+    network = TrainingNetwork(model, aux_head=False)
+    network.boundary_head.load_state_dict(checkpoint["boundary_head"])
+    return network.to(device).eval()
 
 
 def frame_at_size(frame: np.ndarray, size: tuple[int, int] | None, levels: int = DEFAULT_LEVELS) -> np.ndarray:

@@ -75,9 +75,15 @@ class GlobalAverage(nn.Module):
 
 def masked_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
     """Mean cross-entropy over the pixels whose label is not `ignore_index`, by log-softmax and gather."""
+    return pixel_cross_entropy(logits, labels, ignore_index).sum() / (labels != ignore_index).sum()
+
+
+def pixel_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
+    """Each pixel's cross-entropy (N, H, W), 0 where the label is `ignore_index`, by log-softmax and gather
+    (deterministic everywhere; for losses that weigh pixels)."""
     valid = labels != ignore_index
     picked = F.log_softmax(logits, dim=1).gather(1, torch.where(valid, labels, 0).unsqueeze(1)).squeeze(1)
-    return -(picked * valid).sum() / valid.sum()
+    return -(picked * valid)
 
 
 def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:

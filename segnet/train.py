@@ -52,12 +52,12 @@ from segnet.data import (
     make_loader,
     opencv_single_threaded,
 )
-from segnet.deeplab import DeepLabWithAux, build_model
+from segnet.deeplab import VARIANT_SPECS, build_model, training_network
 from segnet.devices import amp_dtype, resolve_rank_device
 from segnet.distributed import Distribution, barrier, broadcast_buffers, init_distribution
 from segnet.engine import train_one_epoch, training_items, validate
 from segnet.errors import SegnetError, SegnetOptionError
-from segnet.losses import LossFunction, make_loss
+from segnet.losses import BOUNDARY_LOSS_WEIGHT, LossFunction, make_loss
 from segnet.metrics import EvalResult
 from segnet.optim import make_lr_schedule, make_optimizer
 from segnet.run_folder import RunFolder
@@ -238,9 +238,12 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     seed_everything(config.seed)
     weights = config.backbone_weights if not (resume and RunFolder(config.out).last.is_file()) else "none"
     model = build_model(config.variant, output_stride=config.output_stride, backbone_weights=weights,
-                        sf_scale=config.sf_scale, sf_rescale=config.sf_rescale)
-    trainee = DeepLabWithAux(model) if config.aux_loss > 0 else model  # what the optimizer steps
-    train_loaders = StageLoaders(config, config.split, model.in_channels, settings, augment, stage_splits=True)
+                        sf_scale=config.sf_scale, sf_rescale=config.sf_rescale, se_init=config.se_init,
+                        edge_init=config.edge_init)
+    trainee = training_network(model, aux_head=config.aux_loss > 0)  # what the optimizer steps
+    # the edge channel too where the loss reads it (dl-hed-head, dl-hed-loss); validation reads the model's
+    train_loaders = StageLoaders(config, config.split, VARIANT_SPECS[config.variant].train_channels, settings,
+                                 augment, stage_splits=True)
     val_loaders = StageLoaders(config, config.val_split, model.in_channels, settings) if config.val_split else None
     warn_on_size_mismatch(config, train_loaders, val_loaders)
     dist_info = init_distribution(device)
@@ -253,10 +256,10 @@ def start_run(config: TrainConfig, device: torch.device, workers: int, resume: b
     optimizer = make_optimizer(config, trainee, device)
     plan = stage_plans(config, train_loaders, dist_info)
     state = TrainingState(model, optimizer, make_lr_schedule(config, optimizer, sum(p.total_steps for p in plan)),
-                          getattr(trainee, "aux_classifier", None))
+                          trainee.heads() if trainee is not model else {})
     run = Run(config, device, amp, channels_last, dist_info, folder, callbacks, train_loaders, val_loaders,
               wrap_model(trainee, dist_info, device, config.compile), plan, loss_fn)
-    announce_start(run, model, checkpoint, state.aux_classifier)
+    announce_start(run, model, checkpoint, state.heads)
     if checkpoint is not None:
         restore_training_state(state, checkpoint, device)
         folder.keep_metrics_until(*state.done)
@@ -288,17 +291,22 @@ def warn_on_size_mismatch(config: TrainConfig, train_loaders: StageLoaders, val_
 
 
 def announce_start(run: Run, model: torch.nn.Module, checkpoint: dict[str, Any] | None,
-                   aux_classifier: torch.nn.Module | None) -> None:
+                   heads: dict[str, torch.nn.Module]) -> None:
     config = run.config
-    aux_names = [f"aux_classifier.{name}" for name, _ in aux_classifier.named_parameters()] if aux_classifier else []
-    if checkpoint is None and aux_classifier is not None:
+    head_names = [f"{key}.{name}" for key, head in heads.items() for name, _ in head.named_parameters()]
+    if checkpoint is None and "aux_classifier" in heads:
         run.log(f"auxiliary FCN head on layer3 (training only), its loss weighted {config.aux_loss}")
+    if checkpoint is None and "boundary_head" in heads:
+        target = VARIANT_SPECS[config.variant].boundary_target
+        run.log(f"boundary head on the decoder (training only), learning "
+                f"{'label boundaries' if target == 'labels' else 'HED edges'}, its loss weighted "
+                f"{BOUNDARY_LOSS_WEIGHT:g}")
     if run.folder.restarted:
         run.log(f"{run.folder.path}: stopped before its first checkpoint (no last.pt); starting the run over")
     if checkpoint is None and config.backbone_weights == "none":
         run.log(f"{config.variant}: random initialisation (--backbone-weights none)")
     elif checkpoint is None:
-        uncovered = model.uncovered_parameters + aux_names
+        uncovered = model.uncovered_parameters + head_names
         run.log(f"{config.variant}: backbone weights {config.backbone_weights}; not from the checkpoint: "
                 f"{', '.join(uncovered) or 'none'}",
                 shown=f"{config.variant}: backbone weights {config.backbone_weights}; {len(uncovered)} "

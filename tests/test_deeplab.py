@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from segnet.backbone import SqueezeExcitation
-from segnet.deeplab import ASPP, ASPP_RATES, VARIANTS, DeepLabWithAux, build_model
+from segnet.deeplab import ASPP, ASPP_RATES, VARIANTS, TrainingNetwork, build_model
 from segnet.errors import SegnetError, SegnetOptionError
 from tests.conftest import GOLDEN
 from tests.golden.make_segnet_golden import WIDE_FEATURES, seeded_state_dict, seeded_tensor, tensors_sha256
@@ -132,7 +132,7 @@ def test_every_variant_trains_with_the_aux_head_on_layer3(variant):
     torch.manual_seed(0)
     model = build_model(variant)
     keys = list(model.state_dict())
-    network = DeepLabWithAux(model).train()
+    network = TrainingNetwork(model).train()
     assert {k: tuple(v.shape) for k, v in network.aux_classifier.state_dict().items()} == AUX_KEYS
     assert list(model.state_dict()) == keys  # the head is beside the model, not in it
     x = torch.randn(2, model.in_channels, 33, 47)
@@ -145,7 +145,7 @@ def test_every_variant_trains_with_the_aux_head_on_layer3(variant):
 def test_aux_head_computes_torchvisions_fcn_head_on_layer3():
     """The head in eval mode against its formula written with torch.nn.functional."""
     torch.manual_seed(1)
-    network = DeepLabWithAux(build_model("vanilla", num_classes=5, output_stride=8)).eval()
+    network = TrainingNetwork(build_model("vanilla", num_classes=5, output_stride=8)).eval()
     for module in network.aux_classifier.modules():  # BatchNorm statistics other than the initial 0 and 1
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
@@ -160,3 +160,96 @@ def test_aux_head_computes_torchvisions_fcn_head_on_layer3():
         logits = F.conv2d(F.relu(hidden), head["4.weight"], head["4.bias"])
         expected = F.interpolate(logits, size=(40, 56), mode="bilinear", align_corners=False)
         torch.testing.assert_close(network(x).aux, expected, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the edge variants and --se-init, --edge-init
+
+
+def test_edge_loss_variants_are_vanillas_network_at_inference():
+    """dl-boundary, dl-hed-head and dl-hed-loss build vanilla's model: RGB input, vanilla's state-dict
+    keys and shapes, vanilla's FLOPs (torch's FLOP counter); what they add trains in the wrapper."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segnet.deeplab import EDGE_LOSS_VARIANTS, VARIANT_SPECS, TrainingNetwork, training_network
+
+    def flops(model):
+        with FlopCounterMode(display=False) as counter:
+            model.eval()(torch.empty(1, 3, 32, 64))
+        return counter.get_total_flops()
+
+    with torch.device("meta"):
+        vanilla = build_model("vanilla")
+        shapes = {k: v.shape for k, v in vanilla.state_dict().items()}
+        expected = flops(vanilla)
+        assert training_network(vanilla) is vanilla and expected > 0  # nothing to train beside vanilla
+        for variant in EDGE_LOSS_VARIANTS:
+            model = build_model(variant)
+            assert model.in_channels == 3 and {k: v.shape for k, v in model.state_dict().items()} == shapes
+            assert flops(model) == expected
+            network = training_network(model)
+            heads = {"dl-hed-loss": set()}.get(variant, {"boundary_head"})
+            assert isinstance(network, TrainingNetwork) and set(network.heads()) == heads
+            # the training loader reads the edge where the loss does
+            assert VARIANT_SPECS[variant].train_channels == (3 if variant == "dl-boundary" else 4)
+
+
+def test_the_training_network_feeds_rgb_to_the_model_and_the_edge_to_the_loss():
+    """dl-hed-head with --aux-loss: a 4-channel batch; the model's logits are those of its RGB part,
+    the edge comes back as it went in, the boundary logits are at the input size, and every parameter
+    of the model and both heads gets a gradient (DDP needs each one used)."""
+    from segnet.deeplab import training_network
+
+    torch.manual_seed(3)
+    model = build_model("dl-hed-head", num_classes=5)
+    network = training_network(model, aux_head=True)
+    assert set(network.heads()) == {"aux_classifier", "boundary_head"}
+    x = torch.randn(2, 4, 33, 47)
+    outputs = network.train()(x)
+    assert outputs.out.shape == outputs.aux.shape == (2, 5, 33, 47) and outputs.boundary.shape == (2, 33, 47)
+    assert torch.equal(outputs.edge, x[:, 3])
+    (outputs.out.logsumexp(1).mean() + outputs.aux.logsumexp(1).mean() + outputs.boundary.mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters())
+    with torch.no_grad():
+        assert torch.equal(network.eval()(x).out, model(x[:, :3]))
+
+
+def test_identity_se_gates_start_at_one_so_vanillas_weights_give_vanillas_logits():
+    torch.manual_seed(4)
+    vanilla = build_model("vanilla").eval()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = vanilla(x)
+    for variant in ("dlse", "dlse-sf"):
+        model = build_model(variant, se_init="identity")
+        loaded = model.load_state_dict(vanilla.state_dict(), strict=False)
+        assert not loaded.unexpected_keys and all(".se." in key for key in loaded.missing_keys)
+        gates: list[torch.Tensor] = []
+        for module in model.modules():
+            if isinstance(module, SqueezeExcitation):
+                module.register_forward_hook(lambda m, args, out, gates=gates: gates.append(m.gates(args[0])))
+        with torch.no_grad():
+            assert torch.equal(model.eval()(x), expected), variant
+        assert len(gates) == 13 and all(torch.equal(g, torch.ones_like(g)) for g in gates)
+        # the gate form is the architecture's: a checkpoint's model_args rebuild it; older ones lack the key
+        assert model.model_args["se_init"] == "identity"
+        with torch.device("meta"):
+            rebuilt, older = build_model(variant, **model.model_args), build_model(variant)
+        assert all(m.identity for m in rebuilt.modules() if isinstance(m, SqueezeExcitation))
+        assert "se_init" not in older.model_args
+        assert not any(m.identity for m in older.modules() if isinstance(m, SqueezeExcitation))
+
+
+def test_edge_init_zero_makes_dlse_hed_start_as_its_rgb_network_and_mean_averages_the_rgb_filters():
+    torch.manual_seed(5)
+    zero = build_model("dlse-hed", edge_init="zero").backbone.conv1
+    mean = build_model("dlse-hed", edge_init="mean").backbone.conv1.weight.detach()
+    default = build_model("dlse-hed").backbone.conv1.weight.detach()
+    x = torch.randn(2, 4, 24, 32)
+    with torch.no_grad():
+        assert torch.equal(zero(x), F.conv2d(x[:, :3], zero.weight[:, :3], stride=2, padding=3))
+    torch.testing.assert_close(mean[:, 3], mean[:, :3].mean(dim=1), rtol=0, atol=0)
+    assert not torch.allclose(default[:, 3], default[:, :3].mean(dim=1))  # random init: a random filter
+    for options, start in (({"se_init": "ones"}, "--se-init ones: "), ({"edge_init": "rgb"}, "--edge-init rgb: ")):
+        with pytest.raises(SegnetOptionError) as error:
+            build_model("dlse-hed", **options)
+        assert str(error.value).startswith(start) and error.value.exit_code == 2

@@ -263,3 +263,34 @@ def test_runs_of_other_options_are_reported_not_reused_or_overwritten(study, tmp
     assert all(row.error and "other options (schedule" in row.error and "another --out" in row.error
                for row in result.rows)
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_variants_take_every_name_and_all():
+    from pipelines.study import parse_variants
+    from segnet.deeplab import ALL_VARIANTS, EDGE_LOSS_VARIANTS
+    from segnet.errors import SegnetOptionError
+
+    assert parse_variants("all") == ALL_VARIANTS == VARIANTS + EDGE_LOSS_VARIANTS
+    assert parse_variants(" vanilla, dl-hed-loss ") == ("vanilla", "dl-hed-loss")
+    for text in ("vanilla,all", "", "dl-edge"):
+        with pytest.raises(SegnetOptionError, match="choose from vanilla, .*, dl-hed-loss, or all"):
+            parse_variants(text)
+
+
+def test_the_boundary_variant_is_studied_and_its_boundaries_drawn(study, tmp_path, monkeypatch):
+    """dl-boundary in the study: trained, evaluated as vanilla is, and the sheet shows its head's map."""
+    import cv2
+
+    import pipelines.study
+
+    drawn, draw = [], pipelines.study.write_sheet
+    monkeypatch.setattr(pipelines.study, "write_sheet", lambda frames, *a: drawn.append(frames) or draw(frames, *a))
+    base, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(base / "out" / "shards", out / "shards", copy_function=os.link)
+    result = run_study(replace(study_config(base / "cityscapes", out), variants=("dl-boundary",)))
+    assert [(row.variant, row.error) for row in result.rows] == [("dl-boundary", None)] and result.rows[0].miou >= 0
+    for frame in drawn[0]:  # sheet_frames' maps (segnet.evaluate.predict_frame_boundaries), at the labels' size
+        assert set(frame.boundaries) == {"dl-boundary"} and frame.boundaries["dl-boundary"].shape == frame.label.shape
+    sheet = cv2.imread(str(out / "plots" / "qualitative.png"))
+    assert len(drawn[0]) == 3 and sheet.shape[1] > 5 * 320  # image, edge, truth, prediction, boundaries

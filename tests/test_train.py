@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -500,7 +502,7 @@ def test_an_aux_loss_run_evaluates_without_its_head(segnet_shards, tmp_path):
     """--aux-loss: the head is in last.pt beside the model (a resume restoring it exactly is the strong
     recipe's SIGKILL test), and the model `load_model` gives (evaluate, predict, the study's sheet) is
     the plain model: its parameter count, and the trained network's output."""
-    from segnet.deeplab import DeepLabWithAux, build_model
+    from segnet.deeplab import TrainingNetwork, build_model
     from segnet.inference import load_model
 
     whole = tmp_path / "whole"
@@ -511,9 +513,57 @@ def test_an_aux_loss_run_evaluates_without_its_head(segnet_shards, tmp_path):
     plain = build_model("vanilla", backbone_weights="none")
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
     assert not any("aux" in key for key in model.state_dict())
-    network = DeepLabWithAux(plain)
+    network = TrainingNetwork(plain)
     network.model.load_state_dict(checkpoint["model"])
     network.aux_classifier.load_state_dict(checkpoint["aux_classifier"])
     x = torch.randn(2, 3, 32, 64)
     with torch.no_grad():
         assert torch.equal(model(x), network.eval()(x).out)
+
+
+# dl-hed-head with --aux-loss holds both training-only heads and reads the edge channel for its loss, so
+# it stands for the three: dl-boundary's run is in tests/test_study.py, the losses in tests/test_losses.py.
+def test_a_head_variant_resumes_exactly_and_predicts_as_vanilla(segnet_shards, uninterrupted, tmp_path):
+    """Ctrl-C after the first step, resumed: the model and its boundary head are the uninterrupted run's.
+    The checkpoint's model is vanilla's (RGB input, no HED) for evaluate; predict --boundaries draws the
+    head's map beside the same prediction, and is one line for a checkpoint without a head."""
+    from segnet.evaluate import predict_frame_boundaries, predict_frames
+    from segnet.inference import load_segmenter
+
+    variant = "dl-hed-head"
+    runs = {name: config(segnet_shards, tmp_path / name, variant, schedule="32x64:4:1", val_split=None, aux_loss=0.4)
+            for name in ("whole", "resumed")}
+    train(runs["whole"])
+    with pytest.raises(Interrupted):
+        train(runs["resumed"], callbacks=TrainCallbacks(on_step=StopAt(step=1).on_step))
+    train(runs["resumed"], resume=True)
+    whole, again = (load_checkpoint(tmp_path / name / "last.pt") for name in runs)
+    assert same_weights(tmp_path / "whole" / "last.pt", tmp_path / "resumed" / "last.pt") and again["step"] == 2
+    for key in ("boundary_head", "aux_classifier"):
+        assert whole[key].keys() == again[key].keys() and all(torch.equal(whole[key][k], again[key][k])
+                                                             for k in whole[key])
+    assert again["variant"] == variant and not any("boundary" in key for key in again["model"])
+
+    checkpoint = tmp_path / "whole" / "last.pt"
+    segmenter = load_segmenter(checkpoint, torch.device("cpu"))
+    assert segmenter.in_channels == 3 and segmenter.boundary_network is None
+    ids = predict_frames(checkpoint, segnet_shards, "val", [0, 1], device="cpu")
+    maps = predict_frame_boundaries(checkpoint, segnet_shards, "val", [0, 1], device="cpu")
+    assert [m.shape for m in maps] == [i.shape for i in ids] and maps[0].dtype == np.uint8
+    photo = next((segnet_shards.parent / "cityscapes" / "leftImg8bit" / "val").rglob("*.png"))
+    plain = invoke("segnet", "predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "plain"),
+                   "--device", "cpu", str(photo))
+    drawn = invoke("segnet", "predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "drawn"),
+                   "--device", "cpu", "--boundaries", str(photo))
+    assert plain.returncode == drawn.returncode == 0, drawn.stderr
+    stem = photo.stem
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == sorted(
+        [f"{stem}_boundary.png", f"{stem}_overlay.png", f"{stem}_pred_color.png"])
+    assert (tmp_path / "plain" / f"{stem}_pred_color.png").read_bytes() == (
+        tmp_path / "drawn" / f"{stem}_pred_color.png").read_bytes()
+    boundary = cv2.imread(str(tmp_path / "drawn" / f"{stem}_boundary.png"), cv2.IMREAD_UNCHANGED)
+    assert boundary.dtype == np.uint8 and boundary.shape == cv2.imread(str(photo)).shape[:2]
+    refused = invoke("segnet", "predict", "--checkpoint", str(uninterrupted / "last.pt"), "--out",
+                     str(tmp_path / "none"), "--device", "cpu", "--boundaries", str(photo))
+    assert_one_line_error(refused, "a vanilla checkpoint holds no boundary head")
+    assert not (tmp_path / "none").exists()
