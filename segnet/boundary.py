@@ -116,10 +116,11 @@ def frame_boundary_f(prediction: np.ndarray, label: np.ndarray, num_classes: int
     label_values = np.where(ignored, -1, label)
     pred_bounds = class_boundaries(pred_values, num_classes)
     label_bounds = class_boundaries(label_values, num_classes)
+    # A class counts when it has a pixel in either map (a bincount: np.unique sorts the frame).
     counted = np.zeros(num_classes, dtype=bool)
     for values in (pred_values, label_values):
-        present = np.unique(values)
-        counted[present[(present >= 0) & (present < num_classes)]] = True
+        pixels = np.bincount(np.clip(values, -1, num_classes).ravel() + 1, minlength=num_classes + 2)
+        counted |= pixels[1 : num_classes + 1] > 0
     height, width = label.shape
     scores = np.full((len(thresholds), num_classes), np.nan)
     for i, threshold in enumerate(thresholds):
@@ -162,6 +163,22 @@ class BoundaryFScore:
         counted = ~np.isnan(scores[0])
         self.f_sums[:, counted] += scores[:, counted]
         self.frames += counted
+
+    def reduce(self) -> None:
+        """Sum the F sums and counted frames of every rank in place (a no-op outside a process group);
+        a rank without frames takes the others' frame size."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        sums = torch.from_numpy(np.concatenate([self.f_sums.ravel(), self.frames.astype(np.float64)]))
+        size = torch.tensor(self.size or (0, 0), dtype=torch.int64)
+        dist.all_reduce(sums)  # CPU tensors: the group's gloo side carries them
+        dist.all_reduce(size, op=dist.ReduceOp.MAX)
+        self.f_sums = sums[: self.f_sums.size].numpy().reshape(self.f_sums.shape)
+        self.frames = sums[self.f_sums.size :].numpy().round().astype(np.int64)
+        self.size = (int(size[0]), int(size[1])) if int(size[0]) else None
 
     def result(self) -> list[BoundaryScore]:
         """Per threshold: its t (0 before any frame), the mean F over counted classes, each class's F."""

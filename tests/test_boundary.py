@@ -24,22 +24,26 @@ def reference_boundary(mask: list[list[bool]]) -> set[tuple[int, int]]:
     found = set()
     for y in range(height):
         for x in range(width):
-            neighbours = [(y, x + 1), (y + 1, x), (y + 1, x + 1)]
-            if any(ny < height and nx < width and mask[ny][nx] != mask[y][x] for ny, nx in neighbours):
-                found.add((y, x))
+            for ny, nx in ((y, x + 1), (y + 1, x), (y + 1, x + 1)):
+                if ny < height and nx < width and mask[ny][nx] != mask[y][x]:
+                    found.add((y, x))
+                    break
     return found
 
 
 def reference_near(points: set[tuple[int, int]], others: set[tuple[int, int]], t: int) -> int:
-    """How many of `points` have one of `others` within Euclidean distance t."""
-    return sum(any((y - oy) ** 2 + (x - ox) ** 2 <= t * t for oy, ox in others) for y, x in points)
+    """How many of `points` have one of `others` within Euclidean distance t (looked up at every offset
+    (dy, dx) with dy^2 + dx^2 <= t^2)."""
+    disk = [(dy, dx) for dy in range(-t, t + 1) for dx in range(-t, t + 1) if dy * dy + dx * dx <= t * t]
+    return sum(any((y + dy, x + dx) in others for dy, dx in disk) for y, x in points)
 
 
 def reference_f(pred: np.ndarray, label: np.ndarray, c: int, t: int) -> float | None:
     """Class c's F in one frame, None when the frame does not count for c."""
     height, width = label.shape
-    p = [[pred[y, x] == c and label[y, x] != IGNORE for x in range(width)] for y in range(height)]
-    g = [[label[y, x] == c for x in range(width)] for y in range(height)]
+    pred, label = pred.tolist(), label.tolist()  # plain ints: numpy's scalars are slow one by one
+    p = [[pred[y][x] == c and label[y][x] != IGNORE for x in range(width)] for y in range(height)]
+    g = [[label[y][x] == c for x in range(width)] for y in range(height)]
     if not any(map(any, p)) and not any(map(any, g)):
         return None
     bp, bg = reference_boundary(p), reference_boundary(g)
