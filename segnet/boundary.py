@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from hedprep.shards import IGNORE_INDEX, NUM_CLASSES
 
@@ -130,6 +132,58 @@ def frame_boundary_f(prediction: np.ndarray, label: np.ndarray, num_classes: int
     return scores
 
 
+def frame_boundary_f_tensor(prediction: torch.Tensor, label: torch.Tensor, num_classes: int = NUM_CLASSES,
+                            thresholds: Sequence[float] = THRESHOLDS, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """`frame_boundary_f` on (H, W) tensors, on their device, every class at once and without waiting for
+    the device: a (len(thresholds), num_classes) float64 tensor, NaN for classes the frame does not count.
+
+    The same figures as `frame_boundary_f` (tested), for a GPU, where OpenCV's per-class work on the host
+    would cost more than the model. A label that is neither a class nor `ignore_index` belongs to no
+    class (it is not checked: that would wait for the device).
+    """
+    ignored = label == ignore_index
+    # Both maps' classes as (2, C, H, W) masks; ignored pixels (-1) in no class, as P and G are false there.
+    values = torch.stack([torch.where(ignored, -1, prediction.long()), torch.where(ignored, -1, label.long())])
+    masks = values[:, None] == torch.arange(num_classes, device=label.device)[None, :, None, None]
+    counted = masks.flatten(2).any(2).any(0)
+    # Neighbours past the last row or column replicate it, as `class_boundaries` explains.
+    right = torch.cat([masks[..., 1:], masks[..., -1:]], dim=-1)
+    down = torch.cat([masks[..., 1:, :], masks[..., -1:, :]], dim=-2)
+    diagonal = torch.cat([down[..., 1:], down[..., -1:]], dim=-1)
+    bounds = (masks != right) | (masks != down) | (masks != diagonal)
+    del masks, right, down, diagonal
+    sizes = bounds.flatten(2).sum(2).double()  # (2, C): |Bp|, |Bg|
+    height, width = label.shape
+    rows = []
+    for threshold in thresholds:
+        dilated = _dilate_tensor(bounds, tolerance_pixels(height, width, threshold))
+        # precision: Bp pixels near Bg; recall: Bg pixels near Bp
+        hits = (bounds & dilated.flip(0)).flatten(2).sum(2).double()
+        precision, recall = hits[0] / sizes[0], hits[1] / sizes[1]
+        f = 2 * precision * recall / (precision + recall)
+        f = torch.where(precision + recall > 0, f, 0.0)
+        f = torch.where((sizes == 0).any(0), (sizes[0] == sizes[1]).double(), f)  # an empty boundary
+        rows.append(torch.where(counted, f, math.nan))
+    return torch.stack(rows)
+
+
+def _dilate_tensor(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """(..., H, W) boolean masks dilated by the disk of `radius`: its rows dy are horizontal runs of
+    half-width isqrt(r^2 - dy^2), a max-pool each, shifted by dy (no pixel beyond the frame)."""
+    shape = masks.shape
+    # max_pool2d has no boolean kernel; 0/1 are exact in half precision, which CPUs pool slowly
+    x = masks.reshape(-1, 1, *shape[-2:]).to(torch.float32 if masks.device.type == "cpu" else torch.float16)
+    out = torch.zeros_like(x)
+    height = shape[-2]
+    for dy in range(min(radius, height - 1) + 1):  # half-widths shrink as |dy| grows
+        half = math.isqrt(radius * radius - dy * dy)
+        run = F.max_pool2d(x, (1, 2 * half + 1), stride=1, padding=(0, half)) if half else x
+        out[..., : height - dy, :] = torch.maximum(out[..., : height - dy, :], run[..., dy:, :])
+        if dy:
+            out[..., dy:, :] = torch.maximum(out[..., dy:, :], run[..., : height - dy, :])
+    return (out > 0).reshape(shape)
+
+
 @dataclass(frozen=True)
 class BoundaryScore:
     """The boundary F at one threshold over the frames seen."""
@@ -142,48 +196,62 @@ class BoundaryScore:
 
 class BoundaryFScore:
     """Boundary F accumulated frame by frame, like `ConfusionMatrix`: `update` per (H, W) frame,
-    `result` for one `BoundaryScore` per threshold. Every frame must have the same size."""
+    `result` for one `BoundaryScore` per threshold. Every frame must have the same size.
+
+    `device`: where the sums live and how frames are scored: on a CPU by `frame_boundary_f` (OpenCV, each
+    class on its boundaries' box), elsewhere by `frame_boundary_f_tensor` on that device, which `update`
+    does not wait for. `on_tensors` scores by `frame_boundary_f_tensor` on a CPU too (for tests).
+    """
 
     def __init__(self, num_classes: int = NUM_CLASSES, thresholds: Sequence[float] = THRESHOLDS,
-                 ignore_index: int = IGNORE_INDEX) -> None:
+                 ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu",
+                 on_tensors: bool | None = None) -> None:
         self.num_classes = num_classes
         self.thresholds = tuple(thresholds)
         self.ignore_index = ignore_index
-        self.f_sums = np.zeros((len(self.thresholds), num_classes))
-        self.frames = np.zeros(num_classes, dtype=np.int64)  # counted frames per class
+        self.device = torch.device(device)
+        self.on_tensors = self.device.type != "cpu" if on_tensors is None else on_tensors
+        self.f_sums = torch.zeros((len(self.thresholds), num_classes), dtype=torch.float64, device=self.device)
+        self.frames = torch.zeros(num_classes, dtype=torch.int64, device=self.device)  # counted frames per class
         self.size: tuple[int, int] | None = None
 
-    def update(self, prediction: np.ndarray, label: np.ndarray) -> None:
-        """Add one frame (see `frame_boundary_f`)."""
-        size = tuple(np.shape(label))
+    def update(self, prediction: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> None:
+        """Add one frame (see `frame_boundary_f`): numpy arrays or tensors on any device."""
+        size = tuple(label.shape)
         if self.size is not None and size != self.size:
             raise ValueError(f"frame size {size} differs from the earlier frames' {self.size}")
-        scores = frame_boundary_f(prediction, label, self.num_classes, self.thresholds, self.ignore_index)
-        self.size = size  # type: ignore[assignment]  # checked 2-D by frame_boundary_f
-        counted = ~np.isnan(scores[0])
-        self.f_sums[:, counted] += scores[:, counted]
+        if self.on_tensors:
+            if prediction.shape != label.shape or len(size) != 2:
+                raise ValueError(f"prediction {tuple(prediction.shape)} and label {size} must be one (H, W) frame")
+            scores = frame_boundary_f_tensor(torch.as_tensor(prediction).to(self.device, non_blocking=True),
+                                             torch.as_tensor(label).to(self.device, non_blocking=True),
+                                             self.num_classes, self.thresholds, self.ignore_index)
+        else:
+            scores = torch.from_numpy(frame_boundary_f(_host_array(prediction), _host_array(label), self.num_classes,
+                                                       self.thresholds, self.ignore_index)).to(self.device)
+        self.size = size  # type: ignore[assignment]  # checked 2-D above
+        counted = ~scores[0].isnan()
+        self.f_sums += torch.where(counted, scores, 0.0)
         self.frames += counted
 
     def reduce(self) -> None:
         """Sum the F sums and counted frames of every rank in place (a no-op outside a process group);
         a rank without frames takes the others' frame size."""
-        import torch
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        sums = torch.from_numpy(np.concatenate([self.f_sums.ravel(), self.frames.astype(np.float64)]))
-        size = torch.tensor(self.size or (0, 0), dtype=torch.int64)
-        dist.all_reduce(sums)  # CPU tensors: the group's gloo side carries them
+        size = torch.tensor(self.size or (0, 0), dtype=torch.int64)  # a CPU tensor: the group's gloo side
+        for tensor in (self.f_sums, self.frames):
+            dist.all_reduce(tensor)
         dist.all_reduce(size, op=dist.ReduceOp.MAX)
-        self.f_sums = sums[: self.f_sums.size].numpy().reshape(self.f_sums.shape)
-        self.frames = sums[self.f_sums.size :].numpy().round().astype(np.int64)
         self.size = (int(size[0]), int(size[1])) if int(size[0]) else None
 
     def result(self) -> list[BoundaryScore]:
         """Per threshold: its t (0 before any frame), the mean F over counted classes, each class's F."""
-        counted = self.frames > 0
-        means = self.f_sums[:, counted] / self.frames[counted]
+        f_sums, frames = self.f_sums.cpu().numpy(), self.frames.cpu().numpy()
+        counted = frames > 0
+        means = f_sums[:, counted] / frames[counted]
         results = []
         for i, threshold in enumerate(self.thresholds):
             pixels = tolerance_pixels(*self.size, threshold) if self.size else 0
@@ -193,3 +261,7 @@ class BoundaryFScore:
             mean_f = float(means[i].mean()) if counted.any() else math.nan
             results.append(BoundaryScore(threshold, pixels, mean_f, per_class))
         return results
+
+
+def _host_array(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    return values.cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)

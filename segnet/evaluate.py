@@ -83,7 +83,8 @@ def evaluate(
                                                    rank=dist_info.rank, pad=False).items()]
     loader = evaluation_loader(dataset, indices, batch_size, torch_device, workers)
     matrix = DeviceConfusion(segmenter.num_classes, torch_device)
-    boundary = BoundaryFScore(segmenter.num_classes) if labeled and boundary_f else None
+    # on a GPU the boundary F is computed there (the host's OpenCV would take longer than the model)
+    boundary = BoundaryFScore(segmenter.num_classes, device=torch_device) if labeled and boundary_f else None
     if on_start is not None and dist_info.is_main:
         on_start(len(dataset))
     written = 0
@@ -92,12 +93,11 @@ def evaluate(
             predictions = segmenter.predict(images, labels.shape[-2:])
             if labeled:
                 matrix.update(predictions, labels)
-            maps = predictions.cpu().numpy() if boundary is not None or out_dir is not None else None
             if boundary is not None:
-                for prediction, label in zip(maps, labels.numpy(), strict=True):
+                for prediction, label in zip(predictions, labels, strict=True):
                     boundary.update(prediction, label)
             if out_dir is not None:
-                for prediction in maps:
+                for prediction in predictions.cpu().numpy():
                     write_prediction_pngs(out_dir, dataset.frame_id(indices[written]), prediction)
                     written += 1
             if on_frames is not None and dist_info.is_main:
