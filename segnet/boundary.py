@@ -26,8 +26,8 @@ for a trained model's predictions on the fixture's street scenes, which keeps `s
 within 1.5x of its time without the boundary F (docs/performance.md, benchmarks/boundary_f.py).
 
 On a GPU that host work would cost more than the model: `frame_boundary_f_tensor` computes the same
-figures on the device, every class at once (masks and boundaries as (2, C, H, W) tensors, the disk
-dilation as one max-pool per row of the disk), and `BoundaryFScore` on a CUDA device uses it.
+figures on the device, every class of both maps at once (each pixel's boundaries as the bits of one
+int64 word, a disk dilation as ORs of shifted words), and `BoundaryFScore` on a CUDA device uses it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hedprep.shards import IGNORE_INDEX, NUM_CLASSES
 
@@ -140,54 +139,112 @@ def frame_boundary_f(prediction: np.ndarray, label: np.ndarray, num_classes: int
 
 def frame_boundary_f_tensor(prediction: torch.Tensor, label: torch.Tensor, num_classes: int = NUM_CLASSES,
                             thresholds: Sequence[float] = THRESHOLDS, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """`frame_boundary_f` on (H, W) tensors, on their device, every class at once and without waiting for
-    the device: a (len(thresholds), num_classes) float64 tensor, NaN for classes the frame does not count.
+    """`frame_boundary_f` on (H, W) tensors, on their device, every class at once: a (len(thresholds),
+    num_classes) float64 tensor, NaN for classes the frame does not count. The same figures (tested).
 
-    The same figures as `frame_boundary_f` (tested), for a GPU, where OpenCV's per-class work on the host
-    would cost more than the model. A label that is neither a class nor `ignore_index` belongs to no
-    class (it is not checked: that would wait for the device).
+    Each pixel holds one int64 word whose bit c is class c's prediction boundary and bit C + c its
+    label boundary, so one bitwise OR dilates every class of both maps; for a GPU, where OpenCV's
+    per-class work on the host would cost more than the model. A label that is neither a class nor
+    `ignore_index` belongs to no class (it is not checked).
     """
+    if 2 * num_classes > 62:
+        raise ValueError(f"{num_classes} classes do not fit the boundary words (at most 31)")
+    if prediction.shape != label.shape or label.dim() != 2:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} must be one (H, W) "
+                         "frame")
     ignored = label == ignore_index
-    # Both maps' classes as (2, C, H, W) masks; ignored pixels (-1) in no class, as P and G are false there.
-    values = torch.stack([torch.where(ignored, -1, prediction.long()), torch.where(ignored, -1, label.long())])
-    masks = values[:, None] == torch.arange(num_classes, device=label.device)[None, :, None, None]
-    counted = masks.flatten(2).any(2).any(0)
-    # Neighbours past the last row or column replicate it, as `class_boundaries` explains.
-    right = torch.cat([masks[..., 1:], masks[..., -1:]], dim=-1)
-    down = torch.cat([masks[..., 1:, :], masks[..., -1:, :]], dim=-2)
-    diagonal = torch.cat([down[..., 1:], down[..., -1:]], dim=-1)
-    bounds = (masks != right) | (masks != down) | (masks != diagonal)
-    del masks, right, down, diagonal
-    sizes = bounds.flatten(2).sum(2).double()  # (2, C): |Bp|, |Bg|
+    pred_values = torch.where(ignored, -1, prediction.long())
+    label_values = torch.where(ignored, -1, label.long())
+    present = torch.zeros(num_classes + 2, dtype=torch.int64, device=label.device)
+    for values in (pred_values, label_values):  # bin 0: no class, bin C + 1: past the classes
+        present += torch.bincount(values.clamp(-1, num_classes).flatten() + 1, minlength=num_classes + 2)
+    counted = present[1 : num_classes + 1] > 0
+    words = _boundary_bits(pred_values, num_classes) | (_boundary_bits(label_values, num_classes) << num_classes)
+    flat = words.flatten()
+    # Only boundary pixels are ever counted: read the dilations there alone.
+    where = torch.nonzero(flat).squeeze(1)
+    own = flat[where]
+    bits = torch.arange(num_classes, device=label.device)
+    low = (1 << num_classes) - 1
+
+    def per_class(selected: torch.Tensor) -> torch.Tensor:  # set pixels per bit 0..C-1
+        return ((selected[:, None] >> bits) & 1).sum(0).double()
+
+    sizes_p, sizes_g = per_class(own & low), per_class(own >> num_classes)
     height, width = label.shape
     rows = []
-    for threshold in thresholds:
-        dilated = _dilate_tensor(bounds, tolerance_pixels(height, width, threshold))
-        # precision: Bp pixels near Bg; recall: Bg pixels near Bp
-        hits = (bounds & dilated.flip(0)).flatten(2).sum(2).double()
-        precision, recall = hits[0] / sizes[0], hits[1] / sizes[1]
+    radii = [tolerance_pixels(height, width, threshold) for threshold in thresholds]
+    dilations = _Dilations(words, max(radii, default=0))
+    for radius in radii:
+        near = dilations.disk(radius).flatten()[where]
+        precision = per_class(own & (near >> num_classes) & low) / sizes_p  # Bp pixels near Bg
+        recall = per_class((own >> num_classes) & near & low) / sizes_g  # Bg pixels near Bp
         f = 2 * precision * recall / (precision + recall)
         f = torch.where(precision + recall > 0, f, 0.0)
-        f = torch.where((sizes == 0).any(0), (sizes[0] == sizes[1]).double(), f)  # an empty boundary
+        empty = (sizes_p == 0) | (sizes_g == 0)  # F = 1 when both are, else 0
+        f = torch.where(empty, (sizes_p == sizes_g).double(), f)
         rows.append(torch.where(counted, f, math.nan))
     return torch.stack(rows)
 
 
-def _dilate_tensor(masks: torch.Tensor, radius: int) -> torch.Tensor:
-    """(..., H, W) boolean masks dilated by the disk of `radius`: its rows dy are horizontal runs of
-    half-width isqrt(r^2 - dy^2), a max-pool each, shifted by dy (no pixel beyond the frame)."""
-    shape = masks.shape
-    # max_pool2d has no boolean kernel; 0/1 are exact in half precision, which CPUs pool slowly
-    x = masks.reshape(-1, 1, *shape[-2:]).to(torch.float32 if masks.device.type == "cpu" else torch.float16)
-    out = torch.zeros_like(x)
-    height = shape[-2]
-    for dy in range(min(radius, height - 1) + 1):  # half-widths shrink as |dy| grows
-        half = math.isqrt(radius * radius - dy * dy)
-        run = F.max_pool2d(x, (1, 2 * half + 1), stride=1, padding=(0, half)) if half else x
-        out[..., : height - dy, :] = torch.maximum(out[..., : height - dy, :], run[..., dy:, :])
-        if dy:
-            out[..., dy:, :] = torch.maximum(out[..., dy:, :], run[..., : height - dy, :])
-    return (out > 0).reshape(shape)
+def _boundary_bits(values: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per pixel, an int64 word with bit c set when the pixel is on class c's boundary in `values` (an
+    (H, W) class map, -1 for no class): a neighbour (right, lower, lower-right; past the last row or
+    column replicated, as `class_boundaries` explains) differs, and one of the two is c."""
+    own = torch.where(values >= 0, 1 << values.clamp(0, num_classes - 1), 0)
+    own = torch.where(values < num_classes, own, 0)
+    padded_values = torch.cat([values, values[-1:]], dim=0)
+    padded_values = torch.cat([padded_values, padded_values[:, -1:]], dim=1)
+    padded_own = torch.cat([own, own[-1:]], dim=0)
+    padded_own = torch.cat([padded_own, padded_own[:, -1:]], dim=1)
+    words = torch.zeros_like(own)
+    for dy, dx in ((0, 1), (1, 0), (1, 1)):
+        other_values = padded_values[dy : dy + values.shape[0], dx : dx + values.shape[1]]
+        other_own = padded_own[dy : dy + values.shape[0], dx : dx + values.shape[1]]
+        words |= torch.where(other_values != values, own | other_own, 0)
+    return words
+
+
+class _Dilations:
+    """Dilations of an (H, W) int64 word map by disks of radius up to `max_radius`, OR-ing shifted copies:
+    a disk's row dy is a horizontal run of half-width isqrt(r^2 - dy^2), each run built from runs of
+    powers of two over the words padded on the left (so that a run may start before the first column)."""
+
+    def __init__(self, words: torch.Tensor, max_radius: int) -> None:
+        self.height, self.width = words.shape
+        self.pad = max_radius
+        padded = torch.cat([words.new_zeros(self.height, max_radius), words], dim=1)
+        self.powers = {1: padded}  # length k: OR of padded[x .. x + k - 1] (none past the right edge)
+
+    def _forward_run(self, length: int) -> torch.Tensor:
+        power = 1 << (length.bit_length() - 1)
+        while max(self.powers) < power:
+            k = max(self.powers)
+            self.powers[2 * k] = _or_shifted(self.powers[k], k, dim=1)
+        return _or_shifted(self.powers[power], length - power, dim=1) if length > power else self.powers[power]
+
+    def disk(self, radius: int) -> torch.Tensor:
+        if radius > self.pad:
+            raise ValueError(f"radius {radius} is past the padding of {self.pad}")
+        height, width = self.height, self.width
+        out = torch.zeros(height, width, dtype=torch.int64, device=self.powers[1].device)
+        for dy in range(min(radius, height - 1) + 1):
+            half = math.isqrt(radius * radius - dy * dy)
+            # the run over words[x - half .. x + half] starts at padded column x + pad - half
+            centred = self._forward_run(2 * half + 1)[:, self.pad - half : self.pad - half + width]
+            out[: height - dy] |= centred[dy:]
+            if dy:
+                out[dy:] |= centred[: height - dy]
+        return out
+
+
+def _or_shifted(words: torch.Tensor, shift: int, dim: int) -> torch.Tensor:
+    """words[i] | words[i + shift] along `dim` (nothing past the end)."""
+    out = words.clone()
+    size = words.shape[dim]
+    if 0 < shift < size:
+        out.narrow(dim, 0, size - shift).bitwise_or_(words.narrow(dim, shift, size - shift))
+    return out
 
 
 @dataclass(frozen=True)
@@ -227,15 +284,13 @@ class BoundaryFScore:
         if self.size is not None and size != self.size:
             raise ValueError(f"frame size {size} differs from the earlier frames' {self.size}")
         if self.on_tensors:
-            if prediction.shape != label.shape or len(size) != 2:
-                raise ValueError(f"prediction {tuple(prediction.shape)} and label {size} must be one (H, W) frame")
             scores = frame_boundary_f_tensor(torch.as_tensor(prediction).to(self.device, non_blocking=True),
                                              torch.as_tensor(label).to(self.device, non_blocking=True),
                                              self.num_classes, self.thresholds, self.ignore_index)
         else:
             scores = torch.from_numpy(frame_boundary_f(_host_array(prediction), _host_array(label), self.num_classes,
                                                        self.thresholds, self.ignore_index)).to(self.device)
-        self.size = size  # type: ignore[assignment]  # checked 2-D above
+        self.size = size  # type: ignore[assignment]  # checked 2-D by either way of scoring
         counted = ~scores[0].isnan()
         self.f_sums += torch.where(counted, scores, 0.0)
         self.frames += counted

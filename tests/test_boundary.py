@@ -135,7 +135,7 @@ def test_tensor_scores_equal_opencvs_at_every_radius():
     """`frame_boundary_f_tensor` (a GPU's way) gives `frame_boundary_f`'s figures bit for bit, at radii
     from 1 px to beyond the frame's height, on blocky and noisy maps with ignored pixels."""
     rng = np.random.default_rng(7)
-    thresholds = (0.01, 0.05, 0.1, 0.2, 0.6)  # t = 1, 2, 4, 8, 22 px at 21x30 (diagonal 36.6)
+    thresholds = (0.01, 0.05, 0.1, 0.2, 0.6, 1.0)  # t = 1, 2, 4, 8, 22, 37 px at 21x30 (diagonal 36.6)
     for k in range(6):
         label = blocky_frame(rng, 5, (21, 30)).astype(np.uint8) if k % 2 else rng.integers(0, 5, (21, 30))
         label = np.where(rng.random(label.shape) < 0.1, IGNORE, label).astype(np.uint8)
