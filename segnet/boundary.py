@@ -161,7 +161,7 @@ def frame_boundary_f_tensor(prediction: torch.Tensor, label: torch.Tensor, num_c
     counted = present[1 : num_classes + 1] > 0
     words = _boundary_bits(pred_values, num_classes) | (_boundary_bits(label_values, num_classes) << num_classes)
     flat = words.flatten()
-    # Only boundary pixels are ever counted: read the dilations there alone.
+    # Only boundary pixels are ever counted: read the dilations there alone (nonzero waits for the device).
     where = torch.nonzero(flat).squeeze(1)
     own = flat[where]
     bits = torch.arange(num_classes, device=label.device)
@@ -262,8 +262,9 @@ class BoundaryFScore:
     `result` for one `BoundaryScore` per threshold. Every frame must have the same size.
 
     `device`: where the sums live and how frames are scored: on a CPU by `frame_boundary_f` (OpenCV, each
-    class on its boundaries' box), elsewhere by `frame_boundary_f_tensor` on that device, which `update`
-    does not wait for. `on_tensors` scores by `frame_boundary_f_tensor` on a CPU too (for tests).
+    class on its boundaries' box), elsewhere by `frame_boundary_f_tensor` on that device (which waits
+    for it once a frame, to select the boundary pixels). `on_tensors` scores by `frame_boundary_f_tensor`
+    on a CPU too (for tests).
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES, thresholds: Sequence[float] = THRESHOLDS,

@@ -92,6 +92,7 @@ def evaluate(
         for images, labels in loader:
             predictions = segmenter.predict(images, labels.shape[-2:])
             if labeled:
+                labels = labels.to(predictions.device, non_blocking=True)  # once, for both metrics
                 matrix.update(predictions, labels)
             if boundary is not None:
                 for prediction, label in zip(predictions, labels, strict=True):
