@@ -486,7 +486,8 @@ def _table(*columns: str) -> Table:
     """A compact table: numbers right-aligned and never wrapped, long text folded rather than cut off."""
     table = Table(box=box.SIMPLE_HEAD, highlight=False, padding=0, show_edge=False)
     for name in columns:
-        numeric = name in ("frames", "ignored", "stored", "size", "ratio", "IoU", "level", "of level 0", "pixels")
+        numeric = name in ("frames", "ignored", "stored", "size", "ratio", "IoU", "level", "of level 0",
+                           "pixels") or name.startswith("BF ")
         table.add_column(name, justify="right" if numeric else "left", overflow="fold",
                          no_wrap=numeric or name == "file")
     return table
@@ -929,7 +930,8 @@ def segnet_train(config_file, variant, shards, split, val_split, schedule, epoch
 @library_option("--save-predictions", type=click.Path(file_okay=False), default=(EVALUATE, "save_predictions"),
                 help="Write {frame_id}_pred_labelIds.png (Cityscapes format) and _pred_color.png here.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write {miou, iou: {class: value}, pixel_accuracy} (fractions) to this file.")
+              help="Write {miou, iou: {class: value}, pixel_accuracy, boundary_f: [{threshold, pixels, mean, "
+                   "per_class: {class: value}}]} (fractions) to this file.")
 @library_option("--device", default=(EVALUATE, "device"), help="cpu, cuda, cuda:N, or auto.")
 @library_option("--amp", is_flag=True, default=(EVALUATE, "amp"),
                 help="bfloat16 autocast where it is native (CUDA; CPUs with AVX512-BF16/AMX).")
@@ -938,12 +940,17 @@ def segnet_train(config_file, variant, shards, split, val_split, schedule, epoch
 @library_option("--workers", type=click.IntRange(min=0), default=(EVALUATE, "workers"),
                 help="DataLoader worker processes. Default: 0 on a CPU; with a GPU, this rank's share of the cores "
                      "less one, at most 8.")
+@library_option("--boundary-f/--no-boundary-f", default=(EVALUATE, "boundary_f"),
+                help="Also score the boundary F-score per class at tolerances of 0.05%, 0.1875%, 0.375% and 0.5% "
+                     "of the image diagonal (2, 5, 9 and 12 px at 1024x2048).")
 def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json_path, device, amp, batch_size,
-                    workers) -> None:
-    """Cityscapes mIoU of a checkpoint on a split of shards: per-class IoU, mIoU, pixel accuracy.
+                    workers, boundary_f) -> None:
+    """Cityscapes mIoU of a checkpoint on a split of shards: per-class IoU, mIoU, pixel accuracy, and the
+    boundary F-score per class.
 
-    The model runs at --eval-size; its logits are upsampled to the labels' full resolution. mIoU
-    averages the classes that occur in the ground truth or the prediction, as Cityscapes' evaluation.
+    The model runs at --eval-size; its logits are upsampled to the labels' full resolution, where both
+    metrics are computed. mIoU averages the classes that occur in the ground truth or the prediction, as
+    Cityscapes' evaluation; a class's boundary F averages the frames where it occurs in either map.
     Under torchrun each rank scores its share of the frames (each frame once) and rank 0 prints the sums.
     """
     import json
@@ -954,7 +961,7 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
     with ProgressBar(RateColumn("frames")) as bar:
         outcome = evaluate(checkpoint, shards, split, size, save_predictions, device, batch_size,
                            on_frames=bar.advance, on_start=lambda total: bar.start(f"evaluate ({split})", total),
-                           amp=amp, workers=workers)
+                           amp=amp, workers=workers, boundary_f=boundary_f)
     if not outcome.is_main:
         return
     if outcome.predictions_dir is not None:
@@ -965,18 +972,31 @@ def segnet_evaluate(checkpoint, shards, split, eval_size, save_predictions, json
                       "benchmark server)", highlight=False)
         return
     result = outcome.result
-    table = _table("class", "IoU")
-    for name, value in result.iou.items():
-        table.add_row(escape(name), "-" if value is None else f"{100 * value:.2f}")
-    table.add_section()
-    table.add_row("mIoU", f"{100 * result.miou:.2f}")
-    table.add_row("pixel accuracy", f"{100 * result.pixel_accuracy:.2f}")
-    h, w = outcome.eval_size
-    _print_section(f"{checkpoint} on {split} ({outcome.frames} frames at {h}x{w})", table)
+    _print_section(f"{checkpoint} on {split} ({outcome.frames} frames at {'x'.join(map(str, outcome.eval_size))})",
+                   _evaluation_table(result))
+    if result.boundary is not None:
+        console.print("BF t px: boundary F-score, class boundaries matched within t pixels", highlight=False)
     if json_path is not None:
         from hedprep.atomic import write_text_atomic
 
         write_text_atomic(json_path, json.dumps(result.to_json(), indent=1) + "\n")
+
+
+def _evaluation_table(result) -> Table:
+    """Per-class IoU and boundary F (a column per tolerance, where computed), then their means."""
+    boundary = result.boundary or ()
+    table = _table("class", "IoU", *(f"BF {score.pixels} px" for score in boundary))
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+    for c, (name, value) in enumerate(result.iou.items()):
+        table.add_row(escape(name), percent(value), *(percent(score.per_class[c]) for score in boundary))
+    table.add_section()
+    table.add_row("mIoU, mean BF" if boundary else "mIoU", percent(result.miou),
+                  *(percent(score.mean_f) for score in boundary))
+    table.add_row("pixel accuracy", percent(result.pixel_accuracy))
+    return table
 
 
 @segnet.command("predict")

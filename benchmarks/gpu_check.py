@@ -15,7 +15,7 @@ what is left of `--budget-s` (a section past it is recorded as skipped):
 - torchrun: `segnet train` through torchrun with one process (the process group, DDP and all-reduce
   paths: nccl on CUDA), `--deterministic`, interrupted by SIGINT after its first epoch and resumed,
   compared tensor by tensor with an uninterrupted run;
-- evaluate: `segnet evaluate` frames/s of that run's checkpoint.
+- evaluate: `segnet evaluate` frames/s of that run's checkpoint, with the boundary F and without.
 
 It writes OUT/gpu-check.json and OUT/gpu-check.md (the tables to paste into the docs). The weights
 file may hold float16 values (a smaller transfer): they are read as float32, and the report says that
@@ -302,12 +302,15 @@ def evaluate_section(ctx: dict[str, Any]) -> list[dict[str, Any]]:
     from segnet.evaluate import evaluate
 
     rows = []
-    for amp in (False, True):
-        evaluate(ctx["checkpoint"], ctx["shards"], "val", device=ctx["device_name"], amp=amp)  # warm-up
+    # the boundary F (on the device) against none: issue 19's goal is at most 1.5x the time without it
+    for amp, boundary_f in ((False, True), (False, False), (True, True)):
+        evaluate(ctx["checkpoint"], ctx["shards"], "val", device=ctx["device_name"], amp=amp,
+                 boundary_f=boundary_f)  # warm-up
         synchronize(ctx["device"])
         started = time.perf_counter()
-        result = evaluate(ctx["checkpoint"], ctx["shards"], "val", device=ctx["device_name"], amp=amp)
-        rows.append({"precision": "bf16" if amp else "fp32", "frames": result.frames,
+        result = evaluate(ctx["checkpoint"], ctx["shards"], "val", device=ctx["device_name"], amp=amp,
+                          boundary_f=boundary_f)
+        rows.append({"precision": "bf16" if amp else "fp32", "boundary_f": boundary_f, "frames": result.frames,
                      "eval_size": "x".join(map(str, result.eval_size)),
                      "frames_per_s": result.frames / (time.perf_counter() - started)})
     return rows

@@ -5,9 +5,10 @@
     OUT/shards/{train,val}/     the Dask build (hedprep), missing shards only (train_extra too, gtCoarse,
                                 with --with-coarse: every run then trains on it first)
     OUT/runs/{variant}/         segnet train's run folder, and val.json, its evaluation on val
-    OUT/results.csv, results.md one row per variant beside the figure the study reported
-    OUT/plots/*.png             mIoU per variant, per-class IoU heatmap, training curves, and the
-                                qualitative sheet: a few val frames with each variant's prediction
+    OUT/results.csv, results.md one row per variant beside the figure the study reported, with the
+                                mean boundary F at each tolerance of `segnet.boundary`
+    OUT/plots/*.png             mIoU and boundary F per variant, per-class IoU heatmap, training curves,
+                                and the qualitative sheet: a few val frames with each variant's prediction
 
 and reuses what a previous call finished: complete shards, finished runs (resumed when interrupted)
 and evaluations newer than their checkpoint. A variant that fails is reported and the others go on.
@@ -32,6 +33,7 @@ from hedprep.errors import HedsegError
 from hedprep.hed import release_cached_detectors
 from hedprep.shards import TRAIN_CLASSES, open_split
 from pipelines.build import build_split
+from segnet.boundary import THRESHOLDS
 from segnet.config import TrainConfig
 from segnet.deeplab import ALL_VARIANTS, VARIANT_SPECS, VARIANTS
 from segnet.errors import SegnetOptionError
@@ -126,6 +128,7 @@ class VariantResult:
     miou: float | None = None  # fractions in [0, 1]
     pixel_accuracy: float | None = None
     iou: dict[str, float | None] = field(default_factory=dict)
+    boundary_f: list[dict[str, Any]] = field(default_factory=list)  # val.json's: threshold, pixels, mean, per_class
     train_seconds: float | None = None
     images_per_s: float | None = None
     error: str | None = None
@@ -188,7 +191,7 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
         log(f"{variant}: {'resuming' if resume else 'training'} in {run_dir}")
         train(train_config, resume=resume, callbacks=callbacks)
     scores, best = run.evaluation, run.best
-    if not (scores.is_file() and scores.stat().st_mtime >= best.stat().st_mtime):
+    if not (scores.is_file() and scores.stat().st_mtime >= best.stat().st_mtime and has_boundary_f(scores)):
         def start(total: int) -> None:
             if progress.on_eval_start is not None:
                 progress.on_eval_start(variant, total)
@@ -199,7 +202,16 @@ def study_variant(config: StudyConfig, variant: str, run_dir: Path, shards: Path
         log(f"{variant}: evaluated on val, mIoU {100 * evaluation.result.miou:.2f}")
     figures = json.loads(scores.read_text(encoding="utf-8"))
     seconds, rate = training_figures(run.metrics())
-    return VariantResult(variant, run_dir, figures["miou"], figures["pixel_accuracy"], figures["iou"], seconds, rate)
+    return VariantResult(variant, run_dir, figures["miou"], figures["pixel_accuracy"], figures["iou"],
+                         figures["boundary_f"], seconds, rate)
+
+
+def has_boundary_f(scores: Path) -> bool:
+    """Whether an evaluation's val.json holds the boundary F (those written before it do not)."""
+    try:
+        return "boundary_f" in json.loads(scores.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def write_plots(rows: list[VariantResult], folder: Path) -> list[Path]:
@@ -277,18 +289,33 @@ def _percent(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
-CSV_FIELDS = ("variant", "miou", "reported_miou", "pixel_accuracy", "train_seconds", "images_per_s", "error",
-              *TRAIN_CLASSES)
+BOUNDARY_FIELDS = tuple(f"boundary_f_{threshold}" for threshold in THRESHOLDS)  # mean boundary F per tolerance
+CSV_FIELDS = ("variant", "miou", "reported_miou", *BOUNDARY_FIELDS, "pixel_accuracy", "train_seconds", "images_per_s",
+              "error", *TRAIN_CLASSES)
+
+
+def mean_boundary_f(row: VariantResult) -> dict[float, float | None]:
+    """A row's mean boundary F (fraction) per threshold of `THRESHOLDS`; None where it has none."""
+    means = {entry["threshold"]: entry["mean"] for entry in row.boundary_f}
+    return {threshold: means.get(threshold) for threshold in THRESHOLDS}
+
+
+def boundary_headings(rows: Sequence[VariantResult]) -> list[str]:
+    """The boundary F columns' names: the tolerance in pixels at the labels' size, or the threshold."""
+    pixels = {entry["threshold"]: entry["pixels"] for row in rows for entry in row.boundary_f}
+    return [f"BF {pixels[th]} px" if th in pixels else f"BF {th}" for th in THRESHOLDS]
 
 
 def results_table_csv(rows: list[VariantResult]) -> str:
-    """One CSV row per variant: mIoU, pixel accuracy and per-class IoU in %, the reported mIoU."""
+    """One CSV row per variant: mIoU, mean boundary F per threshold (boundary_f_TH), pixel accuracy and
+    per-class IoU in %, the reported mIoU."""
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         record: dict[str, Any] = {
             "variant": row.variant, "miou": _percent(row.miou), "reported_miou": REPORTED_MIOU.get(row.variant, ""),
+            **dict(zip(BOUNDARY_FIELDS, map(_percent, mean_boundary_f(row).values()), strict=True)),
             "pixel_accuracy": _percent(row.pixel_accuracy),
             "train_seconds": "" if row.train_seconds is None else f"{row.train_seconds:.1f}",
             "images_per_s": "" if row.images_per_s is None else f"{row.images_per_s:.2f}", "error": row.error or "",
@@ -321,20 +348,25 @@ def coarse_summary(config: StudyConfig) -> str:
 def results_table_md(rows: list[VariantResult], config: StudyConfig, frames: dict[str, int],
                      plots: list[Path] | None = None) -> str:
     """The results as a Markdown page: the table, then the exact settings."""
+    boundary = boundary_headings(rows)
     lines = [
         "# Study results",
         "",
         "mIoU and pixel accuracy on val (%, as Cityscapes scores them), beside the mIoU the study reported "
-        "(*reported*: on the full Cityscapes val, ImageNet backbone weights).",
+        "(*reported*: on the full Cityscapes val, ImageNet backbone weights). *BF t px*: the mean boundary "
+        "F-score (%) over the classes, class boundaries matched within t pixels (tolerances of "
+        + ", ".join(f"{100 * th:g}%" for th in THRESHOLDS) + " of the image diagonal; docs/segnet.md).",
         "",
-        "| variant | mIoU | reported mIoU | pixel accuracy | training time (s) | images/s | note |",
-        "|---|---|---|---|---|---|---|",
+        f"| variant | mIoU | reported mIoU | {' | '.join(boundary)} | pixel accuracy | training time (s) | images/s "
+        "| note |",
+        "|---|---|---|" + "---|" * len(boundary) + "---|---|---|---|",
     ]
     for row in rows:
         seconds = "" if row.train_seconds is None else f"{row.train_seconds:.1f}"
         rate = "" if row.images_per_s is None else f"{row.images_per_s:.2f}"
         note = f"failed: {row.error}" if row.error else ""
-        lines.append(f"| {row.variant} | {_percent(row.miou)} | {REPORTED_MIOU.get(row.variant, '')} | "
+        bf = " | ".join(_percent(value) for value in mean_boundary_f(row).values())
+        lines.append(f"| {row.variant} | {_percent(row.miou)} | {REPORTED_MIOU.get(row.variant, '')} | {bf} | "
                      f"{_percent(row.pixel_accuracy)} | {seconds} | {rate} | {note} |")
     lines += ["", "Per-class IoU (%):", "", "| variant | " + " | ".join(TRAIN_CLASSES) + " |",
               "|---|" + "---|" * len(TRAIN_CLASSES)]

@@ -1,6 +1,7 @@
 """The study's figures as PNG files (matplotlib, no display): mIoU per variant beside the reported
-figure, per-class IoU as a heatmap, training curves with the stages marked, and the qualitative sheet
-(image, edge map, ground truth and each variant's prediction for a few val frames)."""
+figure and its mean boundary F per tolerance, per-class IoU as a heatmap, training curves with the
+stages marked, and the qualitative sheet (image, edge map, ground truth and each variant's prediction
+for a few val frames)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ from segnet.run_folder import RunFolder  # noqa: E402
 
 OURS_COLOR = "#1f77b4"
 REPORTED_COLOR = "#bbbbbb"
+BOUNDARY_COLORS = ("#fdd0a2", "#fd8d3c", "#d94801", "#7f2704")  # boundary F bars, tightest tolerance lightest
 SHEET_PANEL_WIDTH = 320  # pixels per picture on the qualitative sheet
 
 
 def plot_miou(rows, reported: dict[str, float], path: Path) -> Path:
-    """Bars of our val mIoU per variant beside the study's reported mIoU (%)."""
+    """Bars of our val mIoU per variant beside the study's reported mIoU (%), and beside them a panel of
+    each variant's mean boundary F (%) at each tolerance."""
     variants = [row.variant for row in rows]
     ours = [100 * row.miou if row.miou is not None and not math.isnan(row.miou) else 0.0 for row in rows]
     x = np.arange(len(variants))
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, (ax, boundary_ax) = plt.subplots(1, 2, figsize=(12, 3.6), dpi=100)
     ax.bar(x - 0.2, ours, 0.4, label="ours (val)", color=OURS_COLOR)
     ax.bar(x + 0.2, [reported.get(v, 0.0) for v in variants], 0.4, label="reported (full Cityscapes)",
            color=REPORTED_COLOR)
@@ -38,7 +41,25 @@ def plot_miou(rows, reported: dict[str, float], path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.legend(loc="upper right")
     ax.set_title("mIoU per variant")
+    _plot_boundary_f(rows, boundary_ax)
     return _save(fig, path)
+
+
+def _plot_boundary_f(rows, ax) -> None:
+    """Grouped bars: each variant's mean boundary F (%) at each tolerance of its evaluation."""
+    tolerances = sorted({(e["threshold"], e["pixels"]) for row in rows for e in row.boundary_f})
+    x = np.arange(len(rows))
+    width = 0.8 / max(1, len(tolerances))
+    for k, (threshold, pixels) in enumerate(tolerances):
+        means = [next((e["mean"] for e in row.boundary_f if e["threshold"] == threshold), None) for row in rows]
+        ax.bar(x + (k - (len(tolerances) - 1) / 2) * width, [0.0 if m is None else 100 * m for m in means], width,
+               label=f"{pixels} px ({100 * threshold:g}%)", color=BOUNDARY_COLORS[k % len(BOUNDARY_COLORS)])
+    ax.set_xticks(x, [row.variant for row in rows])
+    ax.set_ylabel("mean boundary F (%)")
+    ax.set_ylim(0, 100)
+    if tolerances:
+        ax.legend(loc="upper right", title="tolerance", fontsize=8)
+    ax.set_title("boundary F per variant (val)")
 
 
 def plot_class_iou(rows, path: Path) -> Path:

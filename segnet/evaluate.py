@@ -1,14 +1,16 @@
-"""`segnet evaluate`: a checkpoint's Cityscapes mIoU on a split of shards, and its predictions as files.
+"""`segnet evaluate`: a checkpoint's Cityscapes mIoU (and boundary F) on a split of shards, and its
+predictions as files.
 
 Frames are resized to the evaluation size (default: the last stage of the checkpoint's schedule), the
 logits upsampled (bilinear) to the labels' full stored resolution, and a 19-class confusion matrix is
-summed over every pixel whose label is not 255. Predictions can be written in Cityscapes' format
-(labelIds PNGs that the official evaluator reads, and colour PNGs). The test split has no public
+summed over every pixel whose label is not 255; the same prediction maps are scored by the boundary
+F-score of `segnet.boundary` (unless `boundary_f` is off). Predictions can be written in Cityscapes'
+format (labelIds PNGs that the official evaluator reads, and colour PNGs). The test split has no public
 labels: there only predictions are written.
 
 Under torchrun each rank scores its share of the frames, every frame exactly once, the confusion
-matrices are summed across ranks, and each rank writes the prediction files of its frames; rank 0
-returns the scores. The model runs with DataLoader workers (default as for training), pinned memory
+matrices and the boundary F sums are summed across ranks, and each rank writes the prediction files of
+its frames; rank 0 returns the scores. The model runs with DataLoader workers (default as for training), pinned memory
 on CUDA, optionally bfloat16 autocast (`amp`), and the confusion matrix is counted on the device.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from segnet.boundary import BoundaryFScore
 from segnet.config import loader_workers
 from segnet.data import EpochSampler, ShardDataset, opencv_single_threaded
 from segnet.devices import resolve_device, resolve_rank_device
@@ -59,12 +62,14 @@ def evaluate(
     amp: bool = False,
     workers: int | None = None,
     channels_last: bool | None = None,
+    boundary_f: bool = True,
 ) -> Evaluation:
     """Score a checkpoint on `split` of the shards in `shards` (and/or write its predictions).
 
     `workers`: DataLoader worker processes (None: as `segnet train` chooses, 0 on a CPU); `amp`:
     bfloat16 autocast where it is native; `channels_last`: the model's memory layout (None: as
-    training chooses, on CUDA). Frames are predicted by `segnet.inference.Segmenter.predict`.
+    training chooses, on CUDA); `boundary_f`: the boundary F-score beside mIoU (`segnet.boundary`).
+    Frames are predicted by `segnet.inference.Segmenter.predict`.
     """
     torch_device = resolve_rank_device(device)
     segmenter = load_segmenter(checkpoint_path, torch_device, amp, channels_last)
@@ -78,6 +83,8 @@ def evaluate(
                                                    rank=dist_info.rank, pad=False).items()]
     loader = evaluation_loader(dataset, indices, batch_size, torch_device, workers)
     matrix = DeviceConfusion(segmenter.num_classes, torch_device)
+    # on a GPU the boundary F is computed there (the host's OpenCV would take longer than the model)
+    boundary = BoundaryFScore(segmenter.num_classes, device=torch_device) if labeled and boundary_f else None
     if on_start is not None and dist_info.is_main:
         on_start(len(dataset))
     written = 0
@@ -85,7 +92,11 @@ def evaluate(
         for images, labels in loader:
             predictions = segmenter.predict(images, labels.shape[-2:])
             if labeled:
+                labels = labels.to(predictions.device, non_blocking=True)  # once, for both metrics
                 matrix.update(predictions, labels)
+            if boundary is not None:
+                for prediction, label in zip(predictions, labels, strict=True):
+                    boundary.update(prediction, label)
             if out_dir is not None:
                 for prediction in predictions.cpu().numpy():
                     write_prediction_pngs(out_dir, dataset.frame_id(indices[written]), prediction)
@@ -93,7 +104,10 @@ def evaluate(
             if on_frames is not None and dist_info.is_main:
                 on_frames(len(predictions) * dist_info.world)
     matrix.reduce()
-    result = evaluation_result(matrix.numpy(), len(dataset)) if labeled else None
+    if boundary is not None:
+        boundary.reduce()
+    scores = boundary.result() if boundary is not None else None
+    result = evaluation_result(matrix.numpy(), len(dataset), boundary=scores) if labeled else None
     return Evaluation(result, len(dataset), size, out_dir, sum_over_ranks(written, dist_info), dist_info.is_main)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from hedprep.shards import IGNORE_INDEX, NUM_CLASSES, TRAIN_CLASSES
+from segnet.boundary import BoundaryScore
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -178,20 +179,29 @@ class EvalResult:
     pixel_accuracy: float
     matrix: np.ndarray  # the confusion matrix, rows = ground truth, columns = prediction
     frames: int
+    boundary: tuple[BoundaryScore, ...] | None = None  # the boundary F per threshold, where it was computed
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON values: miou, iou, pixel_accuracy (NaN as null), frames and the counted pixels."""
-        return {
+        """Plain JSON values: miou, iou, pixel_accuracy (NaN as null), frames and the counted pixels, and
+        boundary_f where computed: per threshold {threshold, pixels, mean, per_class: {class: F or null}}."""
+        figures: dict[str, Any] = {
             "miou": _json_number(self.miou),
             "iou": dict(self.iou),
             "pixel_accuracy": _json_number(self.pixel_accuracy),
             "frames": self.frames,
             "pixels": int(self.matrix.sum()),
         }
+        if self.boundary is not None:
+            figures["boundary_f"] = [
+                {"threshold": score.threshold, "pixels": score.pixels, "mean": _json_number(score.mean_f),
+                 "per_class": dict(zip(self.iou, score.per_class, strict=True))}
+                for score in self.boundary]
+        return figures
 
 
-def evaluation_result(matrix: np.ndarray, frames: int, class_names: Sequence[str] = TRAIN_CLASSES) -> EvalResult:
-    """The `EvalResult` of a confusion matrix accumulated over `frames` frames."""
+def evaluation_result(matrix: np.ndarray, frames: int, class_names: Sequence[str] = TRAIN_CLASSES,
+                      boundary: Sequence[BoundaryScore] | None = None) -> EvalResult:
+    """The `EvalResult` of a confusion matrix accumulated over `frames` frames (and of their boundary F)."""
     matrix = np.asarray(matrix)
     if matrix.shape != (len(class_names), len(class_names)):
         raise ValueError(f"matrix shape {matrix.shape} does not fit {len(class_names)} class names")
@@ -202,4 +212,5 @@ def evaluation_result(matrix: np.ndarray, frames: int, class_names: Sequence[str
         pixel_accuracy=pixel_accuracy(matrix),
         matrix=matrix,
         frames=frames,
+        boundary=None if boundary is None else tuple(boundary),
     )

@@ -6,12 +6,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from segnet.boundary import (
     THRESHOLDS,
     BoundaryFScore,
     disk_kernel,
     frame_boundary_f,
+    frame_boundary_f_tensor,
     tolerance_pixels,
 )
 
@@ -24,22 +26,26 @@ def reference_boundary(mask: list[list[bool]]) -> set[tuple[int, int]]:
     found = set()
     for y in range(height):
         for x in range(width):
-            neighbours = [(y, x + 1), (y + 1, x), (y + 1, x + 1)]
-            if any(ny < height and nx < width and mask[ny][nx] != mask[y][x] for ny, nx in neighbours):
-                found.add((y, x))
+            for ny, nx in ((y, x + 1), (y + 1, x), (y + 1, x + 1)):
+                if ny < height and nx < width and mask[ny][nx] != mask[y][x]:
+                    found.add((y, x))
+                    break
     return found
 
 
 def reference_near(points: set[tuple[int, int]], others: set[tuple[int, int]], t: int) -> int:
-    """How many of `points` have one of `others` within Euclidean distance t."""
-    return sum(any((y - oy) ** 2 + (x - ox) ** 2 <= t * t for oy, ox in others) for y, x in points)
+    """How many of `points` have one of `others` within Euclidean distance t (looked up at every offset
+    (dy, dx) with dy^2 + dx^2 <= t^2)."""
+    disk = [(dy, dx) for dy in range(-t, t + 1) for dx in range(-t, t + 1) if dy * dy + dx * dx <= t * t]
+    return sum(any((y + dy, x + dx) in others for dy, dx in disk) for y, x in points)
 
 
 def reference_f(pred: np.ndarray, label: np.ndarray, c: int, t: int) -> float | None:
     """Class c's F in one frame, None when the frame does not count for c."""
     height, width = label.shape
-    p = [[pred[y, x] == c and label[y, x] != IGNORE for x in range(width)] for y in range(height)]
-    g = [[label[y, x] == c for x in range(width)] for y in range(height)]
+    pred, label = pred.tolist(), label.tolist()  # plain ints: numpy's scalars are slow one by one
+    p = [[pred[y][x] == c and label[y][x] != IGNORE for x in range(width)] for y in range(height)]
+    g = [[label[y][x] == c for x in range(width)] for y in range(height)]
     if not any(map(any, p)) and not any(map(any, g)):
         return None
     bp, bg = reference_boundary(p), reference_boundary(g)
@@ -83,11 +89,17 @@ def blocky_frame(rng: np.random.Generator, num_classes: int, shape=(9, 13)) -> n
 
 
 def check(frames, num_classes: int, thresholds) -> None:
-    accumulator = BoundaryFScore(num_classes, thresholds)
-    for pred, label in frames:
-        accumulator.update(pred, label)
+    """Both ways of scoring (OpenCV on the host, tensors as on a GPU) give the reference's figures."""
     expected = reference_scores(frames, num_classes, thresholds)
-    for score, th, (mean_f, per_class) in zip(accumulator.result(), thresholds, expected, strict=True):
+    for on_tensors in (False, True):
+        accumulator = BoundaryFScore(num_classes, thresholds, on_tensors=on_tensors)
+        for pred, label in frames:
+            accumulator.update(torch.from_numpy(pred) if on_tensors else pred, label)
+        check_scores(accumulator.result(), frames, thresholds, expected)
+
+
+def check_scores(scores, frames, thresholds, expected) -> None:
+    for score, th, (mean_f, per_class) in zip(scores, thresholds, expected, strict=True):
         assert score.threshold == th
         assert score.pixels == math.ceil(th * math.hypot(*frames[0][1].shape))
         assert score.mean_f == pytest.approx(mean_f, nan_ok=True)
@@ -117,6 +129,19 @@ def test_random_noise_frames_match_the_definition():
     frames = [(rng.integers(0, 5, (9, 13)), rng.choice([0, 1, 2, IGNORE], (9, 13)).astype(np.uint8))
               for _ in range(2)]
     check(frames, 5, (0.05, 0.1))
+
+
+def test_tensor_scores_equal_opencvs_at_every_radius():
+    """`frame_boundary_f_tensor` (a GPU's way) gives `frame_boundary_f`'s figures bit for bit, at radii
+    from 1 px to beyond the frame's height, on blocky and noisy maps with ignored pixels."""
+    rng = np.random.default_rng(7)
+    thresholds = (0.01, 0.05, 0.1, 0.2, 0.6, 1.0)  # t = 1, 2, 4, 8, 22, 37 px at 21x30 (diagonal 36.6)
+    for k in range(6):
+        label = blocky_frame(rng, 5, (21, 30)).astype(np.uint8) if k % 2 else rng.integers(0, 5, (21, 30))
+        label = np.where(rng.random(label.shape) < 0.1, IGNORE, label).astype(np.uint8)
+        pred = np.roll(np.where(label == IGNORE, 4, label), rng.integers(-3, 4), axis=1).astype(np.int64)
+        ours = frame_boundary_f_tensor(torch.from_numpy(pred), torch.from_numpy(label), 6, thresholds).numpy()
+        np.testing.assert_array_equal(ours, frame_boundary_f(pred, label, 6, thresholds))
 
 
 def frame_f(pred, label, num_classes=3, thresholds=(0.1,)) -> np.ndarray:

@@ -12,13 +12,15 @@ import cv2
 import numpy as np
 import pytest
 
-from hedprep.shards import TRAIN_CLASSES
+from hedprep.shards import TRAIN_CLASSES, open_split
+from segnet.boundary import THRESHOLDS
 from segnet.config import TrainConfig, parse_schedule
 from segnet.errors import SegnetError
-from segnet.evaluate import evaluate
+from segnet.evaluate import evaluate, predict_frames
 from segnet.predict import predict
 from segnet.train import train
 from tests.conftest import GOLDEN, assert_one_line_error, invoke, official_scores
+from tests.test_boundary import reference_scores
 
 
 def trained(shards: Path, out: Path, variant: str, schedule: str = "48x96:4:3") -> Path:
@@ -65,6 +67,23 @@ def test_evaluate_command_prints_a_table_and_writes_json(segnet_shards, vanilla,
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert set(scores) >= {"miou", "iou", "pixel_accuracy"} and set(scores["iou"]) == set(TRAIN_CLASSES)
     assert "mIoU" in result.stdout and "64x128" in result.stdout and f"{100 * scores['miou']:.2f}" in result.stdout
+    # The boundary F of the maps evaluate scored (predict_frames makes the same), by the test's own reading
+    # of the definition; every tolerance is 1 px on the fixture's 64x128 labels (diagonal 143 px).
+    with open_split(segnet_shards, "val") as reader:
+        labels = [reader.read(i).label for i in range(len(reader))]
+    maps = predict_frames(vanilla, segnet_shards, "val", list(range(len(labels))), device="cpu", eval_size=(64, 128))
+    ((mean_f, per_class),) = reference_scores(list(zip(maps, labels, strict=True)), len(TRAIN_CLASSES), THRESHOLDS[:1])
+    assert [entry["threshold"] for entry in scores["boundary_f"]] == list(THRESHOLDS)
+    for entry in scores["boundary_f"]:
+        assert entry["pixels"] == 1 and entry["mean"] == pytest.approx(mean_f, abs=1e-12)
+        assert list(entry["per_class"]) == list(TRAIN_CLASSES)
+        assert [entry["per_class"][name] is None for name in TRAIN_CLASSES] == [v is None for v in per_class]
+        assert [v for v in entry["per_class"].values() if v is not None] == pytest.approx(
+            [v for v in per_class if v is not None], abs=1e-12)
+    assert 0 < mean_f < 1 and sum(v is not None for v in per_class) >= 3
+    assert "BF 1 px" in result.stdout and f"{100 * mean_f:.2f}" in result.stdout
+    road = next(line for line in result.stdout.splitlines() if line.strip().startswith("road "))
+    assert road.split()[-4:] == [f"{100 * per_class[0]:.2f}"] * 4  # the road row's boundary F columns
 
 
 def test_test_split_gets_predictions_only(segnet_shards, vanilla, tmp_path):
@@ -115,10 +134,13 @@ def test_predict_on_a_val_frames_png_gives_the_prediction_evaluate_saves(segnet_
     checkpoint = str(request.getfixturevalue(variant))
     photos = sorted((segnet_shards.parent / "cityscapes" / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png"))
     evaluated = invoke("segnet", "evaluate", "--checkpoint", checkpoint, "--shards", str(segnet_shards),
-                       "--eval-size", eval_size, "--save-predictions", str(tmp_path / "evaluated"), "--device", "cpu")
+                       "--eval-size", eval_size, "--save-predictions", str(tmp_path / "evaluated"), "--device", "cpu",
+                       "--no-boundary-f", "--json", str(tmp_path / "scores.json"))
     predicted = invoke("segnet", "predict", "--checkpoint", checkpoint, "--out", str(tmp_path / "predicted"),
                        "--eval-size", eval_size, "--device", "cpu", *map(str, photos))
     assert evaluated.returncode == 0 and predicted.returncode == 0, evaluated.stderr + predicted.stderr
+    assert "BF " not in evaluated.stdout and "mIoU" in evaluated.stdout  # --no-boundary-f: mIoU only
+    assert "boundary_f" not in json.loads((tmp_path / "scores.json").read_text())
     classes = set()
     for photo in photos:
         frame_id = photo.name.removesuffix("_leftImg8bit.png")

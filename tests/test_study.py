@@ -18,6 +18,7 @@ import pytest
 from hedprep.build_plan import BuildConfig
 from hedprep.fixture import make_fixture
 from pipelines.study import REPORTED_MIOU, StudyConfig, run_study, sheet_frames, sheet_indices
+from segnet.boundary import THRESHOLDS
 from segnet.config import TrainConfig, parse_schedule
 from segnet.deeplab import VARIANTS
 from tests.conftest import BIN, assert_one_line_error, default_sigint, invoke
@@ -47,13 +48,19 @@ def test_every_variant_is_trained_evaluated_and_tabulated(study):
     with open(result.results_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == list(VARIANTS)
+    page = result.results_md.read_text()
     for row in rows:
         scores = json.loads((out / "runs" / row["variant"] / "val.json").read_text())
         assert row["miou"] == f"{100 * scores['miou']:.2f}"
         assert float(row["reported_miou"]) == REPORTED_MIOU[row["variant"]]
         assert row["pixel_accuracy"] == f"{100 * scores['pixel_accuracy']:.2f}"
         assert row["road"] == f"{100 * scores['iou']['road']:.2f}" and float(row["train_seconds"]) > 0
-    page = result.results_md.read_text()
+        boundary = [f"{100 * e['mean']:.2f}" for e in scores["boundary_f"]]
+        assert [row[f"boundary_f_{th}"] for th in THRESHOLDS] == boundary  # mean boundary F per threshold
+        assert (f"| {row['variant']} | {row['miou']} | {row['reported_miou']} | {' | '.join(boundary)} | "
+                f"{row['pixel_accuracy']} |") in page
+    # the fixture's 64x128 labels: every tolerance is 1 px
+    assert "| variant | mIoU | reported mIoU | BF 1 px | BF 1 px | BF 1 px | BF 1 px | pixel accuracy |" in page
     assert "| dlse-hed |" in page and "38.83" in page and "schedule: 32x64:4:1" in page and "train 8, val 4" in page
     assert "recipe: the defaults (the study's recipe, configs/study.toml); adam, weight decay 0.0, lr 0.001" in page
     assert "coarse pretraining: none" in page
@@ -140,7 +147,13 @@ def test_a_failing_variant_is_reported_and_the_others_stand(study, tmp_path):
     damaged = out / "runs" / "dlse" / "last.pt"
     damaged.unlink()  # a file of its own, not the shared link
     damaged.write_bytes(b"not a checkpoint")
+    older = out / "runs" / "vanilla" / "val.json"  # an evaluation from before the boundary F: redone
+    figures = json.loads(older.read_text())
+    del figures["boundary_f"]
+    older.unlink()  # a file of its own, not the shared link
+    older.write_text(json.dumps(figures))
     result = run_study(study_config(base / "cityscapes", out))
+    assert json.loads(older.read_text()) == json.loads((base / "out" / "runs" / "vanilla" / "val.json").read_text())
     failed = [row for row in result.rows if row.error]
     assert [row.variant for row in failed] == ["dlse"] and "last.pt" in failed[0].error
     assert [r.miou for r in result.rows if not r.error] == [r.miou for r in first.rows if r.variant != "dlse"]
@@ -171,6 +184,8 @@ def test_the_figures_are_drawn_and_linked(study):
     ours = (np.abs(bars.astype(int) - (0x1F, 0x77, 0xB4)).sum(axis=2) < 10).sum()
     reported = (np.abs(bars.astype(int) - (0xBB, 0xBB, 0xBB)).sum(axis=2) < 10).sum()
     assert ours > 100 and reported > ours  # the reported mIoUs (38-60%) stand above ours from 1 fixture epoch
+    boundary = (np.abs(bars.astype(int) - (0xD9, 0x48, 0x01)).sum(axis=2) < 10).sum()
+    assert boundary > 100  # the boundary F panel's bars (one of its four tolerances)
 
 
 def test_sheet_indices_spread_over_the_split():

@@ -386,7 +386,8 @@ def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_torchrun_two_processes_train_validate_and_evaluate_each_frame_once(odd_val_shards, tmp_path):
     """Two gloo ranks, 5 val frames: validation and `segnet evaluate` count each frame once and sum
-    the ranks' matrices, so both equal a one-process evaluation (a padded sampler counted a frame twice)."""
+    the ranks' matrices (and boundary F sums), so both equal a one-process evaluation (a padded sampler
+    counted a frame twice)."""
     from segnet.evaluate import evaluate
 
     torchrun("train", "--variant", "vanilla", "--shards", str(odd_val_shards), "--out", str(tmp_path / "run"),
@@ -409,6 +410,12 @@ def test_torchrun_two_processes_train_validate_and_evaluate_each_frame_once(odd_
     ranks = json.loads((tmp_path / "ranks.json").read_text())
     assert ranks["pixels"] == single.result.to_json()["pixels"] == int(single.result.matrix.sum())
     assert ranks["miou"] == pytest.approx(single.result.miou, abs=1e-12)
+    # the boundary F sums and counted frames are summed over the ranks too
+    def boundary_figures(entries: list[dict]) -> list:
+        return [v for e in entries for v in (e["threshold"], e["pixels"], e["mean"], *e["per_class"].values())]
+
+    assert boundary_figures(ranks["boundary_f"]) == pytest.approx(
+        boundary_figures(single.result.to_json()["boundary_f"]), abs=1e-12)
     assert rows[-1]["val_miou"] == pytest.approx(single.result.miou, abs=1e-12)
     assert len(list((tmp_path / "predictions").glob("*_pred_labelIds.png"))) == 5
 
