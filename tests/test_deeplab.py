@@ -30,7 +30,8 @@ SE_PLACEMENT = {
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_variant_trains_at_odd_sizes(variant):
+def test_variant_trains_at_odd_sizes_with_the_aux_head_on_layer3(variant):
+    """Both outputs at the input size, and a gradient for every parameter (DDP needs each one used)."""
     torch.manual_seed(0)
     model = build_model(variant)
     assert model.variant == variant
@@ -43,11 +44,15 @@ def test_variant_trains_at_odd_sizes(variant):
 
     classifier_inputs = []
     model.classifier.register_forward_hook(lambda module, args, out: classifier_inputs.append(args[0].shape))
+    keys = list(model.state_dict())
+    network = TrainingNetwork(model).train()
+    assert {k: tuple(v.shape) for k, v in network.aux_classifier.state_dict().items()} == AUX_KEYS
+    assert list(model.state_dict()) == keys  # the head is beside the model, not in it
     x = torch.randn(2, model.in_channels, 65, 97)
-    logits = model.train()(x)
-    assert logits.shape == (2, 19, 65, 97)
-    logits.logsumexp(dim=1).mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    outputs = network(x)
+    assert outputs.out.shape == outputs.aux.shape == (2, 19, 65, 97)
+    (outputs.out.logsumexp(dim=1).mean() + outputs.aux.logsumexp(dim=1).mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters())
     # dlse-hed's long skip sits before the classifier, at full resolution; the others classify at 1/4
     assert classifier_inputs == [(2, 64, 65, 97) if variant == "dlse-hed" else (2, 256, 17, 25)]
 
@@ -124,22 +129,6 @@ def test_option_errors(tmp_path, monkeypatch):
 # torchvision's FCNHead(1024, 19): the auxiliary classifier of its deeplabv3_resnet50(aux_loss=True)
 AUX_KEYS = {"0.weight": (256, 1024, 3, 3), "1.weight": (256,), "1.bias": (256,), "1.running_mean": (256,),
             "1.running_var": (256,), "1.num_batches_tracked": (), "4.weight": (19, 256, 1, 1), "4.bias": (19,)}
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_every_variant_trains_with_the_aux_head_on_layer3(variant):
-    """Both outputs at the input size, and a gradient for every parameter (DDP needs each one used)."""
-    torch.manual_seed(0)
-    model = build_model(variant)
-    keys = list(model.state_dict())
-    network = TrainingNetwork(model).train()
-    assert {k: tuple(v.shape) for k, v in network.aux_classifier.state_dict().items()} == AUX_KEYS
-    assert list(model.state_dict()) == keys  # the head is beside the model, not in it
-    x = torch.randn(2, model.in_channels, 33, 47)
-    outputs = network(x)
-    assert outputs.out.shape == outputs.aux.shape == (2, 19, 33, 47)
-    (outputs.out.logsumexp(dim=1).mean() + outputs.aux.logsumexp(dim=1).mean()).backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in network.parameters())
 
 
 def test_aux_head_computes_torchvisions_fcn_head_on_layer3():

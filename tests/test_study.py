@@ -293,7 +293,8 @@ def test_variants_take_every_name_and_all():
 
 
 def test_the_boundary_variant_is_studied_and_its_boundaries_drawn(study, tmp_path, monkeypatch):
-    """dl-boundary in the study: trained, evaluated as vanilla is, and the sheet shows its head's map."""
+    """dl-boundary and dl-hed-loss in the study: trained, evaluated as vanilla is, and the sheet shows
+    dl-boundary's head's map (dl-hed-loss has no head)."""
     import cv2
 
     import pipelines.study
@@ -303,8 +304,9 @@ def test_the_boundary_variant_is_studied_and_its_boundaries_drawn(study, tmp_pat
     base, _, _ = study
     out = tmp_path / "out"
     shutil.copytree(base / "out" / "shards", out / "shards", copy_function=os.link)
-    result = run_study(replace(study_config(base / "cityscapes", out), variants=("dl-boundary",)))
-    assert [(row.variant, row.error) for row in result.rows] == [("dl-boundary", None)] and result.rows[0].miou >= 0
+    result = run_study(replace(study_config(base / "cityscapes", out), variants=("dl-boundary", "dl-hed-loss")))
+    assert [(row.variant, row.error) for row in result.rows] == [("dl-boundary", None), ("dl-hed-loss", None)]
+    assert all(row.miou >= 0 and len(row.boundary_f) == len(THRESHOLDS) for row in result.rows)
     for frame in drawn[0]:  # sheet_frames' maps (segnet.evaluate.predict_frame_boundaries), at the labels' size
         assert set(frame.boundaries) == {"dl-boundary"} and frame.boundaries["dl-boundary"].shape == frame.label.shape
     sheet = cv2.imread(str(out / "plots" / "qualitative.png"))

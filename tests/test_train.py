@@ -147,10 +147,10 @@ class StopAt:
             raise KeyboardInterrupt
 
 
-# make test-fast keeps the first case; the other two resume elsewhere in the run (slow: 10 s each on a Zen 3).
-@pytest.mark.parametrize("stop", [StopAt(step=1), pytest.param(StopAt(step=5), marks=pytest.mark.slow),
-                                  pytest.param(StopAt(epoch_end=2), marks=pytest.mark.slow)],
-                         ids=["first-batch", "second-stage", "stage-boundary"])
+# make test-fast keeps the first case; the second resumes inside the second stage (slow: 10 s on a Zen 3).
+# A resume at a stage boundary: the coarse-stage test below.
+@pytest.mark.parametrize("stop", [StopAt(step=1), pytest.param(StopAt(step=5), marks=pytest.mark.slow)],
+                         ids=["first-batch", "second-stage"])
 def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_weights(segnet_shards, uninterrupted, tmp_path, stop):
     run_config = config(segnet_shards, tmp_path / "run", schedule="32x64:4:2,48x96:4:1")
     with pytest.raises(Interrupted):
@@ -165,18 +165,6 @@ def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_weights(segnet_s
     scalars = tensorboard_scalars(tmp_path / "run")
     assert [step for step, _ in scalars["train/lr"]] == [1, 2, 3, 4, 5, 6]
     assert scalars["val/miou"] == [(r["step"], pytest.approx(r["val_miou"], rel=1e-6)) for r in rows]
-
-
-# dlse is dlse-hed's SE network without the edge: tests/test_deeplab.py trains every variant in memory.
-@pytest.mark.parametrize("variant", ["dlse-sf", "dlse-hed"])
-def test_every_variant_trains_and_resumes(segnet_shards, tmp_path, variant):
-    run_config = config(segnet_shards, tmp_path / "run", variant, schedule="32x64:4:1,40x80:4:1")
-    with pytest.raises(Interrupted):
-        train(run_config, callbacks=TrainCallbacks(on_epoch_end=StopAt(epoch_end=1).on_epoch_end))
-    train(run_config, resume=True)
-    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert checkpoint["variant"] == variant and checkpoint["next"]["stage"] == 2
-    assert checkpoint["metrics"]["val_miou"] is not None
 
 
 def test_deterministic_run_on_a_cpu_trains_as_the_default_one(segnet_shards, tmp_path):
@@ -282,8 +270,9 @@ def learning_shards(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_vanilla_learns_the_fixture_well_above_chance(learning_shards, tmp_path):
-    """A bounded run (32 steps of 4 frames at the stored 64x128) from random weights."""
-    result = train(config(learning_shards, tmp_path / "run", schedule="64x128:4:4", lr=1e-3))
+    """A bounded run (24 steps of 4 frames at the stored 64x128) from random weights (val mIoU per epoch
+    on the Zen 3: 0.145, 0.204, 0.281; a 4th epoch reached 0.307)."""
+    result = train(config(learning_shards, tmp_path / "run", schedule="64x128:4:3", lr=1e-3))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     print("fixture val mIoU per epoch:", [round(r["val_miou"], 3) for r in rows])
     assert result.best_miou > 0.2  # chance (uniform guesses over 19 classes) is about 0.02
