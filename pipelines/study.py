@@ -37,7 +37,7 @@ from segnet.boundary import THRESHOLDS
 from segnet.config import TrainConfig
 from segnet.deeplab import ALL_VARIANTS, VARIANT_SPECS, VARIANTS
 from segnet.errors import SegnetOptionError
-from segnet.evaluate import evaluate, predict_frame_boundaries, predict_frames
+from segnet.evaluate import evaluate, frame_predictions
 from segnet.run_folder import RunFolder
 from segnet.train import TrainCallbacks, train
 
@@ -257,10 +257,11 @@ def sheet_frames(shards: Path, rows: Sequence[VariantResult], count: int, device
         predictions[row.variant] = None
         if row.error is None and best.is_file():
             try:
-                predictions[row.variant] = predict_frames(best, shards, "val", indices, device=device, amp=amp)
-                if VARIANT_SPECS[row.variant].boundary_target is not None:
-                    boundaries[row.variant] = predict_frame_boundaries(best, shards, "val", indices, device=device,
-                                                                       amp=amp)
+                has_head = VARIANT_SPECS[row.variant].boundary_target is not None
+                pairs = frame_predictions(best, shards, "val", indices, device=device, amp=amp, boundaries=has_head)
+                predictions[row.variant] = [ids for ids, _ in pairs]
+                if has_head:
+                    boundaries[row.variant] = [maps for _, maps in pairs]
             except HedsegError:  # e.g. best.pt damaged since its evaluation: a blank column
                 pass
     return [SheetFrame(sample.frame_id, sample.frame[..., :3], sample.frame[..., 3], sample.label,

@@ -130,8 +130,8 @@ def predict_frames(
 ) -> list[np.ndarray]:
     """A checkpoint's (H, W) uint8 trainId predictions for frames `indices` of a split, at the labels'
     stored size: the maps `evaluate` scores for those frames (with the same `eval_size` and `amp`)."""
-    return [ids for ids, _ in _frame_predictions(checkpoint_path, shards, split, indices, device, eval_size, amp,
-                                                 batch_size, boundaries=False)]
+    return [ids for ids, _ in frame_predictions(checkpoint_path, shards, split, indices, device, eval_size, amp,
+                                                batch_size, boundaries=False)]
 
 
 def predict_frame_boundaries(
@@ -150,14 +150,15 @@ def predict_frame_boundaries(
     Raises:
         SegnetError: the checkpoint holds no boundary head.
     """
-    return [boundary for _, boundary in _frame_predictions(checkpoint_path, shards, split, indices, device,
-                                                           eval_size, amp, batch_size, boundaries=True)]
+    return [boundary for _, boundary in frame_predictions(checkpoint_path, shards, split, indices, device,
+                                                          eval_size, amp, batch_size, boundaries=True)]
 
 
-def _frame_predictions(checkpoint_path: str | os.PathLike, shards: str | os.PathLike, split: str, indices: list[int],
-                       device: str, eval_size: tuple[int, int] | None, amp: bool, batch_size: int,
-                       boundaries: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(trainIds, boundary map or None) of frames `indices`, at the labels' stored size."""
+def frame_predictions(checkpoint_path: str | os.PathLike, shards: str | os.PathLike, split: str, indices: list[int],
+                      device: str = "auto", eval_size: tuple[int, int] | None = None, amp: bool = False,
+                      batch_size: int = 2, boundaries: bool = False) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(trainIds, boundary map or None) of frames `indices`, at the labels' stored size, from one pass of
+    the model: `predict_frames`' maps, and with `boundaries` `predict_frame_boundaries`' too."""
     torch_device = resolve_device(device)
     segmenter = load_segmenter(checkpoint_path, torch_device, amp, boundaries=boundaries)
     dataset = ShardDataset(shards, split, segmenter.in_channels, eval_size or segmenter.input_size,

@@ -307,7 +307,7 @@ def test_the_boundary_variant_is_studied_and_its_boundaries_drawn(study, tmp_pat
     result = run_study(replace(study_config(base / "cityscapes", out), variants=("dl-boundary", "dl-hed-loss")))
     assert [(row.variant, row.error) for row in result.rows] == [("dl-boundary", None), ("dl-hed-loss", None)]
     assert all(row.miou >= 0 and len(row.boundary_f) == len(THRESHOLDS) for row in result.rows)
-    for frame in drawn[0]:  # sheet_frames' maps (segnet.evaluate.predict_frame_boundaries), at the labels' size
+    for frame in drawn[0]:  # sheet_frames' maps (segnet.evaluate.frame_predictions), at the labels' size
         assert set(frame.boundaries) == {"dl-boundary"} and frame.boundaries["dl-boundary"].shape == frame.label.shape
     sheet = cv2.imread(str(out / "plots" / "qualitative.png"))
     assert len(drawn[0]) == 3 and sheet.shape[1] > 5 * 320  # image, edge, truth, prediction, boundaries
